@@ -1,0 +1,1 @@
+"""The redirector: `https://<tracking domain>/t/<token>` → spooled click event → 302."""

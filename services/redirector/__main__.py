@@ -1,0 +1,115 @@
+"""Entry point: `python -m services.redirector`. Builds the dependencies, serves, drains."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+
+import structlog
+from aiohttp import web
+
+from services.redirector import settings as redirector_settings
+from services.redirector.clients import ClientAddress
+from services.redirector.domains import DomainDirectory, load_active, refresh_forever
+from services.redirector.forwarder import Forwarder
+from services.redirector.handlers import Redirector, build_app
+from services.redirector.settings import RedirectorSettings
+from services.redirector.spool import Spool
+from shared import logs
+from shared.broker import topology as broker_topology
+from shared.broker.connection import connect, open_channel
+from shared.broker.publisher import Publisher
+from shared.db.engine import create_engine
+from shared.lifecycle import load_or_exit, run
+from shared.links import LinkSigner
+
+log = structlog.get_logger("services.redirector")
+
+
+async def link_broker(settings: RedirectorSettings, forwarder: Forwarder, source: str,
+                      held: list[object]) -> None:
+    """Connect (waiting as long as it takes), declare topology, give the forwarder a publisher."""
+    connection = await connect(settings.broker, name=f"redirector {source}")
+    held.append(connection)
+    channel = await open_channel(connection)
+    exchange = await broker_topology.declare(
+        channel, broker_topology.Topology(settings.broker.exchange))
+    publisher = Publisher(channel, exchange, source=source)
+
+    async def publish(routing_key: str, body: bytes) -> None:
+        await publisher.publish(routing_key, body, batch=True)
+
+    connection.close_callbacks.add(lambda *_: setattr(forwarder, "connected", False))
+    connection.reconnect_callbacks.add(lambda *_: setattr(forwarder, "connected", True))
+    forwarder.attach(publish)
+    log.info("broker.connected", url=settings.broker.safe_url)
+
+
+async def serve(settings: RedirectorSettings, stop: asyncio.Event) -> None:
+    source = f"/redirector/{socket.gethostname()}/{os.getpid()}"
+    spool = Spool(settings.spool_dir)
+    slot = spool.open()
+    forwarder = Forwarder(spool, batch_size=settings.batch_size,
+                          linger_s=settings.linger_ms / 1000)
+    directory = DomainDirectory(settings.tracking_host)
+    engine = create_engine(settings.database, pool_size=1)
+    try:
+        directory.replace(await asyncio.wait_for(load_active(engine), timeout=5))
+    except Exception as exc:  # serve the shared host now; custom domains once the DB answers
+        log.warning("domains.initial_load_failed", error=str(exc) or type(exc).__name__)
+    redirector = Redirector(
+        signer=LinkSigner(settings.link_keys), domains=directory,
+        clients=ClientAddress(settings.trusted_proxies), spool=spool, forwarder=forwarder,
+        source=source, spool_max_bytes=settings.spool_max_bytes,
+        access_log=settings.access_log,
+    )
+    runner = web.AppRunner(build_app(redirector), access_log=None, handle_signals=False,
+                           shutdown_timeout=10)
+    await runner.setup()
+    host, port = settings.bind
+    site = web.TCPSite(runner, host, port, reuse_port=True, backlog=1024)
+    await site.start()
+    held: list[object] = []
+    tasks = [
+        asyncio.create_task(forwarder.run(), name="forwarder"),
+        asyncio.create_task(refresh_forever(directory, engine, settings.domain_refresh_s),
+                            name="domains"),
+        asyncio.create_task(link_broker(settings, forwarder, source, held), name="broker"),
+    ]
+    log.info("redirector.listening", url=f"http://{host}:{port}/", spool=str(slot),
+             recovered_clicks=spool.recovered, tracking_host=settings.tracking_host,
+             active_domains=len(directory))
+    await stop.wait()
+
+    log.info("redirector.stopping")
+    await runner.cleanup()  # stop accepting, let in-flight requests finish
+    tasks[0].cancel()
+    drained = await forwarder.drain(settings.drain_timeout_s)
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    spool.close()
+    for connection in held:
+        with contextlib.suppress(Exception):
+            await connection.close()  # type: ignore[attr-defined]
+    await engine.dispose()
+    log.info("redirector.stopped", drained=drained, published=forwarder.published,
+             left_in_spool_bytes=spool.backlog_bytes())
+
+
+def main() -> None:
+    settings = load_or_exit("redirector", redirector_settings.load, os.environ)
+    logs.configure("redirector", level=settings.log_level)
+
+    async def _main(stop: asyncio.Event) -> None:
+        await serve(settings, stop)
+
+    run(_main)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Moves clicks from the spool to the broker: batched, confirmed, retried, never blocking a 302.
+
+One AMQP message carries up to `batch_size` clicks (CloudEvents batched mode):
+the broker's per-message cost is what limits a message-per-click design.
+Several batches are in flight at once so confirm round trips overlap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from services.redirector.spool import Batch, Spool
+from shared.broker.names import CLICK_TRACKED
+from shared.events import encode_batch
+
+log = structlog.get_logger(__name__)
+
+Publish = Callable[[str, bytes], Awaitable[None]]
+
+
+class Forwarder:
+    def __init__(self, spool: Spool, *, batch_size: int = 500, linger_s: float = 0.005,
+                 max_in_flight: int = 4, sync_interval_s: float = 1.0) -> None:
+        self._spool = spool
+        self._batch_size = batch_size
+        self._linger_s = linger_s
+        self._max_in_flight = max_in_flight
+        self._sync_interval_s = sync_interval_s
+        self._wake = asyncio.Event()
+        self._publish: Publish | None = None
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._backoff_s = 0.0
+        self.connected = False
+        self.published = 0
+
+    def notify(self) -> None:
+        """A click was spooled: wake the loop (cheap when it is already awake)."""
+        self._wake.set()
+
+    def attach(self, publish: Publish | None) -> None:
+        """Give (or take away) the function that publishes one batch with confirms."""
+        self._publish = publish
+        self.connected = publish is not None
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Forward until cancelled."""
+        last_sync = time.monotonic()
+        while True:
+            if not self._spool.has_pending() or self._publish is None:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._sync_interval_s)
+            elif self._linger_s and self._spool.backlog_bytes() < self._batch_size * 400:
+                await asyncio.sleep(self._linger_s)  # let a small batch fill up
+            if self._backoff_s:
+                await asyncio.sleep(self._backoff_s)
+            await self._send_available()
+            now = time.monotonic()
+            if now - last_sync >= self._sync_interval_s:
+                last_sync = now
+                await asyncio.get_running_loop().run_in_executor(None, self._spool.sync)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Publish everything spooled; True if the spool emptied within `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            await self._send_available()
+            if self._tasks:
+                await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
+            if not self._spool.has_pending() and not self._tasks:
+                return True
+            if self._publish is None or self._backoff_s:
+                await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        return False
+
+    async def _send_available(self) -> None:
+        while self._publish is not None and self._spool.has_pending():
+            await self._slots.acquire()
+            batch = self._spool.next_batch(self._batch_size)
+            if batch is None:
+                self._slots.release()
+                return
+            if not batch.lines:
+                self._spool.confirmed(batch)
+                self._slots.release()
+                continue
+            task = asyncio.create_task(self._send(batch, self._publish))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: Batch, publish: Publish) -> None:
+        started = time.perf_counter()
+        try:
+            await publish(CLICK_TRACKED, encode_batch(batch.lines))
+        except asyncio.CancelledError:
+            self._spool.failed(batch)
+            raise
+        except Exception as exc:
+            self._spool.failed(batch)
+            self._backoff_s = min(max(self._backoff_s * 2, 0.1), 5.0)
+            log.warning("clicks.publish_failed", clicks=len(batch.lines),
+                        error=str(exc) or type(exc).__name__, retry_in_s=self._backoff_s)
+        else:
+            self._spool.confirmed(batch)
+            self._backoff_s = 0.0
+            self.published += len(batch.lines)
+            log.info("clicks.published", clicks=len(batch.lines),
+                      confirm_ms=round((time.perf_counter() - started) * 1000, 2))
+        finally:
+            self._slots.release()
+            self._wake.set()

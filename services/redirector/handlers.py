@@ -1,0 +1,107 @@
+"""HTTP handlers: verify the link, spool the click, answer 302. Nothing else on the hot path."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import structlog
+from aiohttp import web
+
+from services.redirector.bots import classify
+from services.redirector.clients import ClientAddress
+from services.redirector.domains import DomainDirectory
+from services.redirector.forwarder import Forwarder
+from services.redirector.spool import Spool
+from shared.domains import host_from_header
+from shared.events import ClickTracked, encode_event
+from shared.links import LinkError, LinkSigner
+
+log = structlog.get_logger(__name__)
+
+NOT_FOUND_PAGE = (
+    b"<!doctype html><html><head><meta charset=utf-8><title>Link not found</title></head>"
+    b"<body><h1>Link not found</h1><p>This link is not valid. If you followed it from an "
+    b"email, the link may have been altered or cut short.</p></body></html>"
+)
+_NOT_FOUND_HEADERS = {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"}
+_MAX_UA = 1024
+
+
+@dataclass
+class Redirector:
+    """Everything a click needs, built once at start."""
+
+    signer: LinkSigner
+    domains: DomainDirectory
+    clients: ClientAddress
+    spool: Spool
+    forwarder: Forwarder
+    source: str
+    spool_max_bytes: int
+    access_log: bool = False
+
+    async def track(self, request: web.Request) -> web.Response:
+        try:
+            link = self.signer.verify(request.match_info["token"])
+        except LinkError as exc:
+            return not_found(request, str(exc))
+        host = host_from_header(request.host)
+        if not self.domains.allows(host, link.customer_id):
+            return not_found(request, "host does not serve this customer's links")
+        method = request.method
+        user_agent = request.headers.get("User-Agent")
+        if user_agent and len(user_agent) > _MAX_UA:
+            user_agent = user_agent[:_MAX_UA]
+        bot_reason = classify(method, user_agent)
+        event_id = str(uuid.uuid4())
+        self.spool.append(encode_event(
+            ClickTracked(
+                customer_id=link.customer_id, campaign_id=link.campaign_id,
+                recipient_id=link.recipient_id, domain=host, url=link.url,
+                ip=self.clients.resolve(request.remote, request.headers.get("X-Forwarded-For")),
+                user_agent=user_agent, method=method, bot=bot_reason is not None,
+                bot_reason=bot_reason,
+            ),
+            source=self.source, event_id=event_id, time=datetime.now(UTC),
+        ))
+        self.forwarder.notify()
+        if self.access_log:
+            log.info("click.served", event_id=event_id, domain=host,
+                     campaign_id=link.campaign_id, bot_reason=bot_reason)
+        return web.Response(status=302, headers={
+            "Location": link.url, "Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
+        })
+
+    async def healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, _request: web.Request) -> web.Response:
+        backlog = self.spool.backlog_bytes()
+        problems = []
+        if not self.forwarder.connected:
+            problems.append("broker not connected")
+        if backlog > self.spool_max_bytes:
+            problems.append(f"click spool holds {backlog} bytes (limit {self.spool_max_bytes})")
+        body = {"status": "ready" if not problems else "not ready", "problems": problems,
+                "spool_backlog_bytes": backlog, "active_domains": len(self.domains)}
+        return web.json_response(body, status=503 if problems else 200)
+
+
+def not_found(request: web.Request, reason: str) -> web.Response:
+    log.debug("link.refused", reason=reason, host=request.host)
+    return web.Response(status=404, body=NOT_FOUND_PAGE, headers=_NOT_FOUND_HEADERS)
+
+
+async def fallback(request: web.Request) -> web.Response:
+    return not_found(request, "no such path")
+
+
+def build_app(redirector: Redirector) -> web.Application:
+    app = web.Application(handler_args={"max_field_size": 16384}, client_max_size=1024)
+    app.router.add_get("/t/{token}", redirector.track)
+    app.router.add_get("/healthz", redirector.healthz)
+    app.router.add_get("/readyz", redirector.readyz)
+    app.router.add_route("*", "/{tail:.*}", fallback)
+    return app

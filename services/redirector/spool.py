@@ -1,0 +1,259 @@
+"""The click spool: every click is on disk before its 302 is sent, until the broker confirms it.
+
+The request path only appends one line (the click event's JSON) to the active
+segment file with a single `write(2)`; it never waits on the broker. The
+forwarder reads complete lines back from the files in batches, publishes them,
+and deletes a segment once every batch read from it is confirmed.
+
+Why files and not memory: data written with `write(2)` is in the kernel's page
+cache the moment the call returns, so it survives the process being killed
+(SIGKILL, OOM), and memory stays bounded during a long broker outage. What a
+power loss can take is only what the kernel had not yet written back; `fsync`
+runs on rotation, on close and every `fsync_interval_s` to bound that.
+
+Several redirectors on one host each claim their own slot directory under the
+spool root (an exclusive `flock`), and at start adopt the segments of slots
+nobody holds, so scaling down never strands clicks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+SEGMENT_SUFFIX = ".spool"
+LOCK_NAME = "lock"
+MAX_SLOTS = 64
+
+log = structlog.get_logger(__name__)
+
+
+class SpoolError(Exception):
+    """The spool directory cannot be used (permissions, every slot taken)."""
+
+
+@dataclass
+class _Segment:
+    seq: int
+    path: Path
+    size: int  # bytes of complete lines written
+    read_offset: int = 0
+    unconfirmed: int = 0  # batches read from it and not yet confirmed
+    active: bool = False
+    fd: int | None = None  # read descriptor
+
+
+@dataclass
+class Batch:
+    """Lines read from one segment, published together as one message."""
+
+    segment: int
+    lines: list[bytes] = field(repr=False)
+
+
+class Spool:
+    """Append-only segment files in one claimed slot directory."""
+
+    def __init__(self, root: Path, *, segment_bytes: int = 8 << 20) -> None:
+        self._root = root
+        self._segment_bytes = segment_bytes
+        self._dir: Path | None = None
+        self._lock_fd: int | None = None
+        self._segments: dict[int, _Segment] = {}
+        self._order: deque[int] = deque()
+        self._active: _Segment | None = None
+        self._write_fd: int | None = None
+        self._retry: deque[Batch] = deque()
+        self._dirty = False
+        self.appended = 0
+        self.recovered = 0
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    def open(self) -> Path:
+        """Claim a slot, adopt orphaned slots, recover their segments; returns the slot dir."""
+        self._root.mkdir(parents=True, exist_ok=True)
+        for slot in range(MAX_SLOTS):
+            directory = self._root / str(slot)
+            directory.mkdir(exist_ok=True)
+            fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self._dir, self._lock_fd = directory, fd
+            break
+        else:
+            raise SpoolError(f"all {MAX_SLOTS} spool slots under {self._root} are in use")
+        self._adopt_orphans()
+        for path in sorted(self._dir.glob(f"*{SEGMENT_SUFFIX}")):
+            self._recover(path)
+        self._start_segment()
+        return self._dir
+
+    def close(self) -> None:
+        """Flush and release; segments still holding unconfirmed lines stay for next start."""
+        if self._write_fd is not None:
+            os.fsync(self._write_fd)
+            os.close(self._write_fd)
+            self._write_fd = None
+        for segment in self._segments.values():
+            if segment.fd is not None:
+                os.close(segment.fd)
+                segment.fd = None
+        if self._active is not None and self._active.size == 0:
+            self._active.path.unlink(missing_ok=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # --- the request path -------------------------------------------------------------------
+
+    def append(self, line: bytes) -> None:
+        """Write one record (no newline inside) durably against a process crash."""
+        data = line + b"\n"
+        fd = self._write_fd
+        assert fd is not None and self._active is not None, "spool is not open"
+        written = os.write(fd, data)
+        while written < len(data):  # only on a nearly full disk
+            written += os.write(fd, data[written:])
+        self._active.size += len(data)
+        self._dirty = True
+        self.appended += 1
+        if self._active.size >= self._segment_bytes:
+            self._start_segment()
+
+    # --- the forwarder's side ---------------------------------------------------------------
+
+    def backlog_bytes(self) -> int:
+        """Bytes written but not yet read for publishing (plus batches waiting for a retry)."""
+        pending = sum(s.size - s.read_offset for s in self._segments.values())
+        return pending + sum(len(line) + 1 for b in self._retry for line in b.lines)
+
+    def has_pending(self) -> bool:
+        if self._retry:
+            return True
+        return any(s.size > s.read_offset for s in self._segments.values())
+
+    def next_batch(self, max_lines: int, max_bytes: int = 1 << 20) -> Batch | None:
+        """The next batch to publish: a failed one first, else fresh lines from the oldest file."""
+        if self._retry:
+            return self._retry.popleft()
+        for seq in self._order:
+            segment = self._segments[seq]
+            available = segment.size - segment.read_offset
+            if available <= 0:
+                continue
+            if segment.fd is None:
+                segment.fd = os.open(segment.path, os.O_RDONLY)
+            chunk = os.pread(segment.fd, min(available, max_bytes), segment.read_offset)
+            lines = chunk.split(b"\n", max_lines)
+            if len(lines) > max_lines:
+                lines = lines[:max_lines]
+            else:
+                lines.pop()  # the part after the last newline: incomplete, or empty
+            if not lines:
+                # A single line longer than max_bytes: take it whole.
+                end = chunk.find(b"\n")
+                while end == -1:
+                    chunk += os.pread(segment.fd, max_bytes,
+                                      segment.read_offset + len(chunk))
+                    end = chunk.find(b"\n")
+                lines = [chunk[:end]]
+            segment.read_offset += sum(len(line) + 1 for line in lines)
+            segment.unconfirmed += 1
+            return Batch(segment=seq, lines=[line for line in lines if line])
+        return None
+
+    def confirmed(self, batch: Batch) -> None:
+        """The broker owns these lines: a fully sent, rotated segment is deleted."""
+        segment = self._segments.get(batch.segment)
+        if segment is None:
+            return
+        segment.unconfirmed -= 1
+        self._maybe_delete(segment)
+
+    def failed(self, batch: Batch) -> None:
+        """Publishing failed: the batch goes first in line for the next attempt."""
+        self._retry.append(batch)
+
+    def sync(self) -> None:
+        """fsync the active segment if anything was written since the last sync."""
+        if self._dirty and self._write_fd is not None:
+            self._dirty = False
+            os.fsync(self._write_fd)
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _start_segment(self) -> None:
+        assert self._dir is not None
+        if self._active is not None:
+            self._active.active = False
+            if self._write_fd is not None:
+                os.fsync(self._write_fd)
+                os.close(self._write_fd)
+            self._maybe_delete(self._active)
+        seq = max(self._segments, default=0) + 1
+        path = self._dir / f"{seq:012d}{SEGMENT_SUFFIX}"
+        self._write_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._active = _Segment(seq=seq, path=path, size=0, active=True)
+        self._segments[seq] = self._active
+        self._order.append(seq)
+
+    def _recover(self, path: Path) -> None:
+        data = path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            # Only a power loss tears a line (a killed process's write completes);
+            # the fragment cannot be parsed, so it is cut off and said.
+            log.warning("spool.torn_line_dropped", path=str(path), bytes=len(data) - end)
+            with open(path, "r+b") as handle:
+                handle.truncate(end)
+        if end == 0:
+            path.unlink()
+            return
+        seq = max(self._segments, default=0) + 1
+        target = path.with_name(f"{seq:012d}{SEGMENT_SUFFIX}")
+        if target != path:
+            path.rename(target)
+        self._segments[seq] = _Segment(seq=seq, path=target, size=end)
+        self._order.append(seq)
+        self.recovered += data.count(b"\n", 0, end)
+
+    def _adopt_orphans(self) -> None:
+        assert self._dir is not None
+        for other in sorted(p for p in self._root.iterdir() if p.is_dir() and p != self._dir):
+            lock = other / LOCK_NAME
+            if not lock.exists():
+                continue
+            fd = os.open(lock, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live redirector owns it
+            finally:
+                # Closing drops the lock; renames below are atomic, so a redirector that
+                # claims the slot meanwhile simply finds fewer files.
+                os.close(fd)
+            for path in sorted(other.glob(f"*{SEGMENT_SUFFIX}")):
+                target = self._dir / f"adopted-{other.name}-{path.name}"
+                with contextlib.suppress(FileNotFoundError):
+                    path.rename(target)
+                    log.info("spool.adopted", source=str(path))
+
+    def _maybe_delete(self, segment: _Segment) -> None:
+        if segment.active or segment.unconfirmed or segment.read_offset < segment.size:
+            return
+        if segment.fd is not None:
+            os.close(segment.fd)
+            segment.fd = None
+        segment.path.unlink(missing_ok=True)
+        del self._segments[segment.seq]
+        self._order.remove(segment.seq)

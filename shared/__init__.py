@@ -1,0 +1,1 @@
+"""Code the tracking-domains services share: settings, logs, events, broker, database, links."""

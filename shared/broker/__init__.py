@@ -1,0 +1,1 @@
+"""All RabbitMQ plumbing, once: names, topology, connection, confirmed publish, consume."""

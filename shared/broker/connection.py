@@ -1,0 +1,51 @@
+"""Connecting to RabbitMQ: robust (reconnecting) connections, waited for at start."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aio_pika
+import structlog
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+
+from shared.settings import BrokerSettings
+
+log = structlog.get_logger(__name__)
+
+
+async def connect(settings: BrokerSettings, *, name: str, attempts: int | None = None,
+                  max_backoff_s: float = 10.0) -> AbstractRobustConnection:
+    """Connect, retrying with capped backoff; `attempts=None` waits for ever.
+
+    Services start before the broker in a compose stack or after a broker restart,
+    so failing to connect at once is normal and is logged, not fatal.
+    """
+    backoff = 0.2
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await aio_pika.connect_robust(
+                settings.url,
+                client_properties={"connection_name": name},
+                timeout=10,
+                # Heartbeats detect a broker that vanished without closing the socket.
+                heartbeat=15,
+                reconnect_interval=1,
+            )
+        except (OSError, TimeoutError, aio_pika.exceptions.AMQPError) as exc:
+            if attempts is not None and attempt >= attempts:
+                raise
+            log.warning("broker.unreachable", url=settings.safe_url, attempt=attempt,
+                        error=str(exc) or type(exc).__name__, retry_in_s=round(backoff, 2))
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, max_backoff_s)
+
+
+async def open_channel(connection: AbstractRobustConnection, *,
+                       prefetch: int = 0) -> AbstractRobustChannel:
+    """A channel with publisher confirms, and unroutable messages raising, not vanishing."""
+    channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+    if prefetch:
+        await channel.set_qos(prefetch_count=prefetch)
+    return channel  # type: ignore[return-value]

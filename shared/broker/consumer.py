@@ -1,0 +1,202 @@
+"""Consuming with one ack policy for every service.
+
+For each delivered message:
+
+- every element that does not decode (not JSON, not a CloudEvent, invalid data)
+  goes to the queue's dead-letter queue on its own, its reason in the headers;
+- the valid events go to the handler together (a batched message stays a batch);
+- the handler succeeding, or its failure being parked (retry tier or dead-letter
+  queue, confirmed by the broker), is what acks the message. Nothing is acked
+  before the work it stands for is done or safely handed on.
+
+`TransientError` (and any unclassified exception, which is also logged with its
+traceback as a bug) sends the events to a delayed-retry tier with the attempt
+count incremented; after `max_attempts` they are dead-lettered. `PermanentError`
+dead-letters them at once. Handlers must be idempotent: delivery is at least once,
+and a retried batch re-runs every event in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+
+from shared.broker.publisher import Publisher
+from shared.broker.topology import Topology
+from shared.errors import PermanentError, TransientError
+from shared.events import Event, InvalidEvent, decode_message, encode_batch
+
+Handler = Callable[[Sequence[Event[Any]]], Awaitable[None]]
+
+ATTEMPT_HEADER = "x-attempt"
+REASON_HEADER = "x-dead-reason"
+ERROR_HEADER = "x-dead-error"
+LAST_ERROR_HEADER = "x-last-error"
+QUEUE_HEADER = "x-original-queue"
+ROUTING_KEY_HEADER = "x-original-routing-key"
+DEAD_AT_HEADER = "x-dead-at"
+MAX_HEADER_TEXT = 1000
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class ConsumePolicy:
+    prefetch: int = 64
+    max_attempts: int = 5
+    # Pause before requeueing a message whose retry or dead-letter publish failed,
+    # so a broken broker path never turns into a hot redelivery loop.
+    park_failure_pause_s: float = 1.0
+
+
+class Consumer:
+    """Consumes one service queue with the policy above; `stop()` drains in-flight work."""
+
+    def __init__(self, *, channel: AbstractChannel, topology: Topology, queue: str,
+                 handler: Handler, publisher: Publisher,
+                 policy: ConsumePolicy | None = None) -> None:
+        self._channel = channel
+        self._topology = topology
+        self._name = queue
+        self._queue_name = topology.queue(queue)
+        self._handler = handler
+        self._publisher = publisher
+        self._policy = policy or ConsumePolicy()
+        self._queue: AbstractQueue | None = None
+        self._tag: str | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        await self._channel.set_qos(prefetch_count=self._policy.prefetch)
+        self._queue = await self._channel.get_queue(self._queue_name, ensure=True)
+        self._tag = await self._queue.consume(self._on_message)
+
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop taking messages, then wait for the ones in hand to be acked."""
+        if self._queue is not None and self._tag is not None:
+            try:
+                await self._queue.cancel(self._tag)
+            except Exception as exc:  # the channel may already be gone; nothing to cancel
+                log.warning("consumer.cancel_failed", queue=self._queue_name, error=str(exc))
+            self._tag = None
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=timeout_s)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
+        try:
+            await self._process(message)
+        finally:
+            if task is not None:
+                self._in_flight.discard(task)
+
+    async def _process(self, message: AbstractIncomingMessage) -> None:
+        started = time.perf_counter()
+        headers = message.headers or {}
+        attempt = _int_header(headers.get(ATTEMPT_HEADER), 1)
+        decoded = decode_message(message.body, message.content_type)
+        events = [item for item in decoded if isinstance(item, Event)]
+        invalid = [item for item in decoded if isinstance(item, InvalidEvent)]
+        structlog.contextvars.bind_contextvars(
+            queue=self._queue_name, message_id=message.message_id, attempt=attempt,
+            event_id=events[0].id if len(events) == 1 else None,
+        )
+        outcome = "ok"
+        error: str | None = None
+        try:
+            for item in invalid:
+                log.warning("event.malformed", reason=item.reason)
+                await self._dead_letter([item.raw], message, "malformed", item.reason, attempt)
+            if events:
+                try:
+                    await self._handler(events)
+                except PermanentError as exc:
+                    outcome, error = "dead-lettered", exc.reason
+                    await self._dead_letter([e.raw for e in events], message, "rejected",
+                                            exc.reason, attempt)
+                except TransientError as exc:
+                    outcome, error = await self._retry(events, message, attempt, exc.reason,
+                                                       exc.delay_s)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    # Unclassified: a bug. Say so loudly, then treat it as transient so the
+                    # work is retried a bounded number of times and finally kept in the DLQ.
+                    log.exception("handler.unexpected_error")
+                    outcome, error = await self._retry(
+                        events, message, attempt, f"{type(exc).__name__}: {exc}", None)
+            await message.ack()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Parking the message failed (broker path down): keep it, and back off.
+            outcome, error = "requeued", f"{type(exc).__name__}: {exc}"
+            await asyncio.sleep(self._policy.park_failure_pause_s)
+            # If the channel is gone the broker redelivers the message anyway.
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+        finally:
+            log.info("message.handled", events=len(events), malformed=len(invalid),
+                     outcome=outcome, error=error,
+                     duration_ms=round((time.perf_counter() - started) * 1000, 2))
+            structlog.contextvars.clear_contextvars()
+
+    async def _retry(self, events: Sequence[Event[Any]], message: AbstractIncomingMessage,
+                     attempt: int, reason: str, delay_s: float | None) -> tuple[str, str]:
+        if attempt >= self._policy.max_attempts:
+            text = f"gave up after {attempt} attempts: {reason}"
+            await self._dead_letter([e.raw for e in events], message, "exhausted", text,
+                                    attempt)
+            return "dead-lettered", text
+        delay_ms = self._topology.retry_delay_ms(attempt, delay_s)
+        body, batch = _body([e.raw for e in events])
+        await self._publisher.send_to_queue(
+            self._topology.retry_queue(self._name, delay_ms), body, batch=batch,
+            headers={**_passed_on(message, self._queue_name), ATTEMPT_HEADER: attempt + 1,
+                     LAST_ERROR_HEADER: reason[:MAX_HEADER_TEXT]},
+        )
+        return f"retry-in-{delay_ms}ms", reason
+
+    async def _dead_letter(self, raws: list[bytes], message: AbstractIncomingMessage,
+                           kind: str, reason: str, attempt: int) -> None:
+        body, batch = _body(raws)
+        await self._publisher.send_to_queue(
+            self._topology.dead_queue(self._name), body, batch=batch,
+            headers={**_passed_on(message, self._queue_name), ATTEMPT_HEADER: attempt,
+                     REASON_HEADER: kind, ERROR_HEADER: reason[:MAX_HEADER_TEXT],
+                     DEAD_AT_HEADER: datetime.now(UTC).isoformat()},
+        )
+
+
+def _body(raws: list[bytes]) -> tuple[bytes, bool]:
+    if len(raws) == 1:
+        return raws[0], False
+    return encode_batch(raws), True
+
+
+def _passed_on(message: AbstractIncomingMessage, queue: str) -> dict[str, Any]:
+    headers = dict(message.headers or {})
+    headers.setdefault(QUEUE_HEADER, queue)
+    if message.exchange:  # first delivery: remember where it came from
+        headers.setdefault(ROUTING_KEY_HEADER, message.routing_key or "")
+    # RabbitMQ's own x-death history grows with each trip; it is not ours to carry.
+    headers.pop("x-death", None)
+    return headers
+
+
+def _int_header(value: object, default: int) -> int:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, (bytes, str)) and str(value).isdigit():
+        return int(value)
+    return default

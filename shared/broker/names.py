@@ -1,0 +1,48 @@
+"""Routing keys and queue names: the one place they are spelled.
+
+Routing keys equal the CloudEvents `type` of the message. Queue names are
+relative: `Topology` prefixes them with the deployment's exchange name, so a
+test run (or a second deployment) on the same broker never meets ours.
+"""
+
+from __future__ import annotations
+
+from shared.events import (
+    CertificateFailed,
+    CertificateIssued,
+    ClickTracked,
+    DomainCreated,
+    DomainDeleted,
+    DomainRejected,
+    DomainVerified,
+)
+
+# Routing keys (== event types).
+DOMAIN_CREATED = DomainCreated.TYPE
+DOMAIN_DELETED = DomainDeleted.TYPE
+DOMAIN_VERIFIED = DomainVerified.TYPE
+DOMAIN_REJECTED = DomainRejected.TYPE
+CERTIFICATE_ISSUED = CertificateIssued.TYPE
+CERTIFICATE_FAILED = CertificateFailed.TYPE
+CLICK_TRACKED = ClickTracked.TYPE
+
+# One queue per consuming service; replicas of a service compete on it.
+LOGGER_QUEUE = "logger"
+VERIFIER_QUEUE = "verifier"
+CERTIFIER_QUEUE = "certifier"
+
+# What each service's queue receives.
+BINDINGS: dict[str, tuple[str, ...]] = {
+    LOGGER_QUEUE: (CLICK_TRACKED,),
+    VERIFIER_QUEUE: (DOMAIN_CREATED, DOMAIN_DELETED),
+    CERTIFIER_QUEUE: (DOMAIN_VERIFIED, DOMAIN_DELETED),
+}
+
+# Delayed-retry tiers in milliseconds. A message waits in the tier's queue until
+# its TTL expires, then RabbitMQ dead-letters it back to the service's queue.
+# Fixed tiers (not per-message TTLs) because a queue only expires its head: one
+# long delay would hold every shorter one behind it.
+RETRY_DELAYS_MS: tuple[int, ...] = (1_000, 10_000, 60_000, 600_000, 3_600_000)
+
+RETRY_SUFFIX = "retry"
+DEAD_SUFFIX = "dead"

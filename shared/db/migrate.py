@@ -1,0 +1,66 @@
+"""Running Alembic migrations from code (`trackctl db upgrade`), against any DATABASE_URL."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.db.engine import create_engine
+from shared.settings import DatabaseSettings
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+async def upgrade(settings: DatabaseSettings, revision: str = "head") -> None:
+    """Bring the schema to `revision`. Safe to repeat; run it once per deploy."""
+    engine = create_engine(settings)
+    try:
+        await run_with_engine(engine, "upgrade", revision)
+    finally:
+        await engine.dispose()
+
+
+async def downgrade(settings: DatabaseSettings, revision: str) -> None:
+    engine = create_engine(settings)
+    try:
+        await run_with_engine(engine, "downgrade", revision)
+    finally:
+        await engine.dispose()
+
+
+async def current(settings: DatabaseSettings) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    engine = create_engine(settings)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(
+                lambda sync: MigrationContext.configure(sync).get_current_revision()
+            )
+    finally:
+        await engine.dispose()
+
+
+async def run_with_engine(engine: AsyncEngine, action: str, revision: str) -> None:
+    config = alembic_config()
+    async with engine.begin() as connection:
+        def _run(sync_connection: Connection) -> None:
+            config.attributes["connection"] = sync_connection
+            getattr(command, action)(config, revision)
+
+        await connection.run_sync(_run)
+
+
+def upgrade_sync(settings: DatabaseSettings) -> None:
+    asyncio.run(upgrade(settings))

@@ -1,0 +1,97 @@
+"""Tables. Changing one means a new Alembic revision under migrations/versions/."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    Uuid,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+DOMAIN_STATUSES = ("pending", "verified", "active", "rejected", "lapsed")
+
+# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class TrackingLog(Base):
+    """One row per click served, exactly once (`event_id` is the click event's id)."""
+
+    __tablename__ = "tracking_logs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True, nullable=False)
+    customer_id: Mapped[str] = mapped_column(String(256), nullable=False)
+    campaign_id: Mapped[str] = mapped_column(String(256), nullable=False)
+    recipient_id: Mapped[str] = mapped_column(String(256), nullable=False)
+    domain: Mapped[str] = mapped_column(String(253), nullable=False)
+    url: Mapped[str] = mapped_column(Text, nullable=False)
+    ip: Mapped[str | None] = mapped_column(String(45))
+    user_agent: Mapped[str | None] = mapped_column(Text)
+    method: Mapped[str] = mapped_column(String(8), nullable=False, default="GET")
+    clicked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    bot: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    bot_reason: Mapped[str | None] = mapped_column(String(100))
+    logged_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+    __table_args__ = (
+        Index(None, "campaign_id", "clicked_at"),
+        Index(None, "customer_id", "clicked_at"),
+    )
+
+
+class TrackingDomain(Base):
+    """A customer's tracking domain and where it stands in its lifecycle."""
+
+    __tablename__ = "tracking_domains"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # Normal form only (shared.domains.normalise_domain): lower-case A-labels, no dot.
+    name: Mapped[str] = mapped_column(String(253), unique=True, nullable=False)
+    customer_id: Mapped[str] = mapped_column(String(256), nullable=False, index=True)
+    # pending: waiting for DNS; verified: DNS good, no certificate yet;
+    # active: HTTPS is served; rejected: will not be used; lapsed: DNS moved away.
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
+    verified: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    matched_by: Mapped[str | None] = mapped_column(String(16))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    certificate_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
+    )
+    verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('pending', 'verified', 'active', 'rejected', 'lapsed')",
+            name="status",
+        ),
+    )

@@ -1,0 +1,262 @@
+"""The event contract: CloudEvents 1.0 envelopes around typed, versioned, past-tense data.
+
+Every message on the broker is a CloudEvent in structured JSON mode
+(`application/cloudevents+json`) or a JSON array of them in batched mode
+(`application/cloudevents-batch+json`); the routing key is the event's `type`.
+Each type's `data` is a `msgspec.Struct` below. Unknown fields, in the envelope
+or in `data`, are ignored so producers can add fields without breaking consumers.
+`dataschema` names the data's schema version (`urn:tracking-domains:<type>:<n>`);
+a consumer refuses a major version newer than it knows, as permanent.
+
+docs/events.md documents each type for the upstream platform.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Generic, TypeVar
+
+import msgspec
+
+SPEC_VERSION = "1.0"
+STRUCTURED = "application/cloudevents+json"
+BATCH = "application/cloudevents-batch+json"
+SCHEMA_PREFIX = "urn:tracking-domains:"
+MAX_ID_LENGTH = 256
+
+
+class EventData(msgspec.Struct, kw_only=True, frozen=True):
+    """Base of every event's `data`. `TYPE` is the CloudEvents type and routing key."""
+
+    TYPE: ClassVar[str]
+    VERSION: ClassVar[int] = 1
+
+
+# --- events in from the upstream platform --------------------------------------------------
+
+class DomainCreated(EventData, frozen=True):
+    """A customer asked for a tracking domain; verification should start."""
+
+    TYPE: ClassVar[str] = "domain.created"
+    domain: str
+    customer_id: str
+
+
+class DomainDeleted(EventData, frozen=True):
+    """A customer gave up a tracking domain; stop serving and renewing it."""
+
+    TYPE: ClassVar[str] = "domain.deleted"
+    domain: str
+    customer_id: str
+
+
+# --- events out from our services ----------------------------------------------------------
+
+class DomainVerified(EventData, frozen=True):
+    """DNS leads the domain to the platform host."""
+
+    TYPE: ClassVar[str] = "domain.verified"
+    domain: str
+    customer_id: str
+    matched_by: str  # "cname" or "address" (CNAME flattening)
+    chain: list[str] = msgspec.field(default_factory=list)
+
+
+class DomainRejected(EventData, frozen=True):
+    """The domain cannot be used; `reason` tells the customer what to fix."""
+
+    TYPE: ClassVar[str] = "domain.rejected"
+    domain: str
+    customer_id: str
+    code: str
+    reason: str
+
+
+class CertificateIssued(EventData, frozen=True):
+    """A certificate for the domain is on disk and being served."""
+
+    TYPE: ClassVar[str] = "certificate.issued"
+    domain: str
+    customer_id: str
+    not_before: datetime
+    not_after: datetime
+    serial: str
+
+
+class CertificateFailed(EventData, frozen=True):
+    """No certificate could be obtained; `reason` says why and what to do."""
+
+    TYPE: ClassVar[str] = "certificate.failed"
+    domain: str
+    customer_id: str
+    code: str
+    reason: str
+
+
+class ClickTracked(EventData, frozen=True):
+    """A recipient (or a link scanner, flagged as a bot) followed a tracking link."""
+
+    TYPE: ClassVar[str] = "click.tracked"
+    customer_id: str
+    campaign_id: str
+    recipient_id: str
+    domain: str
+    url: str
+    ip: str | None = None
+    user_agent: str | None = None
+    method: str = "GET"
+    bot: bool = False
+    bot_reason: str | None = None
+
+
+EVENT_TYPES: dict[str, type[EventData]] = {
+    cls.TYPE: cls
+    for cls in (DomainCreated, DomainDeleted, DomainVerified, DomainRejected,
+                CertificateIssued, CertificateFailed, ClickTracked)
+}
+
+D = TypeVar("D", bound=EventData)
+
+
+@dataclass(frozen=True, slots=True)
+class Event(Generic[D]):
+    """A decoded CloudEvent with typed data. `raw` is the event's own JSON, for dead letters."""
+
+    id: str
+    type: str
+    source: str
+    time: datetime
+    data: D
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidEvent:
+    """An element of a message that could not be decoded, with the reason and its bytes."""
+
+    reason: str
+    raw: bytes
+
+
+class _Envelope(msgspec.Struct):
+    specversion: str
+    id: str
+    source: str
+    type: str
+    time: datetime | None = None
+    dataschema: str | None = None
+    data: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b""))
+
+
+class _OutEnvelope(msgspec.Struct, omit_defaults=True):
+    specversion: str
+    id: str
+    source: str
+    type: str
+    time: datetime
+    datacontenttype: str
+    dataschema: str
+    data: Any
+
+
+_encoder = msgspec.json.Encoder()
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
+_batch_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+_data_decoders = {name: msgspec.json.Decoder(cls) for name, cls in EVENT_TYPES.items()}
+
+
+def schema_of(cls: type[EventData]) -> str:
+    return f"{SCHEMA_PREFIX}{cls.TYPE}:{cls.VERSION}"
+
+
+def new_event_id() -> str:
+    return str(uuid.uuid4())
+
+
+def encode_event(data: EventData, *, source: str, event_id: str | None = None,
+                 time: datetime | None = None) -> bytes:
+    """One CloudEvent (structured mode) as JSON bytes."""
+    return _encoder.encode(_OutEnvelope(
+        specversion=SPEC_VERSION,
+        id=event_id or new_event_id(),
+        source=source,
+        type=data.TYPE,
+        time=time or datetime.now(UTC),
+        datacontenttype="application/json",
+        dataschema=schema_of(type(data)),
+        data=data,
+    ))
+
+
+def encode_batch(events: Iterable[bytes]) -> bytes:
+    """Join already-encoded events into one batched-mode body without re-encoding them."""
+    return b"[" + b",".join(events) + b"]"
+
+
+def decode_message(body: bytes, content_type: str | None) -> list[Event[Any] | InvalidEvent]:
+    """Decode a message body in structured or batched mode into events and invalid elements.
+
+    Never raises: every problem becomes an `InvalidEvent` carrying its reason, so
+    the consumer can dead-letter exactly the bad parts and keep the good ones.
+    """
+    mode = (content_type or "").split(";", 1)[0].strip().lower()
+    if mode == BATCH:
+        try:
+            elements = _batch_decoder.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return [InvalidEvent(f"batch is not a JSON array: {exc}", body)]
+        return [decode_event(bytes(element)) for element in elements]
+    if mode in (STRUCTURED, "application/json", ""):
+        return [decode_event(body)]
+    return [InvalidEvent(
+        f"content type {content_type!r} is neither {STRUCTURED} nor {BATCH}", body)]
+
+
+def decode_event(raw: bytes) -> Event[Any] | InvalidEvent:
+    """Decode one structured-mode CloudEvent; see `decode_message`."""
+    try:
+        envelope = _envelope_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        return InvalidEvent(f"not a CloudEvent: {exc}", raw)
+    except msgspec.DecodeError as exc:
+        return InvalidEvent(f"not JSON: {exc}", raw)
+    if envelope.specversion != SPEC_VERSION:
+        return InvalidEvent(f"specversion {envelope.specversion!r} is not {SPEC_VERSION}", raw)
+    if not envelope.id or len(envelope.id) > MAX_ID_LENGTH:
+        return InvalidEvent("id must be a non-empty string of at most 256 characters", raw)
+    if envelope.time is None:
+        return InvalidEvent("time is required", raw)
+    if envelope.time.tzinfo is None:
+        return InvalidEvent("time must carry a UTC offset (RFC 3339)", raw)
+    cls = EVENT_TYPES.get(envelope.type)
+    if cls is None:
+        return InvalidEvent(f"unknown event type {envelope.type!r}", raw)
+    if envelope.dataschema is not None:
+        problem = _check_schema(envelope.dataschema, cls)
+        if problem:
+            return InvalidEvent(problem, raw)
+    if not envelope.data:
+        return InvalidEvent("data is required", raw)
+    try:
+        data = _data_decoders[envelope.type].decode(envelope.data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        return InvalidEvent(f"invalid {envelope.type} data: {exc}", raw)
+    return Event(id=envelope.id, type=envelope.type, source=envelope.source,
+                 time=envelope.time, data=data, raw=raw)
+
+
+def _check_schema(dataschema: str, cls: type[EventData]) -> str | None:
+    prefix = f"{SCHEMA_PREFIX}{cls.TYPE}:"
+    if not dataschema.startswith(prefix):
+        # Someone else's schema URI: tolerated, the data is still validated.
+        return None
+    version = dataschema[len(prefix):]
+    if not version.isdigit():
+        return f"dataschema {dataschema!r} has no numeric version"
+    if int(version) > cls.VERSION:
+        return (f"{cls.TYPE} schema version {version} is newer than this service "
+                f"understands ({cls.VERSION}); upgrade the consumer")
+    return None

@@ -1,0 +1,152 @@
+"""Signed tracking links: minted by the platform, verified by the redirector with no database.
+
+Format (docs/links.md is the contract for other languages)::
+
+    https://<host>/t/v1.<kid>.<payload>.<signature>
+
+- `payload`: base64url (no padding) of a UTF-8 JSON object with string fields
+  `c` (customer id), `k` (campaign id), `r` (recipient id), `u` (destination URL).
+  Unknown fields are ignored, so later versions can add some.
+- `signature`: base64url (no padding) of HMAC-SHA256(secret of `kid`, the ASCII
+  text `v1.<kid>.<payload>`).  Signing the encoded text, not the JSON, means no
+  implementation has to reproduce our JSON byte for byte.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import msgspec
+
+from shared.settings import LinkKey
+
+VERSION = "v1"
+PATH_PREFIX = "/t/"
+MAX_TOKEN_LENGTH = 8192
+MAX_ID_LENGTH = 256
+
+
+class LinkError(ValueError):
+    """A link cannot be minted (bad input) or verified (forged, truncated, unknown key)."""
+
+
+class _Payload(msgspec.Struct):
+    c: str
+    k: str
+    r: str
+    u: str
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """What a verified tracking link carries."""
+
+    customer_id: str
+    campaign_id: str
+    recipient_id: str
+    url: str
+    kid: str
+
+
+_payload_decoder = msgspec.json.Decoder(_Payload)
+_payload_encoder = msgspec.json.Encoder()
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64decode(text: str) -> bytes:
+    # validate=True would reject '-' and '_'; translate to the standard alphabet first.
+    padded = text + "=" * (-len(text) % 4)
+    return base64.b64decode(padded.translate(_URLSAFE_TO_STD), validate=True)
+
+
+_URLSAFE_TO_STD = str.maketrans("-_", "+/")
+
+
+# Spaces and control characters never belong in a URL, and CR/LF in a Location
+# header would split the response: refused when minting and again when verifying.
+_UNSAFE_RE = re.compile(r"[\x00-\x20\x7f]")
+_SCHEME_RE = re.compile(r"^https?://[^/?#@]", re.IGNORECASE)
+
+
+def check_destination(url: str) -> None:
+    """Raise `LinkError` unless `url` is an absolute http(s) URL safe to redirect to."""
+    if not url[:8].lower().startswith(("http://", "https://")):
+        raise LinkError("destination must be an absolute http:// or https:// URL")
+    if not _SCHEME_RE.match(url):
+        raise LinkError("destination has no host")
+    if _UNSAFE_RE.search(url):
+        raise LinkError("destination contains spaces or control characters; percent-encode them")
+
+
+class LinkSigner:
+    """Mints with the first key, verifies with any: keys rotate without breaking sent links."""
+
+    def __init__(self, keys: Sequence[LinkKey]) -> None:
+        if not keys:
+            raise ValueError("at least one link key is needed")
+        self._signing = keys[0]
+        self._secrets = {key.kid: key.secret for key in keys}
+
+    def mint_token(self, *, customer_id: str, campaign_id: str, recipient_id: str,
+                   url: str) -> str:
+        for name, value in (("customer", customer_id), ("campaign", campaign_id),
+                            ("recipient", recipient_id)):
+            if not value:
+                raise LinkError(f"{name} id must not be empty")
+            if len(value) > MAX_ID_LENGTH:
+                raise LinkError(f"{name} id must be at most {MAX_ID_LENGTH} characters")
+        check_destination(url)
+        payload = _payload_encoder.encode(
+            _Payload(c=customer_id, k=campaign_id, r=recipient_id, u=url)
+        )
+        signed = f"{VERSION}.{self._signing.kid}.{_b64encode(payload)}"
+        signature = hmac.digest(self._signing.secret, signed.encode("ascii"), "sha256")
+        token = f"{signed}.{_b64encode(signature)}"
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise LinkError(f"the link would be {len(token)} characters; at most "
+                            f"{MAX_TOKEN_LENGTH} are allowed")
+        return token
+
+    def mint_url(self, host: str, *, customer_id: str, campaign_id: str, recipient_id: str,
+                 url: str, scheme: str = "https") -> str:
+        token = self.mint_token(customer_id=customer_id, campaign_id=campaign_id,
+                                recipient_id=recipient_id, url=url)
+        return f"{scheme}://{host}{PATH_PREFIX}{token}"
+
+    def verify(self, token: str) -> Link:
+        """Return the link `token` carries, or raise `LinkError`. Constant-time on the MAC."""
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise LinkError("too long")
+        parts = token.split(".")
+        if len(parts) != 4 or parts[0] != VERSION:
+            raise LinkError("not a v1 token")
+        _, kid, payload_b64, signature_b64 = parts
+        secret = self._secrets.get(kid)
+        if secret is None:
+            raise LinkError("unknown key id")
+        try:
+            signature = _b64decode(signature_b64)
+            signed = token[: len(token) - len(signature_b64) - 1].encode("ascii")
+        except (binascii.Error, ValueError, UnicodeEncodeError):
+            raise LinkError("malformed signature") from None
+        expected = hmac.digest(secret, signed, "sha256")
+        if not hmac.compare_digest(expected, signature):
+            raise LinkError("bad signature")
+        try:
+            payload = _payload_decoder.decode(_b64decode(payload_b64))
+        except (binascii.Error, ValueError, msgspec.DecodeError):
+            # Signed by us yet unreadable: only a key leak or a minting bug gets here.
+            raise LinkError("malformed payload") from None
+        url = payload.u
+        if not _SCHEME_RE.match(url) or _UNSAFE_RE.search(url):
+            raise LinkError("destination is not a safe absolute http(s) URL")
+        return Link(customer_id=payload.c, campaign_id=payload.k, recipient_id=payload.r,
+                    url=url, kid=kid)

@@ -1,0 +1,207 @@
+"""Reading settings from environment variables, with one clear error per bad setting.
+
+Services build their settings once, in their entry point, from `os.environ`
+passed in explicitly; nothing here reads the environment at import time.
+A missing or malformed setting raises `SettingsError` whose message starts with
+the setting's name, so the entry point can print exactly one line and exit.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
+
+from shared.errors import SettingsError
+
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///var/tracking.db"
+DEFAULT_EXCHANGE = "tracking"
+MIN_SECRET_LENGTH = 32
+_KID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+
+
+@dataclass(frozen=True)
+class LinkKey:
+    """One HMAC key for tracking links. The secret never appears in a repr."""
+
+    kid: str
+    secret: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    url: str = field(repr=False)
+    # Namespace for the exchange and every queue name, so several deployments
+    # (or test runs) can share one broker without seeing each other's messages.
+    exchange: str = DEFAULT_EXCHANGE
+
+    @property
+    def safe_url(self) -> str:
+        return redact_url(self.url)
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = field(repr=False)
+
+    @property
+    def safe_url(self) -> str:
+        return redact_url(self.url)
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by '***', for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+class Env:
+    """Typed reads from an environment mapping; every failure names its variable."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def raw(self, name: str) -> str | None:
+        value = self._environ.get(name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def str(self, name: str, default: str | None = None) -> str:
+        value = self.raw(name)
+        if value is None:
+            if default is None:
+                raise SettingsError(f"{name} is required but not set")
+            return default
+        return value
+
+    def int(self, name: str, default: int, *, minimum: int = 0) -> int:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise SettingsError(f"{name} must be a whole number, got {value!r}") from None
+        if number < minimum:
+            raise SettingsError(f"{name} must be at least {minimum}, got {number}")
+        return number
+
+    def float(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            raise SettingsError(f"{name} must be a number, got {value!r}") from None
+        if number < minimum:
+            raise SettingsError(f"{name} must be at least {minimum}, got {number}")
+        return number
+
+    def host_port(self, name: str, default: str) -> tuple[str, int]:
+        value = self.str(name, default)
+        host, sep, port = value.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(f"{name} must be host:port (e.g. 127.0.0.1:8080), got {value!r}")
+        return host, int(port)
+
+    def broker(self) -> BrokerSettings:
+        url = self.str("AMQP_URL", DEFAULT_AMQP_URL)
+        if urlsplit(url).scheme not in ("amqp", "amqps"):
+            raise SettingsError(
+                f"AMQP_URL must start with amqp:// or amqps://, got {redact_url(url)!r}"
+            )
+        exchange = self.str("AMQP_EXCHANGE", DEFAULT_EXCHANGE)
+        if not _NAME_RE.match(exchange):
+            raise SettingsError(
+                f"AMQP_EXCHANGE must be 1-100 letters, digits, '.', '_' or '-', got {exchange!r}"
+            )
+        return BrokerSettings(url=url, exchange=exchange)
+
+    def database(self) -> DatabaseSettings:
+        return DatabaseSettings(url=normalise_database_url(self.str("DATABASE_URL",
+                                                                    DEFAULT_DATABASE_URL)))
+
+    def tracking_host(self) -> str:
+        # Imported here: domains.py is pure, but keeping settings free of it at
+        # import time avoids a cycle when domains grows DNS-aware helpers.
+        from shared.domains import InvalidDomain, normalise_domain
+
+        value = self.str("TRACKING_HOST")
+        try:
+            return normalise_domain(value, allow_single_label=True)
+        except InvalidDomain as exc:
+            raise SettingsError(f"TRACKING_HOST is not a valid host name: {exc}") from None
+
+    def link_keys(self) -> tuple[LinkKey, ...]:
+        return parse_link_keys(self.str("LINK_KEYS"))
+
+    def networks(self, name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        value = self.raw(name)
+        if value is None:
+            return ()
+        networks = []
+        for item in value.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise SettingsError(
+                    f"{name} must be comma-separated IP addresses or CIDR ranges, got {item!r}"
+                ) from None
+        return tuple(networks)
+
+
+def parse_link_keys(value: str) -> tuple[LinkKey, ...]:
+    """Parse `kid:secret,kid:secret`; the first key signs, all verify."""
+    keys: list[LinkKey] = []
+    for number, item in enumerate(value.split(","), start=1):
+        kid, sep, secret = item.strip().partition(":")
+        if not sep:
+            raise SettingsError(f"LINK_KEYS entry {number} must be kid:secret (no ':' found)")
+        if not _KID_RE.match(kid):
+            raise SettingsError(
+                f"LINK_KEYS entry {number}: key id must be 1-32 of A-Z a-z 0-9 _ -, got {kid!r}"
+            )
+        if len(secret) < MIN_SECRET_LENGTH:
+            # The length is safe to say; the secret is not.
+            raise SettingsError(
+                f"LINK_KEYS entry {number} ({kid}): secret must be at least "
+                f"{MIN_SECRET_LENGTH} characters, got {len(secret)}"
+            )
+        if any(key.kid == kid for key in keys):
+            raise SettingsError(f"LINK_KEYS entry {number}: key id {kid!r} appears twice")
+        keys.append(LinkKey(kid=kid, secret=secret.encode()))
+    return tuple(keys)
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept plain `postgresql://` and `sqlite:///` URLs and pick the async driver."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise SettingsError(f"DATABASE_URL must be a URL such as postgresql://..., got {url!r}")
+    drivers = {
+        "postgresql": "postgresql+asyncpg",
+        "postgres": "postgresql+asyncpg",
+        "postgresql+asyncpg": "postgresql+asyncpg",
+        "sqlite": "sqlite+aiosqlite",
+        "sqlite+aiosqlite": "sqlite+aiosqlite",
+    }
+    if scheme not in drivers:
+        raise SettingsError(
+            "DATABASE_URL must use postgresql:// or sqlite:///, "
+            f"got {redact_url(url).split('://')[0]!r}"
+        )
+    return f"{drivers[scheme]}://{rest}"
