@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
 import msgspec
 
@@ -26,6 +26,12 @@ STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
 SCHEMA_PREFIX = "urn:tracking-domains:"
 MAX_ID_LENGTH = 256
+
+# Field constraints, checked when decoding, so a stored row never fails on a length.
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+DomainName = Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
+Url = Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]
+Reason = Annotated[str, msgspec.Meta(max_length=2000)]
 
 
 class EventData(msgspec.Struct, kw_only=True, frozen=True):
@@ -41,16 +47,16 @@ class DomainCreated(EventData, frozen=True):
     """A customer asked for a tracking domain; verification should start."""
 
     TYPE: ClassVar[str] = "domain.created"
-    domain: str
-    customer_id: str
+    domain: DomainName
+    customer_id: Id
 
 
 class DomainDeleted(EventData, frozen=True):
     """A customer gave up a tracking domain; stop serving and renewing it."""
 
     TYPE: ClassVar[str] = "domain.deleted"
-    domain: str
-    customer_id: str
+    domain: DomainName
+    customer_id: Id
 
 
 # --- events out from our services ----------------------------------------------------------
@@ -59,8 +65,8 @@ class DomainVerified(EventData, frozen=True):
     """DNS leads the domain to the platform host."""
 
     TYPE: ClassVar[str] = "domain.verified"
-    domain: str
-    customer_id: str
+    domain: DomainName
+    customer_id: Id
     matched_by: str  # "cname" or "address" (CNAME flattening)
     chain: list[str] = msgspec.field(default_factory=list)
 
@@ -69,18 +75,18 @@ class DomainRejected(EventData, frozen=True):
     """The domain cannot be used; `reason` tells the customer what to fix."""
 
     TYPE: ClassVar[str] = "domain.rejected"
-    domain: str
-    customer_id: str
+    domain: DomainName
+    customer_id: Id
     code: str
-    reason: str
+    reason: Reason
 
 
 class CertificateIssued(EventData, frozen=True):
     """A certificate for the domain is on disk and being served."""
 
     TYPE: ClassVar[str] = "certificate.issued"
-    domain: str
-    customer_id: str
+    domain: DomainName
+    customer_id: Id
     not_before: datetime
     not_after: datetime
     serial: str
@@ -90,26 +96,26 @@ class CertificateFailed(EventData, frozen=True):
     """No certificate could be obtained; `reason` says why and what to do."""
 
     TYPE: ClassVar[str] = "certificate.failed"
-    domain: str
-    customer_id: str
+    domain: DomainName
+    customer_id: Id
     code: str
-    reason: str
+    reason: Reason
 
 
 class ClickTracked(EventData, frozen=True):
     """A recipient (or a link scanner, flagged as a bot) followed a tracking link."""
 
     TYPE: ClassVar[str] = "click.tracked"
-    customer_id: str
-    campaign_id: str
-    recipient_id: str
-    domain: str
-    url: str
-    ip: str | None = None
-    user_agent: str | None = None
-    method: str = "GET"
+    customer_id: Id
+    campaign_id: Id
+    recipient_id: Id
+    domain: DomainName
+    url: Url
+    ip: Annotated[str, msgspec.Meta(max_length=45)] | None = None
+    user_agent: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
+    method: Annotated[str, msgspec.Meta(min_length=1, max_length=8)] = "GET"
     bot: bool = False
-    bot_reason: str | None = None
+    bot_reason: Annotated[str, msgspec.Meta(max_length=100)] | None = None
 
 
 EVENT_TYPES: dict[str, type[EventData]] = {

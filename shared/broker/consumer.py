@@ -111,7 +111,7 @@ class Consumer:
             queue=self._queue_name, message_id=message.message_id, attempt=attempt,
             event_id=events[0].id if len(events) == 1 else None,
         )
-        outcome = "ok"
+        outcome = "unfinished"
         error: str | None = None
         try:
             for item in invalid:
@@ -136,7 +136,10 @@ class Consumer:
                     outcome, error = await self._retry(
                         events, message, attempt, f"{type(exc).__name__}: {exc}", None)
             await message.ack()
+            if outcome == "unfinished":
+                outcome = "ok"
         except asyncio.CancelledError:
+            outcome = "cancelled"  # unacked: the broker redelivers it
             raise
         except Exception as exc:
             # Parking the message failed (broker path down): keep it, and back off.

@@ -62,5 +62,25 @@ async def run_with_engine(engine: AsyncEngine, action: str, revision: str) -> No
         await connection.run_sync(_run)
 
 
+async def check_at_head(engine: AsyncEngine) -> None:
+    """Raise `SchemaOutOfDate` unless the database is migrated to the newest revision."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    async with engine.connect() as connection:
+        found = await connection.run_sync(
+            lambda sync: MigrationContext.configure(sync).get_current_revision())
+    if found != head:
+        raise SchemaOutOfDate(
+            f"database schema is at revision {found or 'none'}, this release needs {head}: "
+            "run `trackctl db upgrade`"
+        )
+
+
+class SchemaOutOfDate(Exception):
+    """The database has not been migrated for this release."""
+
+
 def upgrade_sync(settings: DatabaseSettings) -> None:
     asyncio.run(upgrade(settings))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 
 from sqlalchemy import (
@@ -15,7 +14,6 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
-    Uuid,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -43,7 +41,8 @@ class TrackingLog(Base):
     __tablename__ = "tracking_logs"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    event_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True, nullable=False)
+    # Text, not UUID: CloudEvents ids are any string, and one odd id must not fail a batch.
+    event_id: Mapped[str] = mapped_column(String(256), unique=True, nullable=False)
     customer_id: Mapped[str] = mapped_column(String(256), nullable=False)
     campaign_id: Mapped[str] = mapped_column(String(256), nullable=False)
     recipient_id: Mapped[str] = mapped_column(String(256), nullable=False)

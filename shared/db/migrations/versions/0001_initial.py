@@ -20,7 +20,7 @@ def upgrade() -> None:
     op.create_table(
         "tracking_logs",
         sa.Column("id", BigId, primary_key=True, autoincrement=True),
-        sa.Column("event_id", sa.Uuid(), nullable=False),
+        sa.Column("event_id", sa.String(256), nullable=False),
         sa.Column("customer_id", sa.String(256), nullable=False),
         sa.Column("campaign_id", sa.String(256), nullable=False),
         sa.Column("recipient_id", sa.String(256), nullable=False),

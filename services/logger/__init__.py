@@ -1,0 +1,1 @@
+"""The logger: `click.tracked` events → `tracking_logs` rows, in batches, exactly once."""

@@ -1,0 +1,78 @@
+"""Entry point: `python -m services.logger`. Consume clicks, write rows, ack after commit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import socket
+
+import structlog
+
+from services.logger import settings as logger_settings
+from services.logger.batcher import BatchWriter
+from services.logger.database import click_store
+from services.logger.handlers import record_clicks
+from services.logger.settings import LoggerSettings
+from shared import logs
+from shared.broker import topology as broker_topology
+from shared.broker.connection import connect, open_channel
+from shared.broker.consumer import ConsumePolicy, Consumer
+from shared.broker.names import LOGGER_QUEUE
+from shared.broker.publisher import Publisher
+from shared.db.engine import create_engine
+from shared.db.migrate import SchemaOutOfDate, check_at_head
+from shared.lifecycle import load_or_exit, run
+
+log = structlog.get_logger("services.logger")
+
+
+async def serve(settings: LoggerSettings, stop: asyncio.Event) -> None:
+    source = f"/logger/{socket.gethostname()}/{os.getpid()}"
+    engine = create_engine(settings.database, pool_size=2)
+    try:
+        await check_at_head(engine)
+    except SchemaOutOfDate as exc:
+        await engine.dispose()
+        raise SystemExit(f"logger: {exc}") from None
+    writer = BatchWriter(click_store(engine), max_rows=settings.batch_rows,
+                         flush_s=settings.flush_ms / 1000,
+                         max_backoff_s=settings.max_backoff_s)
+    writer.start()
+    connection = await connect(settings.broker, name=f"logger {source}")
+    channel = await open_channel(connection)
+    topology = broker_topology.Topology(settings.broker.exchange)
+    exchange = await broker_topology.declare(channel, topology)
+    consumer = Consumer(
+        channel=channel, topology=topology, queue=LOGGER_QUEUE,
+        handler=functools.partial(record_clicks, writer=writer),
+        publisher=Publisher(channel, exchange, source=source),
+        policy=ConsumePolicy(prefetch=settings.prefetch),
+    )
+    await consumer.start()
+    log.info("logger.started", queue=topology.queue(LOGGER_QUEUE),
+             database=settings.database.safe_url, broker=settings.broker.safe_url)
+    await stop.wait()
+
+    log.info("logger.stopping")
+    await consumer.stop()
+    await writer.stop()
+    with contextlib.suppress(Exception):
+        await connection.close()
+    await engine.dispose()
+    log.info("logger.stopped", committed=writer.committed)
+
+
+def main() -> None:
+    settings = load_or_exit("logger", logger_settings.load, os.environ)
+    logs.configure("logger", level=settings.log_level)
+
+    async def _main(stop: asyncio.Event) -> None:
+        await serve(settings, stop)
+
+    run(_main)
+
+
+if __name__ == "__main__":
+    main()

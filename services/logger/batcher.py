@@ -1,0 +1,117 @@
+"""Gathering rows from many messages into one commit, and answering each message when it lands.
+
+A message's handler adds its rows and waits; the batch is written when it holds
+`max_rows` or `flush_s` after its first row, whichever comes first. Only after
+the commit do the waiting handlers return, so only then are their messages acked.
+While the database is down, the write is retried with capped backoff and nothing
+is acked: the broker keeps the messages and prefetch bounds what is held here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+
+import structlog
+
+from services.logger.database import ClickStore, Row
+
+log = structlog.get_logger(__name__)
+
+
+class BatchWriter:
+    def __init__(self, store: ClickStore, *, max_rows: int = 5000, flush_s: float = 0.02,
+                 max_backoff_s: float = 5.0) -> None:
+        self._store = store
+        self._max_rows = max_rows
+        self._flush_s = flush_s
+        self._max_backoff_s = max_backoff_s
+        # One entry per message: its rows stay together, so one commit answers it.
+        self._pending: list[tuple[Sequence[Row], asyncio.Future[None]]] = []
+        self._pending_rows = 0
+        self._has_rows = asyncio.Event()
+        self._full = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.healthy = True
+        self.committed = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="batch-writer")
+
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        """Write what is held (no linger), then end. Rows that cannot be written in time
+        stay unacked, so the broker hands them to the next logger."""
+        self._stopping = True
+        self._has_rows.set()
+        self._full.set()
+        if self._task is not None:
+            done, _ = await asyncio.wait({self._task}, timeout=timeout_s)
+            if not done:
+                self._task.cancel()
+                log.warning("logger.stop_timeout", unwritten_rows=self._pending_rows)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+
+    async def add(self, rows: Sequence[Row]) -> None:
+        """Queue rows and return once they are committed."""
+        if not rows:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((rows, future))
+        self._pending_rows += len(rows)
+        self._has_rows.set()
+        if self._pending_rows >= self._max_rows:
+            self._full.set()
+        await future
+
+    async def _run(self) -> None:
+        while True:
+            if not self._pending:
+                if self._stopping:
+                    return
+                self._has_rows.clear()
+                await self._has_rows.wait()
+                continue
+            if self._pending_rows < self._max_rows and not self._stopping:
+                self._full.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), timeout=self._flush_s)
+            taken, count = 0, 0
+            while taken < len(self._pending) and count < self._max_rows:
+                count += len(self._pending[taken][0])
+                taken += 1
+            batch, self._pending = self._pending[:taken], self._pending[taken:]
+            self._pending_rows -= count
+            rows = [row for message_rows, _ in batch for row in message_rows]
+            await self._write(rows)
+            for _, waiter in batch:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def _write(self, rows: list[Row]) -> None:
+        backoff = 0.1
+        attempt = 0
+        while True:
+            attempt += 1
+            started = time.perf_counter()
+            try:
+                inserted = await self._store.insert(rows)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.healthy = False
+                log.warning("clicks.write_failed", rows=len(rows), attempt=attempt,
+                            error=(str(exc) or type(exc).__name__)[:500],
+                            retry_in_s=round(backoff, 2))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff_s)
+                continue
+            self.healthy = True
+            self.committed += inserted
+            log.info("clicks.committed", rows=len(rows), inserted=inserted,
+                     duplicates=len(rows) - inserted, attempts=attempt,
+                     duration_ms=round((time.perf_counter() - started) * 1000, 2))
+            return

@@ -1,0 +1,77 @@
+"""Writing click rows to `tracking_logs`, the fast way each database allows, idempotently.
+
+PostgreSQL: COPY into a session-local staging table, then one
+`INSERT ... SELECT ... ON CONFLICT (event_id) DO NOTHING`, in one transaction.
+COPY is several times faster than row inserts, and the conflict clause makes a
+redelivered event a no-op. SQLite: `INSERT OR IGNORE` with executemany.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.db.models import TrackingLog
+
+COLUMNS = ("event_id", "customer_id", "campaign_id", "recipient_id", "domain", "url", "ip",
+           "user_agent", "method", "clicked_at", "bot", "bot_reason")
+
+Row = tuple[str, str, str, str, str, str, str | None, str | None, str, datetime, bool,
+            str | None]
+
+_STAGING = "tracking_logs_staging"
+_CREATE_STAGING = f"""
+CREATE TEMP TABLE IF NOT EXISTS {_STAGING} (
+    event_id text, customer_id text, campaign_id text, recipient_id text, domain text,
+    url text, ip text, user_agent text, method text, clicked_at timestamptz, bot boolean,
+    bot_reason text
+) ON COMMIT DELETE ROWS
+"""
+_MERGE = (
+    f"INSERT INTO tracking_logs ({', '.join(COLUMNS)}) "
+    f"SELECT {', '.join(COLUMNS)} FROM {_STAGING} ON CONFLICT (event_id) DO NOTHING"
+)
+
+
+class ClickStore(Protocol):
+    async def insert(self, rows: Sequence[Row]) -> int:
+        """Insert rows, skipping event ids already stored; returns how many were new."""
+
+
+class PostgresClickStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def insert(self, rows: Sequence[Row]) -> int:
+        async with self._engine.connect() as connection:
+            raw = await connection.get_raw_connection()
+            driver = raw.driver_connection
+            assert driver is not None
+            async with driver.transaction():
+                await driver.execute(_CREATE_STAGING)
+                await driver.copy_records_to_table(_STAGING, records=rows, columns=COLUMNS)
+                status = await driver.execute(_MERGE)
+        return int(status.rsplit(" ", 1)[1])
+
+
+class SqliteClickStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._statement = sqlite_insert(TrackingLog).on_conflict_do_nothing(
+            index_elements=["event_id"])
+
+    async def insert(self, rows: Sequence[Row]) -> int:
+        async with self._engine.begin() as connection:
+            result = await connection.execute(
+                self._statement, [dict(zip(COLUMNS, row, strict=True)) for row in rows])
+        return result.rowcount
+
+
+def click_store(engine: AsyncEngine) -> ClickStore:
+    if engine.dialect.name == "postgresql":
+        return PostgresClickStore(engine)
+    return SqliteClickStore(engine)
