@@ -1,0 +1,88 @@
+"""Starting the real service processes for end-to-end and fault tests, and stopping them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class ServiceProcess:
+    """One `python -m services.<name>` child, its output kept in a log file."""
+
+    def __init__(self, name: str, env: Mapping[str, str], log_dir: Path,
+                 cwd: Path | None = None) -> None:
+        self.name = name
+        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
+        self.cwd = cwd or ROOT
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServiceProcess:
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", f"services.{self.name}"], env=self.env, cwd=self.cwd,
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        return self
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, needle: str, timeout_s: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if needle in self.log_text():
+                return
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"{self.name} exited early:\n{self.log_text()[-4000:]}")
+            time.sleep(0.05)
+        raise AssertionError(f"{self.name} did not log {needle!r}:\n{self.log_text()[-4000:]}")
+
+    def wait_http(self, url: str, timeout_s: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"{self.name} exited early:\n{self.log_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(f"{self.name} never answered {url}:\n{self.log_text()[-4000:]}")
+
+    def terminate(self, timeout_s: float = 40.0) -> int:
+        """SIGTERM and wait: the graceful path."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout_s)
+        finally:
+            self._close()
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to flush anything."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+        self._close()
+
+    def _close(self) -> None:
+        if not self._log.closed:
+            self._log.close()
+
+    def __enter__(self) -> ServiceProcess:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.kill()
