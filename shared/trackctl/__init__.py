@@ -1,0 +1,1 @@
+"""trackctl: the operator's command line (database, links, running the pipeline)."""
