@@ -63,7 +63,7 @@ async def serve(settings: RedirectorSettings, stop: asyncio.Event) -> None:
         signer=LinkSigner(settings.link_keys), domains=directory,
         clients=ClientAddress(settings.trusted_proxies), spool=spool, forwarder=forwarder,
         source=source, spool_max_bytes=settings.spool_max_bytes,
-        access_log=settings.access_log,
+        access_log=settings.access_log, challenge_dir=settings.challenge_dir,
     )
     runner = web.AppRunner(build_app(redirector), access_log=None, handle_signals=False,
                            shutdown_timeout=10)

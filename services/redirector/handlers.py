@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import structlog
 from aiohttp import web
@@ -27,6 +29,7 @@ NOT_FOUND_PAGE = (
 )
 _NOT_FOUND_HEADERS = {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"}
 _MAX_UA = 1024
+_CHALLENGE_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 
 
 @dataclass
@@ -41,6 +44,7 @@ class Redirector:
     source: str
     spool_max_bytes: int
     access_log: bool = False
+    challenge_dir: Path | None = None
 
     async def track(self, request: web.Request) -> web.Response:
         try:
@@ -74,6 +78,18 @@ class Redirector:
             "Location": link.url, "Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
         })
 
+    async def acme_challenge(self, request: web.Request) -> web.Response:
+        """HTTP-01 answers, read from the directory the certifier writes (shared by every edge)."""
+        token = request.match_info["token"]
+        if self.challenge_dir is None or not _CHALLENGE_TOKEN.match(token):
+            return not_found(request, "no such challenge")
+        try:
+            body = (self.challenge_dir / token).read_bytes()
+        except OSError:
+            return not_found(request, "no such challenge")
+        return web.Response(body=body, content_type="text/plain",
+                            headers={"Cache-Control": "no-store"})
+
     async def healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -101,6 +117,7 @@ async def fallback(request: web.Request) -> web.Response:
 def build_app(redirector: Redirector) -> web.Application:
     app = web.Application(handler_args={"max_field_size": 16384}, client_max_size=1024)
     app.router.add_get("/t/{token}", redirector.track)
+    app.router.add_get("/.well-known/acme-challenge/{token}", redirector.acme_challenge)
     app.router.add_get("/healthz", redirector.healthz)
     app.router.add_get("/readyz", redirector.readyz)
     app.router.add_route("*", "/{tail:.*}", fallback)

@@ -19,6 +19,7 @@ class RedirectorSettings:
     broker: BrokerSettings
     database: DatabaseSettings
     spool_dir: Path
+    challenge_dir: Path | None
     spool_max_bytes: int
     batch_size: int
     linger_ms: float
@@ -38,6 +39,7 @@ def load(environ: Mapping[str, str]) -> RedirectorSettings:
         broker=env.broker(),
         database=env.database(),
         spool_dir=Path(env.str("SPOOL_DIR", "var/spool/redirector")),
+        challenge_dir=Path(value) if (value := env.raw("ACME_CHALLENGE_DIR")) else None,
         spool_max_bytes=env.int("SPOOL_MAX_BYTES", 1 << 30, minimum=1 << 20),
         batch_size=env.int("CLICK_BATCH_SIZE", 500, minimum=1),
         linger_ms=env.float("CLICK_LINGER_MS", 5.0),
