@@ -81,6 +81,16 @@ class DomainRejected(EventData, frozen=True):
     reason: Reason
 
 
+class DomainLapsed(EventData, frozen=True):
+    """An active domain's DNS no longer leads to the platform host; links fall back."""
+
+    TYPE: ClassVar[str] = "domain.lapsed"
+    domain: DomainName
+    customer_id: Id
+    code: str
+    reason: Reason
+
+
 class CertificateIssued(EventData, frozen=True):
     """A certificate for the domain is on disk and being served."""
 
@@ -102,6 +112,16 @@ class CertificateFailed(EventData, frozen=True):
     reason: Reason
 
 
+class CertificateExpiring(EventData, frozen=True):
+    """A certificate could not be renewed and expires soon; someone must act."""
+
+    TYPE: ClassVar[str] = "certificate.expiring"
+    domain: DomainName
+    customer_id: Id
+    not_after: datetime
+    reason: Reason
+
+
 class ClickTracked(EventData, frozen=True):
     """A recipient (or a link scanner, flagged as a bot) followed a tracking link."""
 
@@ -120,8 +140,8 @@ class ClickTracked(EventData, frozen=True):
 
 EVENT_TYPES: dict[str, type[EventData]] = {
     cls.TYPE: cls
-    for cls in (DomainCreated, DomainDeleted, DomainVerified, DomainRejected,
-                CertificateIssued, CertificateFailed, ClickTracked)
+    for cls in (DomainCreated, DomainDeleted, DomainVerified, DomainRejected, DomainLapsed,
+                CertificateIssued, CertificateFailed, CertificateExpiring, ClickTracked)
 }
 
 D = TypeVar("D", bound=EventData)

@@ -8,11 +8,13 @@ test run (or a second deployment) on the same broker never meets ours.
 from __future__ import annotations
 
 from shared.events import (
+    CertificateExpiring,
     CertificateFailed,
     CertificateIssued,
     ClickTracked,
     DomainCreated,
     DomainDeleted,
+    DomainLapsed,
     DomainRejected,
     DomainVerified,
 )
@@ -22,8 +24,10 @@ DOMAIN_CREATED = DomainCreated.TYPE
 DOMAIN_DELETED = DomainDeleted.TYPE
 DOMAIN_VERIFIED = DomainVerified.TYPE
 DOMAIN_REJECTED = DomainRejected.TYPE
+DOMAIN_LAPSED = DomainLapsed.TYPE
 CERTIFICATE_ISSUED = CertificateIssued.TYPE
 CERTIFICATE_FAILED = CertificateFailed.TYPE
+CERTIFICATE_EXPIRING = CertificateExpiring.TYPE
 CLICK_TRACKED = ClickTracked.TYPE
 
 # One queue per consuming service; replicas of a service compete on it.
@@ -35,7 +39,7 @@ CERTIFIER_QUEUE = "certifier"
 BINDINGS: dict[str, tuple[str, ...]] = {
     LOGGER_QUEUE: (CLICK_TRACKED,),
     VERIFIER_QUEUE: (DOMAIN_CREATED, DOMAIN_DELETED),
-    CERTIFIER_QUEUE: (DOMAIN_VERIFIED, DOMAIN_DELETED),
+    CERTIFIER_QUEUE: (DOMAIN_VERIFIED, DOMAIN_DELETED, DOMAIN_LAPSED),
 }
 
 # Delayed-retry tiers in milliseconds. A message waits in the tier's queue until

@@ -79,7 +79,17 @@ class TrackingDomain(Base):
     verified: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     matched_by: Mapped[str | None] = mapped_column(String(16))
     last_error: Mapped[str | None] = mapped_column(Text)
+    # The CNAME chain (or address match) the last successful check saw, " -> " joined.
+    dns_chain: Mapped[str | None] = mapped_column(Text)
+    # When the verifier should look at this domain's DNS next (pending rechecks, and
+    # the periodic re-verification of verified/active domains).
+    check_due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
     certificate_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    certificate_issued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    certificate_serial: Mapped[str | None] = mapped_column(String(64))
+    # When renewal should start: a third of the lifetime before expiry, jittered.
+    certificate_renew_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), index=True)
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
@@ -93,4 +103,24 @@ class TrackingDomain(Base):
             "status IN ('pending', 'verified', 'active', 'rejected', 'lapsed')",
             name="status",
         ),
+    )
+
+
+class AcmeEvent(Base):
+    """What was asked of the ACME CA, kept to stay under its rate limits."""
+
+    __tablename__ = "acme_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # "order" (new order), "certificate" (issued), "failed_validation".
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)
+    name: Mapped[str] = mapped_column(String(253), nullable=False)
+    registered_domain: Mapped[str] = mapped_column(String(253), nullable=False)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False,
+                                         server_default=func.now())
+
+    __table_args__ = (
+        Index(None, "kind", "at"),
+        Index(None, "registered_domain", "kind", "at"),
+        Index(None, "name", "kind", "at"),
     )
