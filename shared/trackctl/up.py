@@ -18,8 +18,15 @@ SERVICES = ("logger", "verifier", "certifier", "redirector")
 
 
 def available_services() -> list[str]:
-    return [name for name in SERVICES
-            if importlib.util.find_spec(f"services.{name}.__main__") is not None]
+    """The services this installation has (those not built yet are simply absent)."""
+    found = []
+    for name in SERVICES:
+        try:
+            if importlib.util.find_spec(f"services.{name}.__main__") is not None:
+                found.append(name)
+        except ModuleNotFoundError:
+            pass
+    return found
 
 
 def run(environ: Mapping[str, str]) -> int:
