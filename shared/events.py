@@ -243,6 +243,9 @@ def decode_message(body: bytes, content_type: str | None) -> list[Event[Any] | I
 
 def decode_event(raw: bytes) -> Event[Any] | InvalidEvent:
     """Decode one structured-mode CloudEvent; see `decode_message`."""
+    if b"\\u0000" in raw:
+        # Valid JSON, but no text column (PostgreSQL's above all) can store it.
+        return InvalidEvent("a string contains the NUL character (\\u0000)", raw)
     try:
         envelope = _envelope_decoder.decode(raw)
     except msgspec.ValidationError as exc:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import structlog
 
 from services.logger.database import ClickStore, Row
+from shared.errors import PermanentError
 
 log = structlog.get_logger(__name__)
 
@@ -86,12 +87,32 @@ class BatchWriter:
             batch, self._pending = self._pending[:taken], self._pending[taken:]
             self._pending_rows -= count
             rows = [row for message_rows, _ in batch for row in message_rows]
-            await self._write(rows)
+            try:
+                await self._write(rows)
+            except _Unstorable:
+                await self._write_one_by_one(batch)
+                continue
             for _, waiter in batch:
                 if not waiter.done():
                     waiter.set_result(None)
 
+    async def _write_one_by_one(
+            self, batch: list[tuple[Sequence[Row], asyncio.Future[None]]]) -> None:
+        """Find the message(s) whose rows the database refuses; only those fail (and are
+        dead-lettered by the consumer), every other message in the batch is written."""
+        for rows, waiter in batch:
+            try:
+                await self._write(list(rows))
+            except _Unstorable as exc:
+                if not waiter.done():
+                    waiter.set_exception(PermanentError(f"the database refuses these rows: {exc}"))
+            else:
+                if not waiter.done():
+                    waiter.set_result(None)
+
     async def _write(self, rows: list[Row]) -> None:
+        """Write with retries while the database is unreachable; raise `_Unstorable` if the
+        database refuses the rows themselves."""
         backoff = 0.1
         attempt = 0
         while True:
@@ -102,6 +123,10 @@ class BatchWriter:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if self._store.rejects_data(exc):
+                    log.warning("clicks.rows_refused", rows=len(rows),
+                                error=(str(exc) or type(exc).__name__)[:500])
+                    raise _Unstorable((str(exc) or type(exc).__name__)[:500]) from exc
                 self.healthy = False
                 log.warning("clicks.write_failed", rows=len(rows), attempt=attempt,
                             error=(str(exc) or type(exc).__name__)[:500],
@@ -115,3 +140,7 @@ class BatchWriter:
                      duplicates=len(rows) - inserted, attempts=attempt,
                      duration_ms=round((time.perf_counter() - started) * 1000, 2))
             return
+
+
+class _Unstorable(Exception):
+    """The database refused the rows' content (not a connection problem)."""

@@ -9,7 +9,7 @@ redelivered event a no-op. SQLite: `INSERT OR IGNORE` with executemany.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol
 
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -41,6 +41,19 @@ class ClickStore(Protocol):
     async def insert(self, rows: Sequence[Row]) -> int:
         """Insert rows, skipping event ids already stored; returns how many were new."""
 
+    def rejects_data(self, exc: BaseException) -> bool:
+        """True if `exc` means the rows themselves are unstorable (retrying cannot help)."""
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    # SQLAlchemy wraps the driver's error; asyncpg's carries the SQLSTATE.
+    original = getattr(exc, "orig", None) or exc
+    for candidate in (original, getattr(original, "__cause__", None)):
+        state = getattr(candidate, "sqlstate", None)
+        if isinstance(state, str):
+            return state
+    return None
+
 
 class PostgresClickStore:
     def __init__(self, engine: AsyncEngine) -> None:
@@ -57,6 +70,11 @@ class PostgresClickStore:
                 status = await driver.execute(_MERGE)
         return int(status.rsplit(" ", 1)[1])
 
+    def rejects_data(self, exc: BaseException) -> bool:
+        # Class 22 (data exception) and 23 (integrity) are about the rows, not the server.
+        state = _sqlstate(exc)
+        return state is not None and state[:2] in ("22", "23")
+
 
 class SqliteClickStore:
     def __init__(self, engine: AsyncEngine) -> None:
@@ -66,9 +84,17 @@ class SqliteClickStore:
 
     async def insert(self, rows: Sequence[Row]) -> int:
         async with self._engine.begin() as connection:
-            result = await connection.execute(
-                self._statement, [dict(zip(COLUMNS, row, strict=True)) for row in rows])
+            result = await connection.execute(self._statement, [
+                # SQLite keeps wall-clock time and drops the offset: store the UTC instant.
+                {**dict(zip(COLUMNS, row, strict=True)), "clicked_at": row[9].astimezone(UTC)}
+                for row in rows])
         return result.rowcount
+
+    def rejects_data(self, exc: BaseException) -> bool:
+        import sqlite3
+
+        original = getattr(exc, "orig", None) or exc
+        return isinstance(original, (sqlite3.IntegrityError, sqlite3.DataError))
 
 
 def click_store(engine: AsyncEngine) -> ClickStore:

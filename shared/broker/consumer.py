@@ -29,6 +29,7 @@ from typing import Any
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
+from shared.broker.names import BINDINGS
 from shared.broker.publisher import Publisher
 from shared.broker.topology import Topology
 from shared.errors import PermanentError, TransientError
@@ -73,6 +74,7 @@ class Consumer:
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._accepted = frozenset(BINDINGS.get(queue, ()))
 
     async def start(self) -> None:
         await self._channel.set_qos(prefetch_count=self._policy.prefetch)
@@ -105,8 +107,17 @@ class Consumer:
         headers = message.headers or {}
         attempt = _int_header(headers.get(ATTEMPT_HEADER), 1)
         decoded = decode_message(message.body, message.content_type)
-        events = [item for item in decoded if isinstance(item, Event)]
-        invalid = [item for item in decoded if isinstance(item, InvalidEvent)]
+        events: list[Event[Any]] = []
+        invalid: list[InvalidEvent] = []
+        for item in decoded:
+            if isinstance(item, InvalidEvent):
+                invalid.append(item)
+            elif self._accepted and item.type not in self._accepted:
+                invalid.append(InvalidEvent(
+                    f"event type {item.type!r} is not one {self._queue_name} consumes "
+                    f"({', '.join(sorted(self._accepted))})", item.raw))
+            else:
+                events.append(item)
         structlog.contextvars.bind_contextvars(
             queue=self._queue_name, message_id=message.message_id, attempt=attempt,
             event_id=events[0].id if len(events) == 1 else None,
