@@ -41,7 +41,7 @@ def normalise_domain(name: str, *, allow_single_label: bool = False) -> str:
         pass
     else:
         raise InvalidDomain(f"{name!r} is an IP address; a tracking domain must be a host name")
-    if candidate.isascii():
+    if candidate.isascii() and "xn--" not in candidate.lower():
         ascii_name = candidate.lower()
     else:
         try:

@@ -13,6 +13,7 @@ docs/events.md documents each type for the upstream platform.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -188,6 +189,9 @@ class _OutEnvelope(msgspec.Struct, omit_defaults=True):
     data: Any
 
 
+# \u0000 preceded by an even number of backslashes is a NUL; after an odd number it
+# is the literal text "\u0000".
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 _encoder = msgspec.json.Encoder()
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
 _batch_decoder = msgspec.json.Decoder(list[msgspec.Raw])
@@ -243,7 +247,7 @@ def decode_message(body: bytes, content_type: str | None) -> list[Event[Any] | I
 
 def decode_event(raw: bytes) -> Event[Any] | InvalidEvent:
     """Decode one structured-mode CloudEvent; see `decode_message`."""
-    if b"\\u0000" in raw:
+    if b"\\u0000" in raw and _NUL_ESCAPE.search(raw):
         # Valid JSON, but no text column (PostgreSQL's above all) can store it.
         return InvalidEvent("a string contains the NUL character (\\u0000)", raw)
     try:
@@ -283,7 +287,7 @@ def _check_schema(dataschema: str, cls: type[EventData]) -> str | None:
         # Someone else's schema URI: tolerated, the data is still validated.
         return None
     version = dataschema[len(prefix):]
-    if not version.isdigit():
+    if not (version.isascii() and version.isdigit()):
         return f"dataschema {dataschema!r} has no numeric version"
     if int(version) > cls.VERSION:
         return (f"{cls.TYPE} schema version {version} is newer than this service "

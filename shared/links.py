@@ -20,6 +20,7 @@ import hmac
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 import msgspec
 
@@ -35,10 +36,13 @@ class LinkError(ValueError):
     """A link cannot be minted (bad input) or verified (forged, truncated, unknown key)."""
 
 
+_IdText = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
+
 class _Payload(msgspec.Struct):
-    c: str
-    k: str
-    r: str
+    c: _IdText
+    k: _IdText
+    r: _IdText
     u: str
 
 
@@ -73,7 +77,7 @@ _URLSAFE_TO_STD = str.maketrans("-_", "+/")
 # Spaces and control characters never belong in a URL, and CR/LF in a Location
 # header would split the response: refused when minting and again when verifying.
 _UNSAFE_RE = re.compile(r"[\x00-\x20\x7f]")
-_SCHEME_RE = re.compile(r"^https?://[^/?#@]", re.IGNORECASE)
+_SCHEME_RE = re.compile(r"^https?://[^/?#@:]", re.IGNORECASE)
 
 
 def check_destination(url: str) -> None:
@@ -103,6 +107,8 @@ class LinkSigner:
                 raise LinkError(f"{name} id must not be empty")
             if len(value) > MAX_ID_LENGTH:
                 raise LinkError(f"{name} id must be at most {MAX_ID_LENGTH} characters")
+            if "\x00" in value:
+                raise LinkError(f"{name} id must not contain the NUL character")
         check_destination(url)
         payload = _payload_encoder.encode(
             _Payload(c=customer_id, k=campaign_id, r=recipient_id, u=url)
@@ -133,12 +139,14 @@ class LinkSigner:
         if secret is None:
             raise LinkError("unknown key id")
         try:
-            signature = _b64decode(signature_b64)
             signed = token[: len(token) - len(signature_b64) - 1].encode("ascii")
-        except (binascii.Error, ValueError, UnicodeEncodeError):
-            raise LinkError("malformed signature") from None
-        expected = hmac.digest(secret, signed, "sha256")
-        if not hmac.compare_digest(expected, signature):
+            given = signature_b64.encode("ascii")
+        except UnicodeEncodeError:
+            raise LinkError("malformed token") from None
+        # Compare the text with the one canonical encoding of the MAC: a padded or
+        # otherwise re-encoded signature is a different token and is refused.
+        expected = _b64encode(hmac.digest(secret, signed, "sha256")).encode("ascii")
+        if not hmac.compare_digest(expected, given):
             raise LinkError("bad signature")
         try:
             payload = _payload_decoder.decode(_b64decode(payload_b64))
@@ -148,5 +156,8 @@ class LinkSigner:
         url = payload.u
         if not _SCHEME_RE.match(url) or _UNSAFE_RE.search(url):
             raise LinkError("destination is not a safe absolute http(s) URL")
+        if "\x00" in payload.c or "\x00" in payload.k or "\x00" in payload.r:
+            # Such a click could never be stored: refuse the link rather than lose the click.
+            raise LinkError("an id contains the NUL character")
         return Link(customer_id=payload.c, campaign_id=payload.k, recipient_id=payload.r,
                     url=url, kid=kid)

@@ -9,10 +9,11 @@ the setting's name, so the entry point can print exactly one line and exit.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from shared.errors import SettingsError
 
@@ -54,13 +55,20 @@ class DatabaseSettings:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by '***', for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """The URL with any password replaced by '***', for logs.
+
+    Parsed by hand, not with urlsplit: a password holding an unescaped '/', '?' or '#'
+    would end urlsplit's netloc early and leave the password in plain sight. Erring
+    the other way (redacting a little too much of an odd URL) is harmless.
+    """
+    scheme, sep, rest = url.partition("://")
+    at = rest.rfind("@")
+    if not sep or at == -1:
         return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    user, colon, _password = rest[:at].partition(":")
+    if not colon:
+        return url
+    return f"{scheme}://{user}:***@{rest[at + 1:]}"
 
 
 class Env:
@@ -103,6 +111,8 @@ class Env:
             number = float(value)
         except ValueError:
             raise SettingsError(f"{name} must be a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise SettingsError(f"{name} must be a finite number, got {value!r}")
         if number < minimum:
             raise SettingsError(f"{name} must be at least {minimum}, got {number}")
         return number
@@ -111,13 +121,20 @@ class Env:
         value = self.str(name, default)
         host, sep, port = value.rpartition(":")
         host = host.strip("[]")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if (not sep or not host or not (port.isascii() and port.isdigit())
+                or not 0 < int(port) < 65536):
             raise SettingsError(f"{name} must be host:port (e.g. 127.0.0.1:8080), got {value!r}")
         return host, int(port)
 
     def broker(self) -> BrokerSettings:
         url = self.str("AMQP_URL", DEFAULT_AMQP_URL)
-        if urlsplit(url).scheme not in ("amqp", "amqps"):
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError on a bad port or IPv6 literal
+        except ValueError as exc:
+            raise SettingsError(f"AMQP_URL is not a valid URL ({exc}): {redact_url(url)!r}"
+                                ) from None
+        if parts.scheme not in ("amqp", "amqps"):
             raise SettingsError(
                 f"AMQP_URL must start with amqp:// or amqps://, got {redact_url(url)!r}"
             )
@@ -191,7 +208,9 @@ def normalise_database_url(url: str) -> str:
     """Accept plain `postgresql://` and `sqlite:///` URLs and pick the async driver."""
     scheme, sep, rest = url.partition("://")
     if not sep:
-        raise SettingsError(f"DATABASE_URL must be a URL such as postgresql://..., got {url!r}")
+        # Not echoed: without "://" a password cannot be told apart to redact it.
+        raise SettingsError("DATABASE_URL must be a URL such as postgresql://user@host/db "
+                            "or sqlite:///var/tracking.db (no '://' found)")
     drivers = {
         "postgresql": "postgresql+asyncpg",
         "postgres": "postgresql+asyncpg",

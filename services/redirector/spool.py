@@ -60,9 +60,13 @@ class Batch:
 class Spool:
     """Append-only segment files in one claimed slot directory."""
 
-    def __init__(self, root: Path, *, segment_bytes: int = 8 << 20) -> None:
+    def __init__(self, root: Path, *, segment_bytes: int = 8 << 20,
+                 rotate_confirmed_bytes: int = 256 << 10) -> None:
         self._root = root
         self._segment_bytes = segment_bytes
+        # Once everything in the active segment is confirmed and it is at least this
+        # big, start a fresh one: bounds what a crash makes us publish a second time.
+        self._rotate_confirmed_bytes = rotate_confirmed_bytes
         self._dir: Path | None = None
         self._lock_fd: int | None = None
         self._segments: dict[int, _Segment] = {}
@@ -108,8 +112,9 @@ class Spool:
             if segment.fd is not None:
                 os.close(segment.fd)
                 segment.fd = None
-        if self._active is not None and self._active.size == 0:
-            self._active.path.unlink(missing_ok=True)
+        active = self._active
+        if active is not None and not active.unconfirmed and active.read_offset == active.size:
+            active.path.unlink(missing_ok=True)  # all of it confirmed: nothing to resend
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -178,7 +183,11 @@ class Spool:
         if segment is None:
             return
         segment.unconfirmed -= 1
-        self._maybe_delete(segment)
+        if (segment.active and not segment.unconfirmed and segment.read_offset == segment.size
+                and segment.size >= self._rotate_confirmed_bytes):
+            self._start_segment()
+        else:
+            self._maybe_delete(segment)
 
     def failed(self, batch: Batch) -> None:
         """Publishing failed: the batch goes first in line for the next attempt."""

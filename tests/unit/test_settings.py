@@ -1,0 +1,379 @@
+"""Settings: one clear error per bad setting, naming it and never showing a secret."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from services.logger import settings as logger_settings
+from services.redirector import settings as redirector_settings
+from shared.errors import SettingsError
+from shared.settings import (
+    DEFAULT_AMQP_URL,
+    DEFAULT_DATABASE_URL,
+    DEFAULT_EXCHANGE,
+    BrokerSettings,
+    DatabaseSettings,
+    Env,
+    LinkKey,
+    normalise_database_url,
+    parse_link_keys,
+    redact_url,
+)
+
+SECRET = "hunter2-0123456789abcdef0123456789"  # 34 characters
+SHORT = "hunter2-short"
+MINIMAL = {"TRACKING_HOST": "click.platform.test", "LINK_KEYS": f"k1:{SECRET}"}
+
+
+def error(call) -> str:
+    with pytest.raises(SettingsError) as info:
+        call()
+    return str(info.value)
+
+
+# --- Env basics -----------------------------------------------------------------------------
+
+def test_required_setting_missing_or_blank() -> None:
+    for environ in ({}, {"X": ""}, {"X": "   "}):
+        assert error(lambda e=environ: Env(e).str("X")).startswith("X ")
+
+
+def test_values_are_stripped_and_defaults_used() -> None:
+    env = Env({"A": "  value  ", "B": " "})
+    assert env.str("A") == "value"
+    assert env.str("B", "default") == "default"
+    assert env.int("MISSING", 7) == 7
+    assert env.float("MISSING", 1.5) == 1.5
+
+
+@pytest.mark.parametrize(("value", "expected"), [("5", 5), (" 12 ", 12), ("0", 0)])
+def test_int(value: str, expected: int) -> None:
+    assert Env({"N": value}).int("N", 1) == expected
+
+
+@pytest.mark.parametrize("value", ["x", "1.5", "1e3", "-1", "²"])
+def test_bad_int_names_the_setting(value: str) -> None:
+    assert error(lambda: Env({"N": value}).int("N", 1)).startswith("N ")
+
+
+def test_int_minimum() -> None:
+    assert "at least 3" in error(lambda: Env({"N": "2"}).int("N", 5, minimum=3))
+
+
+@pytest.mark.parametrize(("value", "expected"), [("2.5", 2.5), ("3", 3.0), ("0", 0.0)])
+def test_float(value: str, expected: float) -> None:
+    assert Env({"F": value}).float("F", 1.0) == expected
+
+
+@pytest.mark.parametrize("value", ["x", "-0.5", "1,5"])
+def test_bad_float_names_the_setting(value: str) -> None:
+    assert error(lambda: Env({"F": value}).float("F", 1.0)).startswith("F ")
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "-nan"])
+def test_float_refuses_nan(value: str) -> None:
+    assert error(lambda: Env({"F": value}).float("F", 1.0, minimum=0.1)).startswith("F ")
+
+
+# --- REDIRECTOR_BIND (host:port) ------------------------------------------------------------
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("127.0.0.1:8080", ("127.0.0.1", 8080)),
+    ("0.0.0.0:80", ("0.0.0.0", 80)),
+    ("localhost:65535", ("localhost", 65535)),
+    ("[::1]:8080", ("::1", 8080)),
+    ("[::]:1", ("::", 1)),
+])
+def test_host_port(value: str, expected: tuple[str, int]) -> None:
+    assert Env({"REDIRECTOR_BIND": value}).host_port("REDIRECTOR_BIND", "x:1") == expected
+
+
+def test_host_port_default() -> None:
+    assert Env({}).host_port("REDIRECTOR_BIND", "127.0.0.1:8080") == ("127.0.0.1", 8080)
+
+
+@pytest.mark.parametrize("value", [
+    "8080", ":8080", "host:", "host:0", "host:65536", "host:http", "host:-1", "[]:80",
+    "host:80:", "host: 80",
+])
+def test_bad_host_port(value: str) -> None:
+    message = error(lambda: Env({"REDIRECTOR_BIND": value}).host_port("REDIRECTOR_BIND", "x:1"))
+    assert message.startswith("REDIRECTOR_BIND must be host:port")
+
+
+@pytest.mark.parametrize("port", ["\u00b2", "\u2460"])
+def test_host_port_with_odd_unicode_digits(port: str) -> None:
+    env = Env({"REDIRECTOR_BIND": f"host:{port}"})
+    assert error(lambda: env.host_port("REDIRECTOR_BIND", "x:1")).startswith("REDIRECTOR_BIND")
+
+
+# --- LINK_KEYS ------------------------------------------------------------------------------
+
+def test_link_keys_first_signs_order_kept() -> None:
+    keys = parse_link_keys(f"new:{SECRET}, old:{'o' * 40} ,x_Y-9:{'z' * 32}")
+    assert [k.kid for k in keys] == ["new", "old", "x_Y-9"]
+    assert keys[0].secret == SECRET.encode()
+    assert keys[2].secret == b"z" * 32
+
+
+def test_secret_may_contain_colons_and_non_ascii() -> None:
+    (key,) = parse_link_keys("k:" + "a:b:" * 8 + "ü")
+    assert key.secret == ("a:b:" * 8 + "ü").encode("utf-8")
+
+
+def test_secret_is_never_in_a_repr() -> None:
+    (key,) = parse_link_keys(f"k:{SECRET}")
+    assert SECRET not in repr(key)
+    assert SECRET not in str(key)
+
+
+def test_link_keys_required() -> None:
+    assert error(lambda: Env({}).link_keys()).startswith("LINK_KEYS ")
+
+
+@pytest.mark.parametrize("value", [
+    f"k1:{SHORT}",
+    f"k1:{SECRET},k2:{SHORT}",
+    "k1:" + "s" * 31,
+])
+def test_short_secret_is_refused_without_showing_it(value: str) -> None:
+    message = error(lambda: parse_link_keys(value))
+    assert message.startswith("LINK_KEYS ")
+    assert "at least 32" in message
+    assert SHORT not in message
+    assert "s" * 31 not in message
+
+
+def test_secret_of_exactly_32_characters() -> None:
+    assert parse_link_keys("k:" + "s" * 32)[0].secret == b"s" * 32
+
+
+def test_duplicate_kid() -> None:
+    message = error(lambda: parse_link_keys(f"k1:{SECRET},k1:{'o' * 40}"))
+    assert message.startswith("LINK_KEYS ")
+    assert "twice" in message
+    assert SECRET not in message
+    assert "o" * 40 not in message
+
+
+@pytest.mark.parametrize("kid", ["", "k" * 33, "bad kid", "bad.kid", "kid/1", "ключ"])
+def test_bad_kid(kid: str) -> None:
+    message = error(lambda: parse_link_keys(f"{kid}:{SECRET}"))
+    assert message.startswith("LINK_KEYS ")
+    assert SECRET not in message
+
+
+def test_kid_of_32_characters() -> None:
+    assert parse_link_keys("k" * 32 + ":" + SECRET)[0].kid == "k" * 32
+
+
+@pytest.mark.parametrize("value", [SECRET, f"k1:{SECRET},{SECRET}", f"k1:{SECRET},", ","])
+def test_entry_without_colon_never_shows_it(value: str) -> None:
+    message = error(lambda: parse_link_keys(value))
+    assert message.startswith("LINK_KEYS ")
+    assert SECRET not in message
+
+
+def test_secret_with_a_comma_is_split_and_refused_safely() -> None:
+    # A ',' separates entries, so the secret's tail becomes an entry of its own.
+    message = error(lambda: parse_link_keys("k1:" + "a" * 32 + "," + SECRET))
+    assert SECRET not in message
+
+
+# --- AMQP -----------------------------------------------------------------------------------
+
+def test_broker_defaults() -> None:
+    broker = Env({}).broker()
+    assert broker == BrokerSettings(url=DEFAULT_AMQP_URL, exchange=DEFAULT_EXCHANGE)
+    assert "guest" not in repr(broker)
+
+
+def test_broker_custom() -> None:
+    broker = Env({"AMQP_URL": f"amqps://u:{SECRET}@mq:5671/vh",
+                  "AMQP_EXCHANGE": "test-1.a_b"}).broker()
+    assert broker.exchange == "test-1.a_b"
+    assert SECRET not in repr(broker)
+    assert broker.safe_url == "amqps://u:***@mq:5671/vh"
+
+
+def test_bad_amqp_scheme_names_the_setting_without_the_password() -> None:
+    message = error(lambda: Env({"AMQP_URL": f"http://u:{SECRET}@mq/"}).broker())
+    assert message.startswith("AMQP_URL ")
+    assert SECRET not in message
+
+
+def test_unparseable_amqp_url_is_a_settings_error() -> None:
+    message = error(lambda: Env({"AMQP_URL": f"amqp://u:{SECRET}@[::1/"}).broker())
+    assert message.startswith("AMQP_URL ")
+    assert SECRET not in message
+
+
+@pytest.mark.parametrize("exchange", ["has space", "a/b", "x" * 101, "ü"])
+def test_bad_exchange(exchange: str) -> None:
+    assert error(lambda: Env({"AMQP_EXCHANGE": exchange}).broker()).startswith("AMQP_EXCHANGE ")
+
+
+# --- DATABASE_URL ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("postgresql://u:p@db/x", "postgresql+asyncpg://u:p@db/x"),
+    ("postgres://u:p@db/x", "postgresql+asyncpg://u:p@db/x"),
+    ("postgresql+asyncpg://db/x", "postgresql+asyncpg://db/x"),
+    ("sqlite:///var/t.db", "sqlite+aiosqlite:///var/t.db"),
+    ("sqlite+aiosqlite:///:memory:", "sqlite+aiosqlite:///:memory:"),
+    ("postgresql://db/x?sslmode=require", "postgresql+asyncpg://db/x?sslmode=require"),
+])
+def test_database_url_normalisation(url: str, expected: str) -> None:
+    assert normalise_database_url(url) == expected
+    assert Env({"DATABASE_URL": url}).database() == DatabaseSettings(url=expected)
+
+
+def test_database_default() -> None:
+    assert Env({}).database().url == DEFAULT_DATABASE_URL
+
+
+@pytest.mark.parametrize("url", [
+    f"mysql://u:{SECRET}@db/x", f"postgresql+psycopg://u:{SECRET}@db/x",
+    f"http://u:{SECRET}@db/x",
+])
+def test_unsupported_database_scheme(url: str) -> None:
+    message = error(lambda: normalise_database_url(url))
+    assert message.startswith("DATABASE_URL ")
+    assert SECRET not in message
+
+
+def test_database_url_without_scheme() -> None:
+    assert error(lambda: normalise_database_url("var/t.db")).startswith("DATABASE_URL ")
+
+
+@pytest.mark.parametrize("url", [f"postgresql:/u:{SECRET}@db/x", f"u:{SECRET}@db/x"])
+def test_malformed_database_url_never_shows_the_password(url: str) -> None:
+    message = error(lambda: normalise_database_url(url))
+    assert message.startswith("DATABASE_URL ")
+    assert SECRET not in message
+
+
+def test_database_safe_url() -> None:
+    settings = Env({"DATABASE_URL": f"postgresql://app:{SECRET}@db:5432/t"}).database()
+    assert settings.safe_url == "postgresql+asyncpg://app:***@db:5432/t"
+    assert SECRET not in repr(settings)
+
+
+# --- redact_url -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("amqp://guest:guest@127.0.0.1:5672/", "amqp://guest:***@127.0.0.1:5672/"),
+    ("amqp://u:p%40ss@host/vh", "amqp://u:***@host/vh"),
+    ("amqp://u:p@ss@host/", "amqp://u:***@host/"),
+    ("amqp://:secret@host/", "amqp://:***@host/"),
+    ("postgresql://u:pw@db/x?sslmode=require", "postgresql://u:***@db/x?sslmode=require"),
+    ("amqp://user@host/", "amqp://user@host/"),
+    ("amqp://host/", "amqp://host/"),
+    ("sqlite+aiosqlite:///var/tracking.db", "sqlite+aiosqlite:///var/tracking.db"),
+    ("not a url", "not a url"),
+])
+def test_redact_url(url: str, expected: str) -> None:
+    assert redact_url(url) == expected
+
+
+@pytest.mark.parametrize("url", [f"amqp://u:{SECRET}#x@host/", f"amqp://u:{SECRET}/x@host/",
+                                 f"amqp://u:{SECRET}?x@host/"])
+def test_redact_url_with_unescaped_delimiters_in_the_password(url: str) -> None:
+    assert SECRET not in redact_url(url)
+
+
+# --- TRUSTED_PROXIES ------------------------------------------------------------------------
+
+def test_networks() -> None:
+    networks = Env({"TRUSTED_PROXIES": " 10.0.0.0/8, 192.168.1.7 ,,::1, 10.1.2.3/16"}).networks(
+        "TRUSTED_PROXIES")
+    assert networks == (ipaddress.ip_network("10.0.0.0/8"),
+                        ipaddress.ip_network("192.168.1.7/32"),
+                        ipaddress.ip_network("::1/128"),
+                        ipaddress.ip_network("10.1.0.0/16"))
+
+
+def test_no_networks() -> None:
+    assert Env({}).networks("TRUSTED_PROXIES") == ()
+    assert Env({"TRUSTED_PROXIES": " "}).networks("TRUSTED_PROXIES") == ()
+
+
+@pytest.mark.parametrize("value", ["nonsense", "10.0.0.0/33", "10.0.0.1 10.0.0.2", "10.0.0.0/8,x",
+                                   "300.1.1.1"])
+def test_bad_networks(value: str) -> None:
+    message = error(lambda: Env({"TRUSTED_PROXIES": value}).networks("TRUSTED_PROXIES"))
+    assert message.startswith("TRUSTED_PROXIES ")
+
+
+# --- TRACKING_HOST --------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("Click.Platform.TEST.", "click.platform.test"),
+    ("localhost", "localhost"),
+    ("bücher.example", "xn--bcher-kva.example"),
+])
+def test_tracking_host(value: str, expected: str) -> None:
+    assert Env({"TRACKING_HOST": value}).tracking_host() == expected
+
+
+@pytest.mark.parametrize("value", ["", "127.0.0.1", "host:8080", "-bad-.example", "*.example"])
+def test_bad_tracking_host(value: str) -> None:
+    assert error(lambda: Env({"TRACKING_HOST": value}).tracking_host()).startswith(
+        "TRACKING_HOST ")
+
+
+# --- whole services: every bad setting is named ----------------------------------------------
+
+def test_redirector_settings_load() -> None:
+    settings = redirector_settings.load({**MINIMAL, "TRUSTED_PROXIES": "10.0.0.0/8",
+                                         "REDIRECTOR_BIND": "0.0.0.0:9000"})
+    assert settings.bind == ("0.0.0.0", 9000)
+    assert settings.tracking_host == "click.platform.test"
+    assert settings.link_keys == (LinkKey(kid="k1", secret=SECRET.encode()),)
+    assert settings.trusted_proxies == (ipaddress.ip_network("10.0.0.0/8"),)
+    assert SECRET not in repr(settings)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("REDIRECTOR_BIND", "nope"),
+    ("TRACKING_HOST", ""),
+    ("TRACKING_HOST", "1.2.3.4"),
+    ("LINK_KEYS", ""),
+    ("LINK_KEYS", f"k1:{SHORT}"),
+    ("TRUSTED_PROXIES", "x"),
+    ("AMQP_URL", "http://mq/"),
+    ("AMQP_EXCHANGE", "a b"),
+    ("DATABASE_URL", "mysql://db/x"),
+    ("SPOOL_MAX_BYTES", "1024"),
+    ("SPOOL_MAX_BYTES", "lots"),
+    ("CLICK_BATCH_SIZE", "0"),
+    ("CLICK_LINGER_MS", "soon"),
+    ("DOMAIN_REFRESH_S", "0"),
+    ("DRAIN_TIMEOUT_S", "-1"),
+])
+def test_redirector_setting_errors_name_the_setting(name: str, value: str) -> None:
+    message = error(lambda: redirector_settings.load({**MINIMAL, name: value}))
+    assert message.startswith(f"{name} ")
+    assert SECRET not in message
+    assert SHORT not in message
+
+
+def test_logger_settings_load() -> None:
+    settings = logger_settings.load({"LOGGER_BATCH_ROWS": "10", "LOGGER_FLUSH_MS": "2.5"})
+    assert (settings.batch_rows, settings.flush_ms) == (10, 2.5)
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("LOGGER_BATCH_ROWS", "0"),
+    ("LOGGER_FLUSH_MS", "x"),
+    ("LOGGER_PREFETCH", "0"),
+    ("LOGGER_MAX_BACKOFF_S", "0"),
+    ("AMQP_URL", f"ftp://u:{SECRET}@mq/"),
+    ("DATABASE_URL", f"oracle://u:{SECRET}@db/x"),
+])
+def test_logger_setting_errors_name_the_setting(name: str, value: str) -> None:
+    message = error(lambda: logger_settings.load({name: value}))
+    assert message.startswith(f"{name} ")
+    assert SECRET not in message

@@ -1,0 +1,373 @@
+"""The click spool: append, batch, confirm, retry, recover after a crash, share a root."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import services.redirector.spool as spool_module
+from services.redirector.spool import LOCK_NAME, SEGMENT_SUFFIX, Batch, Spool, SpoolError
+
+
+@pytest.fixture
+def opened() -> Iterator[list[Spool]]:
+    """Spools a test opened; whatever is still open at the end is closed."""
+    spools: list[Spool] = []
+    yield spools
+    for spool in spools:
+        crash(spool)
+
+
+def open_spool(root: Path, opened: list[Spool], **kwargs: int) -> Spool:
+    spool = Spool(root, **kwargs)
+    spool.open()
+    opened.append(spool)
+    return spool
+
+
+def crash(spool: Spool) -> None:
+    """What the kernel does when the process dies: close every descriptor, touch no file."""
+    fds = [spool._lock_fd, spool._write_fd, *(s.fd for s in spool._segments.values())]
+    for fd in fds:
+        if fd is not None:
+            os.close(fd)
+    spool._lock_fd = spool._write_fd = None
+    for segment in spool._segments.values():
+        segment.fd = None
+
+
+def line(n: int) -> bytes:
+    return b'{"id":"click-%06d"}' % n
+
+
+def drain(spool: Spool, max_lines: int = 1000) -> list[bytes]:
+    """Read and confirm everything pending."""
+    lines: list[bytes] = []
+    while (batch := spool.next_batch(max_lines)) is not None:
+        lines.extend(batch.lines)
+        spool.confirmed(batch)
+    return lines
+
+
+def segments(directory: Path) -> list[Path]:
+    return sorted(directory.glob(f"*{SEGMENT_SUFFIX}"))
+
+
+# --- append and read ------------------------------------------------------------------------
+
+def test_append_then_read_in_order(tmp_path: Path, opened: list[Spool]) -> None:
+    spool = open_spool(tmp_path, opened)
+    for n in range(10):
+        spool.append(line(n))
+    assert spool.appended == 10
+    assert spool.has_pending()
+    assert drain(spool, max_lines=3) == [line(n) for n in range(10)]
+    assert not spool.has_pending()
+    assert spool.next_batch(10) is None
+
+
+def test_lines_are_on_disk_when_append_returns(tmp_path: Path, opened: list[Spool]) -> None:
+    spool = open_spool(tmp_path, opened)
+    spool.append(line(1))
+    spool.append(line(2))
+    (segment,) = segments(tmp_path / "0")
+    assert segment.read_bytes() == line(1) + b"\n" + line(2) + b"\n"
+
+
+def test_batch_limits(tmp_path: Path, opened: list[Spool]) -> None:
+    spool = open_spool(tmp_path, opened)
+    for n in range(10):
+        spool.append(line(n))
+    batch = spool.next_batch(4)
+    assert batch is not None and batch.lines == [line(n) for n in range(4)]
+    size = len(line(0)) + 1
+    batch = spool.next_batch(100, max_bytes=size * 2 + 5)  # room for two whole lines
+    assert batch is not None and batch.lines == [line(4), line(5)]
+
+
+def test_line_longer_than_max_bytes_is_taken_whole(tmp_path: Path, opened: list[Spool]) -> None:
+    spool = open_spool(tmp_path, opened)
+    big = b"x" * 5000
+    spool.append(big)
+    spool.append(line(1))
+    batch = spool.next_batch(10, max_bytes=100)
+    assert batch is not None and batch.lines == [big]
+    batch = spool.next_batch(10, max_bytes=100)
+    assert batch is not None and batch.lines == [line(1)]
+
+
+def test_backlog_bytes(tmp_path: Path, opened: list[Spool]) -> None:
+    spool = open_spool(tmp_path, opened)
+    assert spool.backlog_bytes() == 0
+    for n in range(3):
+        spool.append(line(n))
+    size = len(line(0)) + 1
+    assert spool.backlog_bytes() == 3 * size
+    batch = spool.next_batch(2)
+    assert batch is not None
+    assert spool.backlog_bytes() == size
+    spool.failed(batch)
+    assert spool.backlog_bytes() == 3 * size  # a failed batch is pending again
+
+
+def test_confirmed_rotated_segments_are_deleted(tmp_path: Path, opened: list[Spool]) -> None:
+    spool = open_spool(tmp_path, opened, segment_bytes=100)
+    for n in range(20):
+        spool.append(line(n))
+    slot = tmp_path / "0"
+    assert len(segments(slot)) > 3  # rotated several times
+    batches = []
+    while (batch := spool.next_batch(2)) is not None:
+        batches.append(batch)
+    assert [x for b in batches for x in b.lines] == [line(n) for n in range(20)]
+    before = len(segments(slot))
+    for batch in batches[:-1]:
+        spool.confirmed(batch)
+    assert len(segments(slot)) < before
+    for batch in batches[-1:]:
+        spool.confirmed(batch)
+    # Only the active segment is left, and it holds nothing unread.
+    remaining = segments(slot)
+    assert len(remaining) <= 1
+    assert not spool.has_pending()
+
+
+def test_segment_is_kept_until_every_batch_from_it_is_confirmed(
+        tmp_path: Path, opened: list[Spool]) -> None:
+    size = len(line(0)) + 1
+    spool = open_spool(tmp_path, opened, segment_bytes=4 * size)
+    for n in range(4):
+        spool.append(line(n))  # the fourth fills the segment: rotated
+    old = segments(tmp_path / "0")[0]
+    assert len(segments(tmp_path / "0")) == 2
+    first = spool.next_batch(2)
+    second = spool.next_batch(2)
+    assert first is not None and second is not None
+    assert first.segment == second.segment == 1
+    spool.confirmed(second)
+    assert old.exists()  # `first` is still out
+    spool.confirmed(first)
+    assert not old.exists()
+
+
+def test_failed_batch_is_retried_first(tmp_path: Path, opened: list[Spool]) -> None:
+    spool = open_spool(tmp_path, opened, segment_bytes=100)
+    for n in range(8):
+        spool.append(line(n))
+    first = spool.next_batch(2)
+    second = spool.next_batch(2)
+    assert first is not None and second is not None
+    spool.failed(first)
+    spool.failed(second)
+    assert spool.has_pending()
+    again = spool.next_batch(2)
+    assert again is not None and again.lines == first.lines
+    spool.confirmed(again)
+    again = spool.next_batch(2)
+    assert again is not None and again.lines == second.lines
+    spool.confirmed(again)
+    assert drain(spool) == [line(n) for n in range(4, 8)]
+    assert len(segments(tmp_path / "0")) <= 1
+
+
+def test_confirming_a_batch_of_an_unknown_segment_is_harmless(
+        tmp_path: Path, opened: list[Spool]) -> None:
+    spool = open_spool(tmp_path, opened)
+    spool.confirmed(Batch(segment=999, lines=[b"x"]))
+
+
+def test_sync_and_close(tmp_path: Path, opened: list[Spool]) -> None:
+    spool = open_spool(tmp_path, opened)
+    spool.sync()  # nothing written: no-op
+    spool.append(line(1))
+    spool.sync()
+    spool.close()
+    opened.remove(spool)
+    assert len(segments(tmp_path / "0")) == 1
+
+
+def test_close_removes_an_empty_active_segment(tmp_path: Path, opened: list[Spool]) -> None:
+    spool = open_spool(tmp_path, opened)
+    spool.close()
+    opened.remove(spool)
+    assert segments(tmp_path / "0") == []
+
+
+# --- recovery -------------------------------------------------------------------------------
+
+def test_close_and_reopen_keeps_unsent_lines(tmp_path: Path, opened: list[Spool]) -> None:
+    spool = open_spool(tmp_path, opened)
+    for n in range(5):
+        spool.append(line(n))
+    spool.close()
+    opened.remove(spool)
+    again = open_spool(tmp_path, opened)
+    assert again.recovered == 5
+    assert drain(again) == [line(n) for n in range(5)]
+
+
+def test_confirmed_lines_are_not_sent_again_after_a_clean_restart(
+        tmp_path: Path, opened: list[Spool]) -> None:
+    spool = open_spool(tmp_path, opened)
+    for n in range(5):
+        spool.append(line(n))
+    assert drain(spool) == [line(n) for n in range(5)]
+    spool.close()
+    opened.remove(spool)
+    again = open_spool(tmp_path, opened)
+    assert not again.has_pending()
+    assert drain(again) == []
+
+
+def test_crash_recovery_finds_every_unconfirmed_line(tmp_path: Path, opened: list[Spool]) -> None:
+    spool = open_spool(tmp_path, opened, segment_bytes=150)
+    for n in range(30):
+        spool.append(line(n))
+    confirmed: list[bytes] = []
+    for _ in range(3):  # the oldest lines made it to the broker
+        batch = spool.next_batch(4)
+        assert batch is not None
+        confirmed.extend(batch.lines)
+        spool.confirmed(batch)
+    in_flight = spool.next_batch(4)  # read, published, never confirmed
+    assert in_flight is not None
+    failed = spool.next_batch(4)
+    assert failed is not None
+    spool.failed(failed)
+    crash(spool)
+    opened.remove(spool)
+
+    after = open_spool(tmp_path, opened, segment_bytes=150)
+    assert after._dir == tmp_path / "0"  # the free slot is reclaimed
+    found = drain(after)
+    unconfirmed = [line(n) for n in range(30) if line(n) not in confirmed]
+    assert [x for x in found if x in unconfirmed] == unconfirmed  # all of them, in order
+    assert len(found) == len(set(found))
+    assert after.recovered == len(found)
+    # New clicks come after the recovered ones.
+    after.append(line(99))
+    assert drain(after) == [line(99)]
+
+
+def test_torn_last_line_is_dropped(tmp_path: Path, opened: list[Spool]) -> None:
+    slot = tmp_path / "0"
+    slot.mkdir(parents=True)
+    (slot / LOCK_NAME).touch()
+    segment = slot / f"{1:012d}{SEGMENT_SUFFIX}"
+    segment.write_bytes(line(1) + b"\n" + line(2) + b"\n" + b'{"id":"cli')
+    spool = open_spool(tmp_path, opened)
+    assert spool.recovered == 2
+    assert segment.read_bytes() == line(1) + b"\n" + line(2) + b"\n"  # cut at the last newline
+    assert drain(spool) == [line(1), line(2)]
+
+
+def test_segment_with_only_a_torn_line_is_removed(tmp_path: Path, opened: list[Spool]) -> None:
+    slot = tmp_path / "0"
+    slot.mkdir(parents=True)
+    segment = slot / f"{7:012d}{SEGMENT_SUFFIX}"
+    segment.write_bytes(b'{"id":"cli')
+    empty = slot / f"{8:012d}{SEGMENT_SUFFIX}"
+    empty.write_bytes(b"")
+    spool = open_spool(tmp_path, opened)
+    assert spool.recovered == 0
+    assert not segment.exists()
+    assert not empty.exists()
+    assert not spool.has_pending()
+
+
+def test_recovered_segments_keep_their_order(tmp_path: Path, opened: list[Spool]) -> None:
+    slot = tmp_path / "0"
+    slot.mkdir(parents=True)
+    for seq, lines in ((3, [line(1), line(2)]), (10, [line(3)]), (11, [line(4), line(5)])):
+        (slot / f"{seq:012d}{SEGMENT_SUFFIX}").write_bytes(b"".join(x + b"\n" for x in lines))
+    spool = open_spool(tmp_path, opened)
+    assert spool.recovered == 5
+    spool.append(line(6))
+    assert drain(spool, max_lines=1) == [line(n) for n in range(1, 7)]
+
+
+# --- several spools on one root -------------------------------------------------------------
+
+def test_two_spools_claim_different_slots(tmp_path: Path, opened: list[Spool]) -> None:
+    first = open_spool(tmp_path, opened)
+    second = open_spool(tmp_path, opened)
+    assert first._dir == tmp_path / "0"
+    assert second._dir == tmp_path / "1"
+    first.append(line(1))
+    second.append(line(2))
+    assert drain(first) == [line(1)]
+    assert drain(second) == [line(2)]  # a live owner's slot is never adopted
+
+
+def test_live_slot_is_not_adopted(tmp_path: Path, opened: list[Spool]) -> None:
+    first = open_spool(tmp_path, opened)
+    first.append(line(1))
+    second = open_spool(tmp_path, opened)
+    assert not second.has_pending()
+    assert drain(first) == [line(1)]
+
+
+def test_slot_whose_owner_is_gone_is_adopted(tmp_path: Path, opened: list[Spool]) -> None:
+    keeper = open_spool(tmp_path, opened)  # slot 0
+    gone = open_spool(tmp_path, opened)    # slot 1
+    for n in range(3):
+        gone.append(line(n))
+    crash(gone)
+    opened.remove(gone)
+    keeper.close()
+    opened.remove(keeper)
+
+    heir = open_spool(tmp_path, opened)
+    assert heir._dir == tmp_path / "0"
+    assert heir.recovered == 3
+    assert segments(tmp_path / "1") == []  # moved out of the orphaned slot
+    assert drain(heir) == [line(n) for n in range(3)]
+
+
+def test_orphan_slot_made_by_hand_is_adopted(tmp_path: Path, opened: list[Spool]) -> None:
+    orphan = tmp_path / "5"
+    orphan.mkdir(parents=True)
+    (orphan / LOCK_NAME).touch()
+    (orphan / f"{1:012d}{SEGMENT_SUFFIX}").write_bytes(line(1) + b"\n" + line(2) + b"\n")
+    (orphan / f"{2:012d}{SEGMENT_SUFFIX}").write_bytes(line(3) + b"\n")
+    spool = open_spool(tmp_path, opened)
+    assert spool._dir == tmp_path / "0"
+    assert drain(spool) == [line(1), line(2), line(3)]
+    assert segments(orphan) == []
+
+
+def test_directory_without_a_lock_is_not_a_slot(tmp_path: Path, opened: list[Spool]) -> None:
+    other = tmp_path / "not-a-slot"
+    other.mkdir(parents=True)
+    (other / f"{1:012d}{SEGMENT_SUFFIX}").write_bytes(line(1) + b"\n")
+    spool = open_spool(tmp_path, opened)
+    assert not spool.has_pending()
+    assert len(segments(other)) == 1
+
+
+def test_slot_locked_elsewhere_is_skipped(tmp_path: Path, opened: list[Spool]) -> None:
+    slot = tmp_path / "0"
+    slot.mkdir(parents=True)
+    (slot / f"{1:012d}{SEGMENT_SUFFIX}").write_bytes(line(1) + b"\n")
+    fd = os.open(slot / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another redirector holds slot 0
+        spool = open_spool(tmp_path, opened)
+        assert spool._dir == tmp_path / "1"
+        assert not spool.has_pending()
+        assert len(segments(slot)) == 1
+    finally:
+        os.close(fd)
+
+
+def test_every_slot_taken(tmp_path: Path, opened: list[Spool],
+                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spool_module, "MAX_SLOTS", 2)
+    open_spool(tmp_path, opened)
+    open_spool(tmp_path, opened)
+    with pytest.raises(SpoolError, match="all 2 spool slots"):
+        Spool(tmp_path).open()
