@@ -264,6 +264,10 @@ def decode_event(raw: bytes) -> Event[Any] | InvalidEvent:
         return InvalidEvent("time is required", raw)
     if envelope.time.tzinfo is None:
         return InvalidEvent("time must carry a UTC offset (RFC 3339)", raw)
+    try:
+        envelope.time.astimezone(UTC)
+    except OverflowError:
+        return InvalidEvent("time is outside years 1-9999 once converted to UTC", raw)
     cls = EVENT_TYPES.get(envelope.type)
     if cls is None:
         return InvalidEvent(f"unknown event type {envelope.type!r}", raw)

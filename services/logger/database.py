@@ -71,6 +71,9 @@ class PostgresClickStore:
         return int(status.rsplit(" ", 1)[1])
 
     def rejects_data(self, exc: BaseException) -> bool:
+        # Raised while encoding a value client-side (a date out of range, bad text).
+        if isinstance(exc, (OverflowError, ValueError, TypeError)):
+            return True
         # Class 22 (data exception) and 23 (integrity) are about the rows, not the server.
         state = _sqlstate(exc)
         return state is not None and state[:2] in ("22", "23")

@@ -77,7 +77,8 @@ class Forwarder:
             if not self._spool.has_pending() and not self._tasks:
                 return True
             if self._publish is None or self._backoff_s:
-                await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+                pause = max(0.2, self._backoff_s)
+                await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
         return False
 
     async def _send_available(self) -> None:
