@@ -42,6 +42,15 @@ BINDINGS: dict[str, tuple[str, ...]] = {
     CERTIFIER_QUEUE: (DOMAIN_VERIFIED, DOMAIN_DELETED, DOMAIN_LAPSED),
 }
 
+# The upstream platform's inbox: every outcome it must hear about. Declared with the
+# rest of the topology so these events are never unroutable (and never lost) before
+# the platform first connects; the platform consumes it, our services never do.
+PLATFORM_QUEUE = "platform"
+PLATFORM_BINDINGS: tuple[str, ...] = (
+    DOMAIN_VERIFIED, DOMAIN_REJECTED, DOMAIN_LAPSED,
+    CERTIFICATE_ISSUED, CERTIFICATE_FAILED, CERTIFICATE_EXPIRING,
+)
+
 # Delayed-retry tiers in milliseconds. A message waits in the tier's queue until
 # its TTL expires, then RabbitMQ dead-letters it back to the service's queue.
 # Fixed tiers (not per-message TTLs) because a queue only expires its head: one

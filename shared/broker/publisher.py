@@ -8,6 +8,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange
 
+from shared.errors import TransientError
 from shared.events import BATCH, STRUCTURED, EventData, encode_event, new_event_id
 
 
@@ -33,10 +34,18 @@ class Publisher:
         )
 
     async def publish_event(self, data: EventData, *, event_id: str | None = None) -> str:
-        """Publish one event in structured mode; returns its id."""
+        """Publish one event in structured mode; returns its id.
+
+        An unroutable event (no queue bound: the topology was deleted or changed by
+        hand) raises `TransientError`, so a handler's work is retried, not lost.
+        """
         event_id = event_id or new_event_id()
         body = encode_event(data, source=self._source, event_id=event_id)
-        await self.publish(data.TYPE, body, message_id=event_id)
+        try:
+            await self.publish(data.TYPE, body, message_id=event_id)
+        except aio_pika.exceptions.PublishError as exc:
+            raise TransientError(f"{data.TYPE} is unroutable ({exc}): no queue is bound to "
+                                 "it; restart a service to re-declare the topology") from exc
         return event_id
 
     async def send_to_queue(self, queue: str, body: bytes, *, batch: bool = False,

@@ -11,7 +11,14 @@ from dataclasses import dataclass
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange
 
-from shared.broker.names import BINDINGS, DEAD_SUFFIX, RETRY_DELAYS_MS, RETRY_SUFFIX
+from shared.broker.names import (
+    BINDINGS,
+    DEAD_SUFFIX,
+    PLATFORM_BINDINGS,
+    PLATFORM_QUEUE,
+    RETRY_DELAYS_MS,
+    RETRY_SUFFIX,
+)
 
 QUORUM = {"x-queue-type": "quorum"}
 
@@ -47,6 +54,7 @@ class Topology:
             names.append(self.queue(name))
             names.extend(self.retry_queue(name, d) for d in self.retry_delays_ms)
             names.append(self.dead_queue(name))
+        names.append(self.queue(PLATFORM_QUEUE))
         return names
 
 
@@ -76,6 +84,10 @@ async def declare(channel: AbstractChannel, topology: Topology) -> AbstractExcha
                 },
             )
         await channel.declare_queue(topology.dead_queue(name), durable=True, arguments=QUORUM)
+    platform = await channel.declare_queue(topology.queue(PLATFORM_QUEUE), durable=True,
+                                           arguments=QUORUM)
+    for key in PLATFORM_BINDINGS:
+        await platform.bind(exchange, key)
     return exchange
 
 

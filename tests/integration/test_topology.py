@@ -14,6 +14,7 @@ from shared.broker.connection import connect, open_channel
 from shared.broker.names import (
     CERTIFIER_QUEUE,
     LOGGER_QUEUE,
+    PLATFORM_QUEUE,
     VERIFIER_QUEUE,
 )
 from shared.broker.publisher import Publisher
@@ -99,17 +100,26 @@ async def test_each_service_queue_gets_exactly_its_routing_keys_and_unbound_ones
             "domain.verified": await publisher.publish_event(
                 DomainVerified(domain="a.example", customer_id="c", matched_by="cname")),
         }
-        # Our own outgoing results have no consumer queue here: mandatory makes that loud.
+        # Outcomes for the upstream platform land in its queue even before it connects.
         from datetime import UTC, datetime
-        unbound = [
+        outcomes = [
             DomainRejected(domain="a.example", customer_id="c", code="x", reason="r"),
             CertificateIssued(domain="a.example", customer_id="c", not_before=datetime.now(UTC),
                               not_after=datetime.now(UTC), serial="01"),
             CertificateFailed(domain="a.example", customer_id="c", code="x", reason="r"),
         ]
-        for data in unbound:
-            with pytest.raises(aio_pika.exceptions.PublishError):
-                await publisher.publish_event(data)
+        platform_ids = {sent["domain.verified"]}
+        for data in outcomes:
+            platform_ids.add(await publisher.publish_event(data))
+        # A routing key no queue is bound to: mandatory makes that loud, never a silent drop.
+        with pytest.raises(aio_pika.exceptions.PublishError):
+            await publisher.publish("nothing.bound", b"{}")
+
+    check_platform = await side.channel()
+    got = await get_messages(check_platform, topology.queue(PLATFORM_QUEUE), 5, timeout_s=0.5)
+    assert {m.message_id for m in got} == platform_ids
+    assert {m.routing_key for m in got} == {"domain.verified", "domain.rejected",
+                                            "certificate.issued", "certificate.failed"}
 
     expected = {
         LOGGER_QUEUE: {"click.tracked"},
