@@ -1,0 +1,93 @@
+"""Entry point: `python -m services.verifier`. Judge domains' DNS; re-check them on a schedule."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import socket
+
+import structlog
+
+from services.verifier import settings as verifier_settings
+from services.verifier.announcer import Announcer
+from services.verifier.checks import DomainChecker
+from services.verifier.dns import DnsResolver
+from services.verifier.domains_repo import DomainStore
+from services.verifier.handlers import handle_domain_events
+from services.verifier.schedule import Rechecker
+from services.verifier.settings import VerifierSettings
+from shared import logs
+from shared.broker import topology as broker_topology
+from shared.broker.connection import connect, open_channel
+from shared.broker.consumer import ConsumePolicy, Consumer
+from shared.broker.names import VERIFIER_QUEUE
+from shared.broker.publisher import Publisher
+from shared.db.engine import create_engine
+from shared.db.migrate import SchemaOutOfDate, check_at_head
+from shared.lifecycle import load_or_exit, run
+
+log = structlog.get_logger("services.verifier")
+
+
+async def serve(settings: VerifierSettings, stop: asyncio.Event) -> None:
+    source = f"/verifier/{socket.gethostname()}/{os.getpid()}"
+    engine = create_engine(settings.database, pool_size=settings.db_pool_size)
+    try:
+        await check_at_head(engine)
+    except SchemaOutOfDate as exc:
+        await engine.dispose()
+        raise SystemExit(f"verifier: {exc}") from None
+    store = DomainStore(engine)
+    resolver = DnsResolver(settings.nameservers, timeout_s=settings.dns_timeout_s)
+    checker = DomainChecker(resolver, target=settings.policy.tracking_host,
+                            ca_identity=settings.policy.caa_identity)
+    connection = await connect(settings.broker, name=f"verifier {source}")
+    channel = await open_channel(connection)
+    topology = broker_topology.Topology(settings.broker.exchange,
+                                        retry_delays_ms=settings.retry_delays_ms)
+    exchange = await broker_topology.declare(channel, topology)
+    publisher = Publisher(channel, exchange, source=source)
+    announcer = Announcer(publisher)
+    consumer = Consumer(
+        channel=channel, topology=topology, queue=VERIFIER_QUEUE,
+        handler=functools.partial(handle_domain_events, store=store, checker=checker,
+                                  announcer=announcer, policy=settings.policy),
+        publisher=publisher,
+        policy=ConsumePolicy(prefetch=settings.prefetch, max_attempts=settings.max_attempts),
+    )
+    rechecker = Rechecker(store=store, checker=checker, announcer=announcer,
+                          policy=settings.policy, poll_s=settings.schedule_poll_s,
+                          batch=settings.recheck_batch,
+                          concurrency=settings.recheck_concurrency)
+    await consumer.start()
+    schedule = asyncio.create_task(rechecker.run(stop), name="recheck")
+    log.info("verifier.started", queue=topology.queue(VERIFIER_QUEUE),
+             tracking_host=settings.policy.tracking_host,
+             nameservers=resolver.description, prefetch=settings.prefetch,
+             database=settings.database.safe_url, broker=settings.broker.safe_url)
+    await stop.wait()
+
+    log.info("verifier.stopping")
+    await consumer.stop()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(schedule, timeout=30)
+    with contextlib.suppress(Exception):
+        await connection.close()
+    await engine.dispose()
+    log.info("verifier.stopped")
+
+
+def main() -> None:
+    settings = load_or_exit("verifier", verifier_settings.load, os.environ)
+    logs.configure("verifier", level=settings.log_level)
+
+    async def _main(stop: asyncio.Event) -> None:
+        await serve(settings, stop)
+
+    run(_main)
+
+
+if __name__ == "__main__":
+    main()

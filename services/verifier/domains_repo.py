@@ -1,0 +1,204 @@
+"""The verifier's reads and writes of `tracking_domains` (SQLAlchemy Core, PostgreSQL or SQLite).
+
+Every state change is a conditional UPDATE (`WHERE status = ...`), so a message
+handled twice, or a row deleted or changed meanwhile, never moves a domain
+backwards: the caller learns from the returned bool whether it won and only
+then publishes. `claim_due` hands each due domain to one verifier replica:
+`FOR UPDATE SKIP LOCKED` on PostgreSQL (ignored on SQLite, which has one writer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Row, and_, bindparam, delete, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.db.models import TrackingDomain
+
+T = TrackingDomain.__table__.c
+TABLE = TrackingDomain.__table__
+RECHECKED = ("verified", "active", "lapsed")
+
+
+@dataclass(frozen=True)
+class DomainRow:
+    name: str
+    customer_id: str
+    status: str
+    verified: bool
+    matched_by: str | None
+    last_error: str | None
+    dns_chain: str | None
+    check_due_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    verified_at: datetime | None
+
+    @property
+    def tombstone(self) -> bool:
+        """A deleted pending domain kept until its in-flight rechecks have drained."""
+        return self.status == "rejected" and self.check_due_at is not None
+
+
+_COLUMNS = (T.name, T.customer_id, T.status, T.verified, T.matched_by, T.last_error,
+            T.dns_chain, T.check_due_at, T.created_at, T.updated_at, T.verified_at)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything here is UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _row(row: Row[Any]) -> DomainRow:
+    values = dict(row._mapping)
+    for key in ("check_due_at", "created_at", "updated_at", "verified_at"):
+        values[key] = _utc(values[key])
+    return DomainRow(**values)
+
+
+class DomainStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        # Single statements need no BEGIN/COMMIT round trips: they run in autocommit
+        # (a third of the database time at high concurrency). Multi-statement work
+        # (claims, deletes) uses real transactions on `engine`.
+        self._auto = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._insert = (postgresql.insert if engine.dialect.name == "postgresql"
+                        else sqlite.insert)
+
+    async def get(self, name: str) -> DomainRow | None:
+        async with self._auto.connect() as connection:
+            row = (await connection.execute(
+                select(*_COLUMNS).where(T.name == name))).first()
+        return None if row is None else _row(row)
+
+    async def add_pending(self, name: str, customer_id: str, now: datetime) -> DomainRow | None:
+        """Add the domain as pending and return its row, or None if the name exists."""
+        statement = self._insert(TABLE).values(
+            name=name, customer_id=customer_id, status="pending", verified=False,
+            created_at=now, updated_at=now,
+        ).on_conflict_do_nothing(index_elements=["name"]).returning(*_COLUMNS)
+        async with self._auto.connect() as connection:
+            row = (await connection.execute(statement)).first()
+        return None if row is None else _row(row)
+
+    async def restart(self, row: DomainRow, customer_id: str, now: datetime) -> bool:
+        """Start verifying a rejected or lapsed domain afresh (new deadline), for
+        `customer_id`; only if the row is still exactly as `row` saw it."""
+        return await self._write(update(TABLE).where(
+            T.name == row.name, T.status == row.status, T.updated_at == row.updated_at,
+        ).values(
+            customer_id=customer_id, status="pending", verified=False, matched_by=None,
+            last_error=None, dns_chain=None, check_due_at=None, verified_at=None,
+            created_at=now, updated_at=now,
+        )) == 1
+
+    async def note_pending(self, name: str, customer_id: str, *, last_error: str,
+                           check_due_at: datetime, now: datetime) -> bool:
+        return await self._write(update(TABLE).where(
+            T.name == name, T.customer_id == customer_id, T.status == "pending",
+        ).values(last_error=last_error, check_due_at=check_due_at, updated_at=now)) == 1
+
+    async def mark_verified(self, name: str, customer_id: str, *, from_status: str,
+                            matched_by: str, dns_chain: str, check_due_at: datetime,
+                            now: datetime) -> bool:
+        return await self._write(update(TABLE).where(
+            T.name == name, T.customer_id == customer_id, T.status == from_status,
+        ).values(
+            status="verified", verified=True, matched_by=matched_by, dns_chain=dns_chain,
+            last_error=None, check_due_at=check_due_at, verified_at=now, updated_at=now,
+        )) == 1
+
+    async def mark_rejected(self, name: str, customer_id: str, *, last_error: str,
+                            now: datetime) -> bool:
+        return await self._write(update(TABLE).where(
+            T.name == name, T.customer_id == customer_id, T.status == "pending",
+        ).values(status="rejected", verified=False, last_error=last_error,
+                 check_due_at=None, updated_at=now)) == 1
+
+    async def mark_lapsed(self, name: str, customer_id: str, *, last_error: str,
+                          now: datetime) -> bool:
+        return await self._write(update(TABLE).where(
+            T.name == name, T.customer_id == customer_id,
+            T.status.in_(("verified", "active")),
+        ).values(status="lapsed", verified=False, last_error=last_error,
+                 updated_at=now)) == 1
+
+    async def note_recheck(self, name: str, customer_id: str, *, status: str,
+                           matched_by: str | None = None, dns_chain: str | None = None,
+                           last_error: str | None, check_due_at: datetime | None = None) -> bool:
+        """Record a periodic check that changed no status (updated_at is left alone:
+        it dates the last status change)."""
+        values: dict[str, Any] = {"last_error": last_error, "updated_at": T.updated_at}
+        if matched_by is not None:
+            values.update(matched_by=matched_by, dns_chain=dns_chain)
+        if check_due_at is not None:
+            values["check_due_at"] = check_due_at
+        return await self._write(update(TABLE).where(
+            T.name == name, T.customer_id == customer_id, T.status == status,
+        ).values(**values)) == 1
+
+    async def reschedule(self, name: str, customer_id: str, *, status: str,
+                         check_due_at: datetime) -> bool:
+        return await self._write(update(TABLE).where(
+            T.name == name, T.customer_id == customer_id, T.status == status,
+        ).values(check_due_at=check_due_at, updated_at=T.updated_at)) == 1
+
+    async def forget(self, name: str, customer_id: str, *, now: datetime,
+                     tombstone_until: datetime) -> str:
+        """`domain.deleted`: remove the row; a pending one becomes a tombstone instead
+        (its rechecks are still in the retry tiers), purged later by the scheduler.
+        Returns what happened: deleted, tombstoned, absent, not-owner."""
+        async with self._engine.begin() as connection:
+            row = (await connection.execute(
+                select(T.customer_id, T.status, T.check_due_at).where(T.name == name)
+                .with_for_update())).first()
+            if row is None:
+                return "absent"
+            if row.customer_id != customer_id:
+                return "not-owner"
+            if row.status == "rejected" and row.check_due_at is not None:
+                return "tombstoned"  # already
+            if row.status == "pending":
+                await connection.execute(update(TABLE).where(T.name == name).values(
+                    status="rejected", verified=False, last_error="deleted by the customer",
+                    check_due_at=tombstone_until, updated_at=now))
+                return "tombstoned"
+            await connection.execute(delete(TABLE).where(T.name == name))
+            return "deleted"
+
+    async def claim_due(self, now: datetime, limit: int,
+                        next_due: Callable[[], datetime]) -> list[DomainRow]:
+        """Take up to `limit` verified/active/lapsed domains whose check is due, pushing
+        their `check_due_at` on to `next_due()` in the same transaction, so no other
+        replica takes them."""
+        query = (select(*_COLUMNS)
+                 .where(T.status.in_(RECHECKED),
+                        or_(T.check_due_at.is_(None), T.check_due_at <= now))
+                 .order_by(T.check_due_at.asc().nulls_first())
+                 .limit(limit)
+                 .with_for_update(skip_locked=True))
+        async with self._engine.begin() as connection:
+            rows = [_row(row) for row in (await connection.execute(query)).all()]
+            if rows:
+                await connection.execute(
+                    update(TABLE).where(T.name == bindparam("b_name")).values(
+                        check_due_at=bindparam("b_due"), updated_at=T.updated_at),
+                    [{"b_name": row.name, "b_due": next_due()} for row in rows])
+        return rows
+
+    async def purge_tombstones(self, now: datetime) -> int:
+        return await self._write(delete(TABLE).where(and_(
+            T.status == "rejected", T.check_due_at.is_not(None), T.check_due_at <= now)))
+
+    async def _write(self, statement: Any) -> int:
+        async with self._auto.connect() as connection:
+            result = await connection.execute(statement)
+        return result.rowcount
