@@ -1,4 +1,4 @@
-"""Let's Encrypt's rate limits, counted from our own `acme_events`, so work waits instead of failing.
+"""Let's Encrypt's rate limits, counted in our own `acme_events`: work waits instead of failing.
 
 The CA enforces its limits by refusing requests (`urn:ietf:params:acme:error:rateLimited`);
 hitting one costs a failed run and, for some limits, a week. So before every certbot run
@@ -7,12 +7,12 @@ holds the work back until the oldest counted request leaves the window (the hand
 raises `TransientError` with that delay). The limits that matter for one tracking
 domain per customer:
 
-| limit | default | counted as |
+| limit | default | counted from |
 | --- | --- | --- |
-| new orders per account | 300 per 3 hours | every certbot run (`order`) |
-| certificates per registered domain | 50 per week | every certificate (`certificate`), by registered domain |
-| failed validations per name | 5 per hour | every failed challenge (`failed_validation`), by name |
-| duplicate certificates | 5 per week | certificates for exactly this name |
+| new orders per account | 300 per 3 hours | `order` rows (every run the CA saw) |
+| certificates per registered domain | 50 per week | `certificate` rows, by registered domain |
+| failed validations per name | 5 per hour | `failed_validation` rows, by name |
+| duplicate certificates | 5 per week | `certificate` rows for exactly this name |
 
 Everything here is pure: the caller passes the timestamps; `hold_back` says whether
 and until when to wait.

@@ -18,7 +18,8 @@ from shared.settings import BrokerSettings, DatabaseSettings, Env
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 LETS_ENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 # nginx `listen` values we accept: a port, or address:port (IPv6 in brackets).
-_LISTEN_RE = re.compile(r"^(?:(?:\d{1,3}(?:\.\d{1,3}){3}|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):)?\d{1,5}$")
+_LISTEN_RE = re.compile(
+    r"^(?:(?:\d{1,3}(?:\.\d{1,3}){3}|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):)?\d{1,5}$")
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -29,6 +30,8 @@ class NginxSettings:
     https_listen: str
     http_listen: str
     upstreams: tuple[str, ...]
+    # Confirm by a TLS handshake that nginx serves a new certificate before reporting it.
+    verify_tls: bool
 
     @property
     def https_port(self) -> int:
@@ -46,6 +49,7 @@ class CertifierSettings:
     certbot_dir: Path
     certbot_timeout_s: float
     challenge_dir: Path
+    tracking_host: str | None
     nginx: NginxSettings
     limits: Limits
     validation_attempts: int
@@ -134,12 +138,15 @@ def load(environ: Mapping[str, str]) -> CertifierSettings:
         certbot_dir=Path(env.str("CERTBOT_DIR", "var/certbot")),
         certbot_timeout_s=env.float("CERTBOT_TIMEOUT_S", 300.0, minimum=1.0),
         challenge_dir=Path(env.str("ACME_CHALLENGE_DIR", "var/acme-challenge")),
+        # Only named in the reasons customers read; optional here.
+        tracking_host=env.tracking_host() if env.raw("TRACKING_HOST") else None,
         nginx=NginxSettings(
             conf_path=Path(env.str("NGINX_CONF_PATH", "var/nginx/tracking-domains.conf")),
             reload_command=reload_command,
             https_listen=_listen(env, "NGINX_HTTPS_LISTEN", "443"),
             http_listen=_listen(env, "NGINX_HTTP_LISTEN", "80"),
             upstreams=_upstreams(env),
+            verify_tls=env.str("NGINX_VERIFY_TLS", "1") in ("1", "true", "yes"),
         ),
         limits=Limits(
             orders_per_account=env.int("ACME_LIMIT_ORDERS_PER_3H", 300, minimum=1),

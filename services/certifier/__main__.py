@@ -1,0 +1,152 @@
+"""Entry point: `python -m services.certifier`. Certificates for verified domains, and renewals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import random
+import socket
+from collections import Counter
+from dataclasses import dataclass
+from datetime import timedelta
+
+import structlog
+from aio_pika.abc import AbstractRobustConnection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.certifier import settings as certifier_settings
+from services.certifier.certbot import Certbot
+from services.certifier.database import DomainStore
+from services.certifier.handlers import Policy, handle_events, served_sites
+from services.certifier.issuance import Issuer
+from services.certifier.nginx import NginxError, NginxSites, local_address
+from services.certifier.renewal import RenewalPolicy, renew_forever
+from services.certifier.settings import CertifierSettings
+from shared import logs
+from shared.broker import topology as broker_topology
+from shared.broker.connection import connect, open_channel
+from shared.broker.consumer import ConsumePolicy, Consumer
+from shared.broker.names import CERTIFIER_QUEUE, RETRY_DELAYS_MS
+from shared.broker.publisher import Publisher
+from shared.db.engine import create_engine
+from shared.db.migrate import SchemaOutOfDate, check_at_head
+from shared.lifecycle import load_or_exit, run
+
+log = structlog.get_logger("services.certifier")
+
+
+@dataclass
+class Running:
+    """A started certifier: what `stop()` has to wind down (tests start one in-process)."""
+
+    engine: AsyncEngine
+    connection: AbstractRobustConnection
+    consumer: Consumer
+    renewal: asyncio.Task[None]
+    stopping: asyncio.Event
+    certbot: Certbot
+    sites: NginxSites
+    store: DomainStore
+    outcomes: Counter[str]
+
+    async def stop(self) -> None:
+        log.info("certifier.stopping")
+        self.stopping.set()
+        await self.consumer.stop(timeout_s=60)
+        self.renewal.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.renewal
+        with contextlib.suppress(Exception):
+            await self.connection.close()
+        await self.engine.dispose()
+        log.info("certifier.stopped", certbot_runs=self.certbot.runs,
+                 nginx_reloads=self.sites.reloads, outcomes=dict(self.outcomes))
+
+
+async def start(settings: CertifierSettings) -> Running:
+    source = f"/certifier/{socket.gethostname()}/{os.getpid()}"
+    engine = create_engine(settings.database, pool_size=2)
+    try:
+        await check_at_head(engine)
+    except SchemaOutOfDate as exc:
+        await engine.dispose()
+        raise SystemExit(f"certifier: {exc}") from None
+    store = DomainStore(engine)
+    certbot = Certbot(
+        command=settings.certbot_command, base_dir=settings.certbot_dir,
+        server=settings.acme_directory_url, email=settings.acme_email,
+        ca_bundle=settings.acme_ca_bundle, challenge_dir=settings.challenge_dir,
+        timeout_s=settings.certbot_timeout_s,
+    )
+    issuer = Issuer(certbot=certbot, store=store, limits=settings.limits)
+    nginx = settings.nginx
+    sites = NginxSites(
+        conf_path=nginx.conf_path, reload_command=nginx.reload_command,
+        sites=functools.partial(served_sites, store=store, certbot=certbot),
+        https_listen=nginx.https_listen, http_listen=nginx.http_listen,
+        upstreams=nginx.upstreams,
+        verify_address=local_address(nginx.https_listen) if nginx.verify_tls else None,
+    )
+    try:  # the file matches the database and the disk from the start
+        await sites.sync()
+    except NginxError as exc:
+        log.error("nginx.sync_failed", error=str(exc))
+    policy = Policy(validation_attempts=settings.validation_attempts,
+                    validation_retry_s=settings.validation_retry_s,
+                    tracking_host=settings.tracking_host)
+    rng = random.Random()
+    outcomes: Counter[str] = Counter()
+
+    connection = await connect(settings.broker, name=f"certifier {source}")
+    channel = await open_channel(connection)
+    topology = broker_topology.Topology(settings.broker.exchange,
+                                        retry_delays_ms=settings.retry_delays_ms
+                                        or RETRY_DELAYS_MS)
+    exchange = await broker_topology.declare(channel, topology)
+    publisher = Publisher(channel, exchange, source=source)
+    consumer = Consumer(
+        channel=channel, topology=topology, queue=CERTIFIER_QUEUE,
+        handler=functools.partial(handle_events, store=store, issuer=issuer, sites=sites,
+                                  publisher=publisher, policy=policy, rng=rng,
+                                  outcomes=outcomes),
+        publisher=publisher,
+        policy=ConsumePolicy(prefetch=settings.prefetch, max_attempts=settings.max_attempts),
+    )
+    await consumer.start()
+    stopping = asyncio.Event()
+    renewal = asyncio.create_task(renew_forever(
+        stopping, interval_s=settings.renew_check_s, store=store, issuer=issuer, sites=sites,
+        publisher=publisher, policy=policy, rng=rng,
+        renewal=RenewalPolicy(retry=timedelta(seconds=settings.renew_retry_s),
+                              warning=timedelta(days=settings.expiry_warning_days)),
+    ), name="renewal")
+    log.info("certifier.started", queue=topology.queue(CERTIFIER_QUEUE),
+             acme_directory=settings.acme_directory_url, certbot_dir=str(settings.certbot_dir),
+             challenge_dir=str(settings.challenge_dir), nginx_conf=str(nginx.conf_path),
+             nginx_reload=" ".join(nginx.reload_command) or None,
+             database=settings.database.safe_url, broker=settings.broker.safe_url)
+    return Running(engine=engine, connection=connection, consumer=consumer, renewal=renewal,
+                   stopping=stopping, certbot=certbot, sites=sites, store=store,
+                   outcomes=outcomes)
+
+
+async def serve(settings: CertifierSettings, stop: asyncio.Event) -> None:
+    running = await start(settings)
+    await stop.wait()
+    await running.stop()
+
+
+def main() -> None:
+    settings = load_or_exit("certifier", certifier_settings.load, os.environ)
+    logs.configure("certifier", level=settings.log_level)
+
+    async def _main(stop: asyncio.Event) -> None:
+        await serve(settings, stop)
+
+    run(_main)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""The certifier's handlers: `domain.verified` → certificate; `domain.deleted`; `domain.lapsed`.
+
+Each is idempotent (delivery is at least once):
+
+- `domain.verified`: if the certificate on disk is good and the row already says so,
+  nothing happens (a repeated event issues nothing: Let's Encrypt allows 5 duplicate
+  certificates a week). Otherwise the certificate is obtained (or found on disk after a
+  crash), nginx serves it, `certificate.issued` is published, and only then the row
+  becomes `active`, so a crash anywhere before that repeats the missing steps.
+- `domain.deleted`: the certificate, its key and its nginx server go; the row's
+  certificate columns are cleared.
+- `domain.lapsed`: renewal stops; the certificate is served until it expires.
+
+An event whose domain has no row, belongs to another customer, or is no longer
+`verified`/`active` is stale (the verifier writes the row before it publishes) and is
+skipped, with the reason in the summary line.
+
+Failures: a failed validation is retried with a growing delay (counted in `acme_events`,
+so the count survives restarts) and after `validation_attempts` becomes
+`certificate.failed` with what the customer should fix; a CA refusal (CAA, policy)
+becomes `certificate.failed` at once; rate limits and an unreachable CA are
+`TransientError`s with the delay the limit needs.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from services.certifier.certbot import Certbot, CertbotFailure, CertificateInfo, FailureKind
+from services.certifier.database import CERTIFIABLE_STATUSES, DomainStore
+from services.certifier.issuance import Failed, HeldBack, Issued, Issuer, renew_at
+from services.certifier.nginx import NginxError, NginxSites, Site
+from shared.broker.publisher import Publisher
+from shared.domains import InvalidDomain, normalise_domain
+from shared.errors import PermanentError, TransientError
+from shared.events import (
+    CertificateFailed,
+    CertificateIssued,
+    DomainDeleted,
+    DomainLapsed,
+    DomainVerified,
+    Event,
+    EventData,
+)
+
+log = structlog.get_logger(__name__)
+
+MAX_DETAIL = 900
+
+
+@dataclass(frozen=True)
+class Policy:
+    validation_attempts: int = 3
+    validation_retry_s: float = 60.0
+    tracking_host: str | None = None
+    renew_jitter: float = 0.1
+
+
+async def handle_events(events: Sequence[Event[Any]], *, store: DomainStore, issuer: Issuer,
+                        sites: NginxSites, publisher: Publisher, policy: Policy,
+                        rng: random.Random, outcomes: Counter[str]) -> None:
+    """Dispatch by type; `outcomes` counts what each finished event came to."""
+    for event in events:
+        data = event.data
+        if isinstance(data, DomainVerified):
+            outcome = await certify(data, store=store, issuer=issuer, sites=sites,
+                                    publisher=publisher, policy=policy, rng=rng)
+        elif isinstance(data, DomainDeleted):
+            outcome = await forget(data, store=store, certbot=issuer.certbot, sites=sites)
+        elif isinstance(data, DomainLapsed):
+            outcome = await stop_renewing(data, store=store)
+        else:
+            outcome = f"ignored-{event.type}"
+        outcomes[outcome] += 1
+
+
+async def certify(data: DomainVerified, *, store: DomainStore, issuer: Issuer,
+                  sites: NginxSites, publisher: Publisher, policy: Policy,
+                  rng: random.Random) -> str:
+    """Make sure `data.domain` has a certificate, served and recorded; returns the outcome."""
+    started = time.perf_counter()
+    name = _name(data.domain)
+    outcome, error = "unfinished", None
+    try:
+        row = await store.get(name)
+        if row is None:
+            outcome = "skipped-unknown-domain"
+        elif row.customer_id != data.customer_id:
+            outcome = "skipped-other-customer"
+        elif row.status not in CERTIFIABLE_STATUSES or not row.verified:
+            outcome = f"skipped-status-{row.status}"
+        else:
+            result = await issuer.ensure(name)
+            if isinstance(result, Issued):
+                certificate = result.certificate
+                if not result.fresh and await already_recorded(store, name, certificate):
+                    outcome = "already-certified"
+                else:
+                    await put_in_service(name, data.customer_id, certificate, store=store,
+                                         sites=sites, publisher=publisher, policy=policy,
+                                         rng=rng)
+                    outcome = "issued" if result.fresh else "recorded-existing"
+            elif isinstance(result, HeldBack):
+                outcome, error = "held-back", result.hold.reason
+                raise TransientError(f"held back by rate limit {result.hold.limit}: "
+                                     f"{result.hold.reason}",
+                                     delay_s=result.hold.delay_s(datetime.now(UTC)))
+            else:
+                outcome, error = await _failed(name, data.customer_id, result, store=store,
+                                               publisher=publisher, policy=policy)
+        return outcome
+    except Exception as exc:
+        if outcome == "unfinished":
+            outcome = "retry"
+        error = error or (exc.reason if isinstance(exc, TransientError)
+                          else f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        log.info("certificate.certify", domain=name, customer_id=data.customer_id,
+                 outcome=outcome, error=error,
+                 duration_ms=round((time.perf_counter() - started) * 1000, 1))
+
+
+async def already_recorded(store: DomainStore, name: str, certificate: CertificateInfo) -> bool:
+    """True if the row is active with this certificate (read now: another handler, the
+    renewal loop or another process may have recorded it while we waited for the lock)."""
+    row = await store.get(name)
+    return row is not None and row.status == "active" \
+        and row.certificate_serial == certificate.serial
+
+
+async def put_in_service(name: str, customer_id: str, certificate: CertificateInfo, *,
+                         store: DomainStore, sites: NginxSites, publisher: Publisher,
+                         policy: Policy, rng: random.Random) -> bool:
+    """Serve the certificate, tell the platform, then mark the row active (in that order)."""
+    try:
+        await sites.sync()
+    except NginxError as exc:
+        raise TransientError(str(exc)) from exc
+    await _publish(publisher, CertificateIssued(
+        domain=name, customer_id=customer_id, not_before=certificate.not_before,
+        not_after=certificate.not_after, serial=certificate.serial))
+    return await store.activate(name, certificate,
+                                renew_at(certificate, rng, jitter=policy.renew_jitter))
+
+
+async def forget(data: DomainDeleted, *, store: DomainStore, certbot: Certbot,
+                 sites: NginxSites) -> str:
+    started = time.perf_counter()
+    name = _name(data.domain)
+    row = await store.get(name)
+    if row is not None and row.customer_id != data.customer_id:
+        outcome = "skipped-other-customer"
+    else:
+        async with certbot.exclusive():
+            removed = await certbot.delete(name)
+        if row is not None:
+            await store.forget_certificate(name)
+        try:
+            await sites.sync()
+        except NginxError as exc:
+            raise TransientError(str(exc)) from exc
+        outcome = "removed" if removed else "nothing-to-remove"
+    log.info("certificate.forget", domain=name, customer_id=data.customer_id, outcome=outcome,
+             duration_ms=round((time.perf_counter() - started) * 1000, 1))
+    return outcome
+
+
+async def stop_renewing(data: DomainLapsed, *, store: DomainStore) -> str:
+    name = _name(data.domain)
+    row = await store.get(name)
+    if row is None or row.customer_id != data.customer_id:
+        outcome = "skipped"
+    else:
+        await store.postpone_renewal(name, None)
+        outcome = "renewal-stopped"
+    log.info("certificate.lapsed", domain=name, customer_id=data.customer_id, outcome=outcome,
+             code=data.code)
+    return outcome
+
+
+async def served_sites(*, store: DomainStore, certbot: Certbot) -> list[Site]:
+    """Every domain nginx should serve: a served status and a complete certificate on disk."""
+    sites = []
+    for name in await store.served_names():
+        certificate = certbot.current(name)
+        if certificate is not None:
+            live = certbot.live(name)
+            sites.append(Site(name=name, fullchain=live / "fullchain.pem",
+                              privkey=live / "privkey.pem", serial=certificate.serial))
+    return sites
+
+
+async def _failed(name: str, customer_id: str, result: Failed, *, store: DomainStore,
+                  publisher: Publisher, policy: Policy) -> tuple[str, str]:
+    failure = result.failure
+    reason = explain(name, failure, policy.tracking_host)
+    if failure.kind is FailureKind.VALIDATION:
+        attempts = result.recent_failed_validations
+        if attempts < policy.validation_attempts:
+            await store.set_last_error(name, reason)
+            raise TransientError(
+                f"validation failed ({attempts} of {policy.validation_attempts}): "
+                f"{failure.code}: {failure.detail[:MAX_DETAIL]}",
+                delay_s=policy.validation_retry_s * 4 ** max(attempts - 1, 0))
+    elif failure.kind is FailureKind.RATE_LIMITED:
+        delay = 3600.0
+        if failure.retry_after is not None:
+            delay = max((failure.retry_after - datetime.now(UTC)).total_seconds(), 1.0)
+        raise TransientError(f"the CA rate-limited us: {failure.detail[:MAX_DETAIL]}",
+                             delay_s=delay)
+    elif failure.kind is FailureKind.ACCOUNT:
+        raise TransientError(f"the CA does not know our account; registering again: "
+                             f"{failure.detail[:MAX_DETAIL]}", delay_s=1.0)
+    elif failure.kind is FailureKind.CONFIGURATION:
+        log.error("certifier.misconfigured", domain=name, error=failure.detail)
+        raise TransientError(f"the CA refuses our account settings (fix ACME_EMAIL or the "
+                             f"account): {failure.detail[:MAX_DETAIL]}", delay_s=3600.0)
+    elif failure.kind is not FailureKind.REFUSED:
+        raise TransientError(f"{failure.kind.value}: {failure.detail[:MAX_DETAIL]}")
+    # A refusal, or validations that kept failing: the customer has to act.
+    await store.set_last_error(name, reason)
+    await _publish(publisher, CertificateFailed(domain=name, customer_id=customer_id,
+                                                code=failure.code, reason=reason))
+    return "failed", reason
+
+
+def explain(name: str, failure: CertbotFailure, tracking_host: str | None) -> str:
+    """What went wrong, in words the customer can act on."""
+    host = tracking_host or "the platform's tracking host"
+    detail = failure.detail[:MAX_DETAIL]
+    texts = {
+        "unauthorized": (
+            f"The certificate authority fetched http://{name}/.well-known/acme-challenge/ "
+            f"and did not get our answer. Make sure {name} is a CNAME to {host}, with no "
+            "other A or AAAA records and no proxy or CDN answering for it."),
+        "connection": (
+            f"The certificate authority could not connect to {name} on port 80. Make sure "
+            f"{name} is a CNAME to {host} and that nothing blocks port 80."),
+        "dns": (f"The certificate authority could not resolve {name}. Check its DNS "
+                f"records: it must be a CNAME to {host}."),
+        "tls": (f"The certificate authority hit a TLS error while validating {name}. Make "
+                f"sure nothing but {host} answers for it."),
+        "caa": (f"A CAA record on {name} or a parent domain does not allow our certificate "
+                "authority. Add a CAA record allowing it (for Let's Encrypt: "
+                '0 issue "letsencrypt.org") or remove the restriction.'),
+        "rejectedIdentifier": (f"The certificate authority will not issue a certificate "
+                               f"for {name}. Use another name."),
+    }
+    texts["incorrectResponse"] = texts["unauthorized"]
+    texts["unsupportedIdentifier"] = texts["rejectedIdentifier"]
+    if failure.acme_error is None:
+        return f"No certificate could be obtained for {name}: {detail}"
+    text = texts.get(failure.acme_error, f"No certificate could be obtained for {name}.")
+    return f"{text} The certificate authority said: {detail}"
+
+
+async def _publish(publisher: Publisher, data: EventData) -> None:
+    await publisher.publish_event(data)
+
+
+def _name(domain: str) -> str:
+    try:
+        return normalise_domain(domain)
+    except InvalidDomain as exc:
+        raise PermanentError(f"not a domain name: {exc}") from exc

@@ -1,0 +1,297 @@
+"""The certifier in-process against real Pebble, certbot, RabbitMQ, PostgreSQL, and the real
+redirector process answering the HTTP-01 challenges from ACME_CHALLENGE_DIR."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aio_pika.abc import AbstractChannel, AbstractQueue
+
+from services.certifier import settings as certifier_settings
+from services.certifier.__main__ import Running, start
+from services.certifier.certbot import Certbot, read_certificate
+from services.certifier.handlers import Policy, certify
+from services.certifier.issuance import Issuer, renewal_due
+from services.certifier.ratelimits import FAILED_VALIDATION, Limits
+from services.certifier.renewal import RenewalPolicy, renew_due
+from shared.broker import topology as broker_topology
+from shared.broker.consumer import ERROR_HEADER
+from shared.broker.names import CERTIFIER_QUEUE
+from shared.broker.publisher import Publisher
+from shared.broker.topology import Topology
+from shared.errors import TransientError
+from shared.events import (
+    DomainDeleted,
+    DomainLapsed,
+    DomainVerified,
+    Event,
+    EventData,
+    decode_message,
+)
+from shared.settings import BrokerSettings, DatabaseSettings
+from tests.conftest import TRACKING_HOST, service_env
+from tests.integration.conftest import FAST_DELAYS_MS
+from tests.support.amqp import connected, get_messages
+from tests.support.databases import execute, fetch
+from tests.support.pebble import Pebble, make_listener_ca
+from tests.support.processes import ServiceProcess
+from tests.support.proxy import free_port
+
+pytestmark = pytest.mark.integration
+
+NAME = "track.customer-a.test"
+
+
+def certifier_env(broker: BrokerSettings, database: DatabaseSettings, tmp_path: Path,
+                  directory_url: str, ca_bundle: Path, **extra: str) -> dict[str, str]:
+    return {
+        "AMQP_URL": broker.url, "AMQP_EXCHANGE": broker.exchange, "DATABASE_URL": database.url,
+        "TRACKING_HOST": TRACKING_HOST, "ACME_DIRECTORY_URL": directory_url,
+        "ACME_CA_BUNDLE": str(ca_bundle), "ACME_EMAIL": "certs@platform.test",
+        "CERTBOT_DIR": str(tmp_path / "certbot"),
+        "ACME_CHALLENGE_DIR": str(tmp_path / "challenges"),
+        "NGINX_CONF_PATH": str(tmp_path / "nginx" / "tracking-domains.conf"),
+        "CERTIFIER_RETRY_DELAYS_MS": ",".join(str(d) for d in FAST_DELAYS_MS),
+        "CERTIFIER_RENEW_CHECK_S": "3600", **extra,
+    }
+
+
+async def insert_domain(database: DatabaseSettings, name: str = NAME,
+                        customer: str = "cust-a", status: str = "verified") -> None:
+    await execute(database, "INSERT INTO tracking_domains (name, customer_id, status, verified) "
+                            "VALUES ($1, $2, $3, true)", name, customer, status)
+
+
+async def domain_row(database: DatabaseSettings, name: str = NAME) -> Any:
+    return (await fetch(database, "SELECT * FROM tracking_domains WHERE name = $1", name))[0]
+
+
+async def acme_counts(database: DatabaseSettings) -> dict[str, int]:
+    rows = await fetch(database, "SELECT kind, count(*) AS n FROM acme_events GROUP BY kind")
+    return {row["kind"]: row["n"] for row in rows}
+
+
+class Platform:
+    """What the upstream platform sees: a queue bound to certificate.*, and a publisher."""
+
+    def __init__(self, channel: AbstractChannel, queue: AbstractQueue,
+                 publisher: Publisher) -> None:
+        self.channel = channel
+        self.queue = queue
+        self.publisher = publisher
+
+    async def received(self, expected: int = 1, timeout_s: float = 30.0) -> list[Event[Any]]:
+        messages = await get_messages(self.channel, self.queue.name, expected, timeout_s)
+        events = [e for m in messages for e in decode_message(m.body, m.content_type)]
+        return [e for e in events if isinstance(e, Event)]
+
+    async def send(self, data: EventData) -> None:
+        await self.publisher.publish_event(data)
+
+
+@asynccontextmanager
+async def platform(broker: BrokerSettings, topology: Topology) -> AsyncIterator[Platform]:
+    async with connected(broker.url) as connection:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        exchange = await broker_topology.declare(channel, topology)
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(exchange, "certificate.*")
+        yield Platform(channel, queue, Publisher(channel, exchange, source="/tests/platform"))
+
+
+def nginx_conf(env: dict[str, str]) -> str:
+    return Path(env["NGINX_CONF_PATH"]).read_text()
+
+
+async def wait_for(condition: Callable[[], Any], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+@asynccontextmanager
+async def certifier(env: dict[str, str]) -> AsyncIterator[Running]:
+    running = await start(certifier_settings.load(env))
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+async def test_verified_domain_is_certified_once_renewed_warned_and_removed(
+        broker: BrokerSettings, database: DatabaseSettings, topology: Topology,
+        tmp_path: Path) -> None:
+    await insert_domain(database)
+    challenges = tmp_path / "challenges"
+    with Pebble(tmp_path / "pebble", http_port=free_port()) as pebble, \
+            ServiceProcess("redirector", service_env(
+                broker, database, tmp_path, ACME_CHALLENGE_DIR=str(challenges),
+                REDIRECTOR_BIND=f"127.0.0.1:{pebble.http_port}"), tmp_path) as redirector:
+        redirector.wait_http(f"http://127.0.0.1:{pebble.http_port}/healthz")
+        env = certifier_env(broker, database, tmp_path, pebble.directory_url,
+                            pebble.listener_ca)
+        async with platform(broker, topology) as upstream, certifier(env) as running:
+            started = time.monotonic()
+            await upstream.send(DomainVerified(domain=NAME, customer_id="cust-a",
+                                               matched_by="cname", chain=[NAME, TRACKING_HOST]))
+            [issued] = await upstream.received()
+            elapsed = time.monotonic() - started
+            assert issued.type == "certificate.issued"
+            assert issued.data.domain == NAME and issued.data.customer_id == "cust-a"
+
+            live = tmp_path / "certbot" / "config" / "live" / NAME
+            on_disk = read_certificate(live / "cert.pem")
+            assert (live / "fullchain.pem").read_text().count("BEGIN CERTIFICATE") == 2
+            assert (live / "privkey.pem").is_file()
+            assert (issued.data.serial, issued.data.not_before, issued.data.not_after) == (
+                on_disk.serial, on_disk.not_before, on_disk.not_after)
+            row = await domain_row(database)
+            assert row["status"] == "active" and row["last_error"] is None
+            assert row["certificate_serial"] == on_disk.serial
+            assert row["certificate_expires_at"] == on_disk.not_after
+            third = on_disk.lifetime / 3
+            assert on_disk.not_after - third * 1.1 <= row["certificate_renew_at"] \
+                <= on_disk.not_after - third
+            conf = nginx_conf(env)
+            assert f"server_name {NAME};" in conf and f"serial {on_disk.serial}" in conf
+            assert not list(challenges.iterdir())  # the cleanup hook removed the answer
+            assert await acme_counts(database) == {"order": 1, "certificate": 1}
+            print(f"issuance took {elapsed:.2f} s")
+
+            # A repeated domain.verified issues nothing.
+            await upstream.send(DomainVerified(domain=NAME, customer_id="cust-a",
+                                               matched_by="cname"))
+            await wait_for(lambda: running.outcomes["already-certified"] == 1)
+            assert running.certbot.runs == 1
+            assert await acme_counts(database) == {"order": 1, "certificate": 1}
+            assert await upstream.received(timeout_s=0.3) == []
+
+            # Renewal, with the clock moved to when a third of the lifetime remains.
+            later = renewal_due(on_disk) + timedelta(hours=1)
+            issuer = Issuer(certbot=running.certbot, store=running.store, limits=Limits(),
+                            clock=lambda: later)
+            common: dict[str, Any] = {
+                "store": running.store, "sites": running.sites,
+                "publisher": upstream.publisher, "policy": Policy(), "rng": random.Random(1),
+                "renewal": RenewalPolicy(), "clock": lambda: later}
+            assert await renew_due(issuer=issuer, **common) == 1
+            [renewed] = await upstream.received()
+            assert renewed.type == "certificate.issued"
+            assert renewed.data.serial != on_disk.serial
+            assert read_certificate(live / "cert.pem").serial == renewed.data.serial
+            assert (await domain_row(database))["certificate_serial"] == renewed.data.serial
+            assert f"serial {renewed.data.serial}" in nginx_conf(env)
+            now = {**common, "clock": lambda: datetime.now(UTC)}
+            assert await renew_due(issuer=issuer, **now) == 0  # nothing due today
+
+            # Renewal failing close to expiry: certificate.expiring, and a later retry.
+            renewed_row = await domain_row(database)
+            near_end = renewed_row["certificate_expires_at"] - timedelta(days=7)
+            unreachable = Certbot(
+                command=running.certbot.command, base_dir=tmp_path / "certbot",
+                server=f"https://127.0.0.1:{free_port()}/dir", email=None,
+                ca_bundle=pebble.listener_ca, challenge_dir=challenges)
+            failing = Issuer(certbot=unreachable, store=running.store, limits=Limits(),
+                             clock=lambda: near_end)
+            common["clock"] = lambda: near_end
+            assert await renew_due(issuer=failing, **common) == 1
+            [expiring] = await upstream.received()
+            assert expiring.type == "certificate.expiring"
+            assert expiring.data.not_after == renewed_row["certificate_expires_at"]
+            assert "could not be renewed" in expiring.data.reason
+            assert (await domain_row(database))["certificate_renew_at"] == \
+                near_end + RenewalPolicy().retry
+
+            # Lapsed: renewal stops. Deleted: certificate, key and nginx server go.
+            await execute(database, "UPDATE tracking_domains SET status = 'lapsed'")
+            await upstream.send(DomainLapsed(domain=NAME, customer_id="cust-a",
+                                             code="cname-moved", reason="moved"))
+            await wait_for(lambda: running.outcomes["renewal-stopped"] == 1)
+            assert (await domain_row(database))["certificate_renew_at"] is None
+            await upstream.send(DomainDeleted(domain=NAME, customer_id="cust-a"))
+            await upstream.send(DomainDeleted(domain=NAME, customer_id="cust-a"))
+            await wait_for(lambda: running.outcomes["removed"] == 1
+                           and running.outcomes["nothing-to-remove"] == 1)
+            assert not live.exists()
+            assert not (tmp_path / "certbot" / "config" / "renewal" / f"{NAME}.conf").exists()
+            assert NAME not in nginx_conf(env)
+            assert (await domain_row(database))["certificate_serial"] is None
+        assert redirector.terminate() == 0
+
+
+async def test_unanswerable_challenge_becomes_certificate_failed_after_retries(
+        broker: BrokerSettings, database: DatabaseSettings, topology: Topology,
+        tmp_path: Path) -> None:
+    await insert_domain(database)
+    # Nothing listens where Pebble connects for HTTP-01: every validation fails.
+    with Pebble(tmp_path / "pebble", http_port=free_port()) as pebble:
+        env = certifier_env(broker, database, tmp_path, pebble.directory_url,
+                            pebble.listener_ca, CERTIFIER_VALIDATION_ATTEMPTS="2",
+                            CERTIFIER_VALIDATION_RETRY_S="0.1")
+        async with platform(broker, topology) as upstream, certifier(env) as running:
+            await upstream.send(DomainVerified(domain=NAME, customer_id="cust-a",
+                                               matched_by="cname"))
+            [failed] = await upstream.received(timeout_s=40)
+            assert failed.type == "certificate.failed"
+            assert failed.data.code == "connection"
+            assert NAME in failed.data.reason and "port 80" in failed.data.reason
+            assert "The certificate authority said:" in failed.data.reason
+            assert running.certbot.runs == 2
+            row = await domain_row(database)
+            assert row["status"] == "verified" and row["certificate_serial"] is None
+            assert row["last_error"] == failed.data.reason
+            counts = await acme_counts(database)
+            assert counts["failed_validation"] == 2 and "certificate" not in counts
+            assert not (tmp_path / "certbot" / "config" / "live" / NAME).exists()
+
+
+async def test_unreachable_ca_is_transient_and_retried_until_dead_lettered(
+        broker: BrokerSettings, database: DatabaseSettings, topology: Topology,
+        tmp_path: Path) -> None:
+    await insert_domain(database)
+    listener_ca, _, _ = make_listener_ca(tmp_path / "listener")
+    env = certifier_env(broker, database, tmp_path, f"https://127.0.0.1:{free_port()}/dir",
+                        listener_ca, CERTIFIER_MAX_ATTEMPTS="2")
+    async with platform(broker, topology) as upstream, certifier(env) as running:
+        await upstream.send(DomainVerified(domain=NAME, customer_id="cust-a",
+                                           matched_by="cname"))
+        [dead] = await get_messages(upstream.channel, topology.dead_queue(CERTIFIER_QUEUE), 1,
+                                    timeout_s=20)
+        assert "ca-unreachable" in str(dead.headers[ERROR_HEADER])
+        assert running.certbot.runs == 2
+        assert await acme_counts(database) == {}  # the CA never saw an order
+        assert (await domain_row(database))["status"] == "verified"
+
+
+async def test_failed_validations_hold_work_back_without_running_certbot(
+        broker: BrokerSettings, database: DatabaseSettings, topology: Topology,
+        tmp_path: Path) -> None:
+    await insert_domain(database)
+    now = datetime.now(UTC)
+    for minutes in (50, 40, 30, 20, 10):  # five in the last hour: Let's Encrypt's limit
+        await execute(database, "INSERT INTO acme_events (kind, name, registered_domain, at) "
+                                "VALUES ($1, $2, 'customer-a.test', $3)",
+                      FAILED_VALIDATION, NAME, now - timedelta(minutes=minutes))
+    listener_ca, _, _ = make_listener_ca(tmp_path / "listener")
+    env = certifier_env(broker, database, tmp_path, f"https://127.0.0.1:{free_port()}/dir",
+                        listener_ca)
+    async with certifier(env) as running:
+        issuer = Issuer(certbot=running.certbot, store=running.store, limits=Limits())
+        verified = DomainVerified(domain=NAME, customer_id="cust-a", matched_by="cname")
+        with pytest.raises(TransientError) as caught:
+            await certify(verified, store=running.store, issuer=issuer, sites=running.sites,
+                          publisher=None, policy=Policy(), rng=random.Random())  # type: ignore
+        assert "failed-validations" in caught.value.reason
+        # The oldest of the five leaves the hour-long window in about 10 minutes.
+        assert caught.value.delay_s is not None
+        assert 9 * 60 < caught.value.delay_s <= 10 * 60
+        assert running.certbot.runs == 0
