@@ -1,9 +1,13 @@
 """Writing click rows to `tracking_logs`, the fast way each database allows, idempotently.
 
-PostgreSQL: COPY into a session-local staging table, then one
-`INSERT ... SELECT ... ON CONFLICT (event_id) DO NOTHING`, in one transaction.
-COPY is several times faster than row inserts, and the conflict clause makes a
-redelivered event a no-op. SQLite: `INSERT OR IGNORE` with executemany.
+PostgreSQL: COPY straight into `tracking_logs` inside a savepoint. Duplicates are
+rare (only redeliveries after a crash or a lost ack), so that fast path almost
+always commits; when the unique index on `event_id` refuses the batch, the
+savepoint is rolled back and the batch goes the idempotent way: COPY into a
+session-local staging table, then `INSERT ... SELECT ... ON CONFLICT (event_id)
+DO NOTHING`. COPY is several times faster than row inserts, and the staging path
+writes every row twice, so taking it only when needed roughly halves the
+database's work. SQLite: `INSERT OR IGNORE` with executemany.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
+import asyncpg
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -65,6 +70,13 @@ class PostgresClickStore:
             driver = raw.driver_connection
             assert driver is not None
             async with driver.transaction():
+                try:
+                    async with driver.transaction():  # a savepoint
+                        await driver.copy_records_to_table(
+                            "tracking_logs", records=rows, columns=COLUMNS)
+                    return len(rows)
+                except asyncpg.UniqueViolationError:
+                    pass  # some rows are already stored: take the idempotent path
                 await driver.execute(_CREATE_STAGING)
                 await driver.copy_records_to_table(_STAGING, records=rows, columns=COLUMNS)
                 status = await driver.execute(_MERGE)
