@@ -65,15 +65,6 @@ def _b64encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def _b64decode(text: str) -> bytes:
-    # validate=True would reject '-' and '_'; translate to the standard alphabet first.
-    padded = text + "=" * (-len(text) % 4)
-    return base64.b64decode(padded.translate(_URLSAFE_TO_STD), validate=True)
-
-
-_URLSAFE_TO_STD = str.maketrans("-_", "+/")
-
-
 # Spaces and control characters never belong in a URL, and CR/LF in a Location
 # header would split the response: refused when minting and again when verifying.
 _UNSAFE_RE = re.compile(r"[\x00-\x20\x7f]")
@@ -149,7 +140,10 @@ class LinkSigner:
         if not hmac.compare_digest(expected, given):
             raise LinkError("bad signature")
         try:
-            payload = _payload_decoder.decode(_b64decode(payload_b64))
+            # Not the validating decoder: the MAC already covers these exact characters,
+            # and the plain one is several times faster on every click.
+            payload = _payload_decoder.decode(
+                base64.urlsafe_b64decode(payload_b64 + "=" * (-len(payload_b64) % 4)))
         except (binascii.Error, ValueError, msgspec.DecodeError):
             # Signed by us yet unreadable: only a key leak or a minting bug gets here.
             raise LinkError("malformed payload") from None
