@@ -1,0 +1,82 @@
+"""`trackctl clicks` against PostgreSQL: rows as the logger writes them, counted by the real
+console script."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from shared.settings import DatabaseSettings
+from tests.support.databases import execute
+from tests.support.processes import ROOT
+
+pytestmark = pytest.mark.integration
+
+TRACKCTL = ROOT / ".venv" / "bin" / "trackctl"
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def trackctl(database: DatabaseSettings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DATABASE_URL": database.url}
+    return subprocess.run([str(TRACKCTL), "clicks", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def insert(database: DatabaseSettings, rows: list[tuple[object, ...]]) -> None:
+    async def _insert() -> None:
+        for number, (customer, campaign, recipient, domain, bot, reason, age_h) in enumerate(
+                rows):
+            await execute(
+                database,
+                "INSERT INTO tracking_logs (event_id, customer_id, campaign_id, recipient_id, "
+                "domain, url, method, clicked_at, bot, bot_reason) VALUES ($1, $2, $3, $4, $5, "
+                "'https://shop.example/', 'GET', $6, $7, $8)",
+                f"evt-{number}", customer, campaign, recipient, domain,
+                NOW - timedelta(hours=age_h), bot, reason)
+
+    asyncio.run(_insert())
+
+
+def test_clicks_counts_people_and_bots_per_campaign(database: DatabaseSettings) -> None:
+    a, platform = "track.customer-a.test", "click.platform.test"
+    insert(database, [
+        ("cust-a", "spring", "r1", a, False, None, 30),
+        ("cust-a", "spring", "r1", a, False, None, 2),
+        ("cust-a", "spring", "r2", platform, False, None, 1),
+        ("cust-a", "spring", "r3", a, True, "user-agent:proofpoint", 1),
+        ("cust-a", "spring", "r1", a, True, "head-request", 1),
+        ("cust-a", "spring", "r4", a, True, "user-agent:proofpoint", 1),
+        ("cust-a", "autumn", "r9", a, False, None, 1),
+        ("cust-b", "spring", "r7", "track.customer-b.test", False, None, 1),
+    ])
+    result = trackctl(database, "--campaign", "spring", "--customer", "cust-a", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["clicks"], report["human"], report["bot"]) == (6, 3, 3)
+    assert (report["human_recipients"], report["recipients"]) == (2, 4)
+    assert report["first_click"] == (NOW - timedelta(hours=30)).isoformat().replace("+00:00",
+                                                                                     "Z")
+    assert {r["reason"]: r["clicks"] for r in report["bot_reasons"]} == {
+        "user-agent:proofpoint": 2, "head-request": 1}
+    domains = {d["domain"]: (d["human"], d["bot"], d["human_recipients"])
+               for d in report["domains"]}
+    assert domains == {a: (2, 3, 1), platform: (1, 0, 1)}
+
+    recent = json.loads(trackctl(database, "--campaign", "spring", "--customer", "cust-a",
+                                 "--since", "24h", "--json").stdout)
+    assert (recent["clicks"], recent["human"]) == (5, 2)
+
+    table = trackctl(database, "--campaign", "spring")
+    assert table.returncode == 0
+    assert "7 (4 human, 3 bot)" in table.stdout
+    assert "2 (campaign ids are per customer: add --customer)" in table.stdout
+    assert "user-agent:proofpoint" in table.stdout and a in table.stdout
+
+    none = trackctl(database, "--campaign", "winter")
+    assert none.returncode == 0 and "no clicks for campaign winter" in none.stdout
+    assert trackctl(database, "--campaign", "spring", "--since", "last tuesday").returncode == 2
