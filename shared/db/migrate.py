@@ -63,15 +63,19 @@ async def run_with_engine(engine: AsyncEngine, action: str, revision: str) -> No
 
 
 async def check_at_head(engine: AsyncEngine) -> None:
-    """Raise `SchemaOutOfDate` unless the database is migrated to the newest revision."""
+    """Raise `SchemaOutOfDate` unless the database is at this release's revision or newer."""
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    script = ScriptDirectory.from_config(alembic_config())
+    head = script.get_current_head()
+    known = {revision.revision for revision in script.walk_revisions()}
     async with engine.connect() as connection:
         found = await connection.run_sync(
             lambda sync: MigrationContext.configure(sync).get_current_revision())
-    if found != head:
+    # A revision this release does not know is a newer one: migrations run before a
+    # rolling upgrade, and old processes must keep running until they are replaced.
+    if found is None or (found != head and found in known):
         raise SchemaOutOfDate(
             f"database schema is at revision {found or 'none'}, this release needs {head}: "
             "run `trackctl db upgrade`"
