@@ -1,4 +1,5 @@
-"""A real ACME CA on loopback for tests: Pebble, resolving names through pebble-challtestsrv.
+"""A real ACME CA on loopback for tests: Pebble, resolving names through pebble-challtestsrv
+or through a DNS server the test runs (`dns_server=`, e.g. tests/support/dns_server.py).
 
 `pebble-challtestsrv` answers A=127.0.0.1 for every name, so Pebble's HTTP-01
 validation for any test domain connects to 127.0.0.1:`http_port`, which the test points
@@ -45,9 +46,13 @@ def make_listener_ca(directory: Path) -> tuple[Path, Path, Path]:
 class Pebble:
     """challtestsrv + Pebble, started together; use as a context manager."""
 
-    def __init__(self, directory: Path, *, http_port: int) -> None:
+    def __init__(self, directory: Path, *, http_port: int,
+                 dns_server: str | None = None) -> None:
         self.directory = directory
         self.http_port = http_port
+        # `127.0.0.1:PORT` of a DNS server the test runs (tests/support/dns_server.py);
+        # None: start pebble-challtestsrv, which answers A=127.0.0.1 for every name.
+        self.dns_server = dns_server
         self.acme_port = free_port()
         self.management_port = free_port()
         self.dns_port = free_port()
@@ -68,12 +73,13 @@ class Pebble:
             "certificate": str(cert), "privateKey": str(key), "httpPort": self.http_port,
             "tlsPort": free_port(), "ocspResponderURL": "",
             "externalAccountBindingRequired": False}}))
-        self._spawn("challtestsrv", [
-            "pebble-challtestsrv", "-dns01", f"127.0.0.1:{self.dns_port}",
-            "-management", f"127.0.0.1:{self.dns_management_port}", "-http01", "",
-            "-https01", "", "-tlsalpn01", "", "-defaultIPv6", ""], {})
-        self._spawn("pebble", ["pebble", "-config", str(config),
-                               "-dnsserver", f"127.0.0.1:{self.dns_port}"],
+        if self.dns_server is None:
+            self._spawn("challtestsrv", [
+                "pebble-challtestsrv", "-dns01", f"127.0.0.1:{self.dns_port}",
+                "-management", f"127.0.0.1:{self.dns_management_port}", "-http01", "",
+                "-https01", "", "-tlsalpn01", "", "-defaultIPv6", ""], {})
+        dns_server = self.dns_server or f"127.0.0.1:{self.dns_port}"
+        self._spawn("pebble", ["pebble", "-config", str(config), "-dnsserver", dns_server],
                     # No pretend-slow validation, no rejected nonces, every order validated.
                     {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0",
                      "PEBBLE_AUTHZREUSE": "0"})
