@@ -5,6 +5,8 @@ Tiers (what each may touch):
 - tests/integration: the real RabbitMQ and PostgreSQL, each test in its own exchange
   namespace and its own database; code is called in-process.
 - tests/e2e: the real service processes, started by the test, over real HTTP.
+- tests/deploy: deployment artefacts (compose.yaml, Dockerfile, nginx config) checked
+  against the code, and nginx's reload hand-shake run for real.
 Fault tests (marked `fault`) cut dependencies through tests/support/proxy.py, never
 by stopping the shared servers.
 """
@@ -91,6 +93,9 @@ def service_env(broker: BrokerSettings, database: DatabaseSettings, tmp_path: Pa
         "LINK_KEYS": TEST_LINK_KEYS,
         "SPOOL_DIR": str(tmp_path / "spool"),
         "LOG_LEVEL": "INFO",
+        # Off unless a test asks: the default ports are fixed, and tests run several
+        # processes of one service at once (tests/e2e/test_metrics.py picks free ports).
+        "METRICS_BIND": "off",
     }
     env.update(extra)
     return env

@@ -33,6 +33,7 @@ from shared.broker.publisher import Publisher
 from shared.db.engine import create_engine
 from shared.db.migrate import SchemaOutOfDate, check_at_head
 from shared.lifecycle import load_or_exit, run
+from shared.metrics import CertifierMetrics, MetricsServer, new_registry
 
 log = structlog.get_logger("services.certifier")
 
@@ -65,7 +66,10 @@ class Running:
                  nginx_reloads=self.sites.reloads, outcomes=dict(self.outcomes))
 
 
-async def start(settings: CertifierSettings) -> Running:
+async def start(settings: CertifierSettings, metrics: CertifierMetrics | None = None) -> Running:
+    """Start consuming and renewing; `metrics` is what `serve` exports (tests pass none)."""
+    if metrics is None:
+        metrics = CertifierMetrics(new_registry(process=False))
     source = f"/certifier/{socket.gethostname()}/{os.getpid()}"
     engine = create_engine(settings.database, pool_size=2)
     try:
@@ -105,7 +109,7 @@ async def start(settings: CertifierSettings) -> Running:
                                         retry_delays_ms=settings.retry_delays_ms
                                         or RETRY_DELAYS_MS)
     exchange = await broker_topology.declare(channel, topology)
-    publisher = Publisher(channel, exchange, source=source)
+    publisher = Publisher(channel, exchange, source=source, observe=metrics.published)
     consumer = Consumer(
         channel=channel, topology=topology, queue=CERTIFIER_QUEUE,
         handler=functools.partial(handle_events, store=store, issuer=issuer, sites=sites,
@@ -113,6 +117,7 @@ async def start(settings: CertifierSettings) -> Running:
                                   outcomes=outcomes),
         publisher=publisher,
         policy=ConsumePolicy(prefetch=settings.prefetch, max_attempts=settings.max_attempts),
+        metrics=metrics.consumer,
     )
     await consumer.start()
     stopping = asyncio.Event()
@@ -121,6 +126,7 @@ async def start(settings: CertifierSettings) -> Running:
         publisher=publisher, policy=policy, rng=rng,
         renewal=RenewalPolicy(retry=timedelta(seconds=settings.renew_retry_s),
                               warning=timedelta(days=settings.expiry_warning_days)),
+        metrics=metrics,
     ), name="renewal")
     log.info("certifier.started", queue=topology.queue(CERTIFIER_QUEUE),
              acme_directory=settings.acme_directory_url, certbot_dir=str(settings.certbot_dir),
@@ -133,9 +139,13 @@ async def start(settings: CertifierSettings) -> Running:
 
 
 async def serve(settings: CertifierSettings, stop: asyncio.Event) -> None:
-    running = await start(settings)
+    registry = new_registry()
+    metrics_server = MetricsServer(registry, settings.metrics_bind)
+    await metrics_server.start()
+    running = await start(settings, CertifierMetrics(registry))
     await stop.wait()
     await running.stop()
+    await metrics_server.stop()
 
 
 def main() -> None:

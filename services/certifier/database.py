@@ -115,6 +115,16 @@ class DomainStore:
                 .order_by(TrackingDomain.name))
             return [name for (name,) in rows]
 
+    async def expiring(self, before: datetime) -> tuple[int, datetime | None]:
+        """Active domains whose certificate expires before `before`, and the soonest
+        expiry of any active domain's certificate (None: no active domain)."""
+        expires = TrackingDomain.certificate_expires_at
+        async with self._engine.connect() as connection:
+            count, soonest = (await connection.execute(
+                select(func.count(expires).filter(expires < before), func.min(expires))
+                .where(TrackingDomain.status == "active"))).one()
+        return int(count or 0), _utc(soonest) if isinstance(soonest, datetime) else None
+
     async def due_for_renewal(self, now: datetime, limit: int = 100) -> list[DomainRow]:
         async with self._engine.connect() as connection:
             rows = await connection.execute(

@@ -33,6 +33,7 @@ from services.certifier.issuance import Failed, HeldBack, Issuer
 from services.certifier.nginx import NginxSites
 from shared.broker.publisher import Publisher
 from shared.events import CertificateExpiring
+from shared.metrics import CertifierMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -50,13 +51,27 @@ def _utcnow() -> datetime:
 
 async def renew_due(*, store: DomainStore, issuer: Issuer, sites: NginxSites,
                     publisher: Publisher, policy: Policy, renewal: RenewalPolicy,
-                    rng: random.Random, clock: Callable[[], datetime] = _utcnow) -> int:
+                    rng: random.Random, clock: Callable[[], datetime] = _utcnow,
+                    metrics: CertifierMetrics | None = None) -> int:
     """Renew every active domain that is due now; returns how many were looked at."""
     rows = await store.due_for_renewal(clock(), limit=renewal.batch)
     for row in rows:
-        await renew_one(row, store=store, issuer=issuer, sites=sites, publisher=publisher,
-                        policy=policy, renewal=renewal, rng=rng, clock=clock)
+        outcome = await renew_one(row, store=store, issuer=issuer, sites=sites,
+                                  publisher=publisher, policy=policy, renewal=renewal, rng=rng,
+                                  clock=clock)
+        if metrics is not None:
+            metrics.renewal(outcome)
     return len(rows)
+
+
+async def update_expiry_gauges(store: DomainStore, metrics: CertifierMetrics,
+                               renewal: RenewalPolicy,
+                               clock: Callable[[], datetime] = _utcnow) -> None:
+    """`tracking_certificates_expiring`: active certificates inside the warning window,
+    which renewal (a third of the lifetime before expiry) should have replaced long ago."""
+    count, soonest = await store.expiring(clock() + renewal.warning)
+    metrics.expiring.set(count)
+    metrics.earliest_expiry.set(soonest.timestamp() if soonest is not None else 0)
 
 
 async def renew_one(row: DomainRow, *, store: DomainStore, issuer: Issuer, sites: NginxSites,
@@ -103,12 +118,15 @@ async def renew_one(row: DomainRow, *, store: DomainStore, issuer: Issuer, sites
 
 async def renew_forever(stop: asyncio.Event, *, interval_s: float, store: DomainStore,
                         issuer: Issuer, sites: NginxSites, publisher: Publisher,
-                        policy: Policy, renewal: RenewalPolicy, rng: random.Random) -> None:
+                        policy: Policy, renewal: RenewalPolicy, rng: random.Random,
+                        metrics: CertifierMetrics | None = None) -> None:
     """Run `renew_due` now and then every `interval_s` (±10%) until `stop` is set."""
     while not stop.is_set():
         try:
             await renew_due(store=store, issuer=issuer, sites=sites, publisher=publisher,
-                            policy=policy, renewal=renewal, rng=rng)
+                            policy=policy, renewal=renewal, rng=rng, metrics=metrics)
+            if metrics is not None:
+                await update_expiry_gauges(store, metrics, renewal)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the database may be down; try again next round

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from services.certifier.ratelimits import Limits
 from shared.errors import SettingsError
+from shared.metrics import load_bind
 from shared.settings import BrokerSettings, DatabaseSettings, Env
 
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
@@ -61,6 +62,7 @@ class CertifierSettings:
     max_attempts: int
     retry_delays_ms: tuple[int, ...] | None
     log_level: str
+    metrics_bind: tuple[str, int] | None = None
 
 
 def _default_certbot() -> str:
@@ -164,4 +166,5 @@ def load(environ: Mapping[str, str]) -> CertifierSettings:
         max_attempts=env.int("CERTIFIER_MAX_ATTEMPTS", 24, minimum=1),
         retry_delays_ms=_delays(env),
         log_level=env.str("LOG_LEVEL", "INFO").upper(),
+        metrics_bind=load_bind(environ, "certifier"),
     )

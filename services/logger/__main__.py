@@ -24,6 +24,7 @@ from shared.broker.publisher import Publisher
 from shared.db.engine import create_engine
 from shared.db.migrate import SchemaOutOfDate, check_at_head
 from shared.lifecycle import load_or_exit, run
+from shared.metrics import LoggerMetrics, MetricsServer, new_registry
 
 log = structlog.get_logger("services.logger")
 
@@ -36,9 +37,14 @@ async def serve(settings: LoggerSettings, stop: asyncio.Event) -> None:
     except SchemaOutOfDate as exc:
         await engine.dispose()
         raise SystemExit(f"logger: {exc}") from None
+    registry = new_registry()
+    metrics = LoggerMetrics(registry)
     writer = BatchWriter(click_store(engine), max_rows=settings.batch_rows,
                          flush_s=settings.flush_ms / 1000,
-                         max_backoff_s=settings.max_backoff_s)
+                         max_backoff_s=settings.max_backoff_s, metrics=metrics)
+    metrics.watch(pending_rows=lambda: writer.pending_rows)
+    metrics_server = MetricsServer(registry, settings.metrics_bind)
+    await metrics_server.start()
     writer.start()
     connection = await connect(settings.broker, name=f"logger {source}")
     channel = await open_channel(connection)
@@ -48,7 +54,7 @@ async def serve(settings: LoggerSettings, stop: asyncio.Event) -> None:
         channel=channel, topology=topology, queue=LOGGER_QUEUE,
         handler=functools.partial(record_clicks, writer=writer),
         publisher=Publisher(channel, exchange, source=source),
-        policy=ConsumePolicy(prefetch=settings.prefetch),
+        policy=ConsumePolicy(prefetch=settings.prefetch), metrics=metrics.consumer,
     )
     await consumer.start()
     log.info("logger.started", queue=topology.queue(LOGGER_QUEUE),
@@ -61,6 +67,7 @@ async def serve(settings: LoggerSettings, stop: asyncio.Event) -> None:
     with contextlib.suppress(Exception):
         await connection.close()
     await engine.dispose()
+    await metrics_server.stop()
     log.info("logger.stopped", committed=writer.committed)
 
 

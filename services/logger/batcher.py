@@ -15,20 +15,26 @@ import time
 from collections.abc import Sequence
 
 import structlog
+from prometheus_client import CollectorRegistry
 
 from services.logger.database import ClickStore, Row
 from shared.errors import PermanentError
+from shared.metrics import LoggerMetrics
 
 log = structlog.get_logger(__name__)
 
 
 class BatchWriter:
     def __init__(self, store: ClickStore, *, max_rows: int = 5000, flush_s: float = 0.02,
-                 max_backoff_s: float = 5.0) -> None:
+                 max_backoff_s: float = 5.0, max_in_flight: int = 2,
+                 metrics: LoggerMetrics | None = None) -> None:
         self._store = store
+        self._metrics = metrics or LoggerMetrics(CollectorRegistry())
         self._max_rows = max_rows
         self._flush_s = flush_s
         self._max_backoff_s = max_backoff_s
+        self._writers = asyncio.Semaphore(max_in_flight)
+        self._commits: set[asyncio.Task[None]] = set()
         # One entry per message: its rows stay together, so one commit answers it.
         self._pending: list[tuple[Sequence[Row], asyncio.Future[None]]] = []
         self._pending_rows = 0
@@ -38,6 +44,11 @@ class BatchWriter:
         self._stopping = False
         self.healthy = True
         self.committed = 0
+
+    @property
+    def pending_rows(self) -> int:
+        """Rows received and not yet committed."""
+        return self._pending_rows
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="batch-writer")
@@ -69,6 +80,13 @@ class BatchWriter:
         await future
 
     async def _run(self) -> None:
+        try:
+            await self._gather_batches()
+        finally:
+            if self._commits:
+                await asyncio.gather(*self._commits, return_exceptions=True)
+
+    async def _gather_batches(self) -> None:
         while True:
             if not self._pending:
                 if self._stopping:
@@ -86,15 +104,26 @@ class BatchWriter:
                 taken += 1
             batch, self._pending = self._pending[:taken], self._pending[taken:]
             self._pending_rows -= count
+            # Up to `max_in_flight` commits overlap: while one waits on the database
+            # the next batch is sent, so the database, not the round trip, sets the pace.
+            await self._writers.acquire()
+            task = asyncio.create_task(self._commit(batch))
+            self._commits.add(task)
+            task.add_done_callback(self._commits.discard)
+
+    async def _commit(self, batch: list[tuple[Sequence[Row], asyncio.Future[None]]]) -> None:
+        try:
             rows = [row for message_rows, _ in batch for row in message_rows]
             try:
                 await self._write(rows)
             except _Unstorable:
                 await self._write_one_by_one(batch)
-                continue
+                return
             for _, waiter in batch:
                 if not waiter.done():
                     waiter.set_result(None)
+        finally:
+            self._writers.release()
 
     async def _write_one_by_one(
             self, batch: list[tuple[Sequence[Row], asyncio.Future[None]]]) -> None:
@@ -104,6 +133,7 @@ class BatchWriter:
             try:
                 await self._write(list(rows))
             except _Unstorable as exc:
+                self._metrics.rows_refused.inc(len(rows))
                 if not waiter.done():
                     waiter.set_exception(PermanentError(f"the database refuses these rows: {exc}"))
             else:
@@ -128,17 +158,26 @@ class BatchWriter:
                                 error=(str(exc) or type(exc).__name__)[:500])
                     raise _Unstorable((str(exc) or type(exc).__name__)[:500]) from exc
                 self.healthy = False
+                self._metrics.write_failures.inc()
                 log.warning("clicks.write_failed", rows=len(rows), attempt=attempt,
                             error=(str(exc) or type(exc).__name__)[:500],
                             retry_in_s=round(backoff, 2))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._max_backoff_s)
                 continue
+            elapsed = time.perf_counter() - started
             self.healthy = True
             self.committed += inserted
+            metrics = self._metrics
+            metrics.batch_rows.observe(len(rows))
+            metrics.insert_seconds.observe(elapsed)
+            metrics.rows_inserted.inc(inserted)
+            metrics.rows_duplicate.inc(len(rows) - inserted)
+            # Row[0] is the event id: the batch's ends, to find a click's commit by.
             log.info("clicks.committed", rows=len(rows), inserted=inserted,
                      duplicates=len(rows) - inserted, attempts=attempt,
-                     duration_ms=round((time.perf_counter() - started) * 1000, 2))
+                     duration_ms=round(elapsed * 1000, 2),
+                     first_event_id=rows[0][0], last_event_id=rows[-1][0])
             return
 
 

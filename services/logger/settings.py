@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from shared.metrics import load_bind
 from shared.settings import BrokerSettings, DatabaseSettings, Env
 
 
@@ -17,6 +18,7 @@ class LoggerSettings:
     prefetch: int
     max_backoff_s: float
     log_level: str
+    metrics_bind: tuple[str, int] | None = None
 
 
 def load(environ: Mapping[str, str]) -> LoggerSettings:
@@ -29,4 +31,5 @@ def load(environ: Mapping[str, str]) -> LoggerSettings:
         prefetch=env.int("LOGGER_PREFETCH", 64, minimum=1),
         max_backoff_s=env.float("LOGGER_MAX_BACKOFF_S", 5.0, minimum=0.1),
         log_level=env.str("LOG_LEVEL", "INFO").upper(),
+        metrics_bind=load_bind(environ, "logger"),
     )

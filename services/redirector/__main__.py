@@ -24,6 +24,7 @@ from shared.broker.publisher import Publisher
 from shared.db.engine import create_engine
 from shared.lifecycle import load_or_exit, run
 from shared.links import LinkSigner
+from shared.metrics import MetricsServer, RedirectorMetrics, new_registry
 
 log = structlog.get_logger("services.redirector")
 
@@ -51,8 +52,14 @@ async def serve(settings: RedirectorSettings, stop: asyncio.Event) -> None:
     source = f"/redirector/{socket.gethostname()}/{os.getpid()}"
     spool = Spool(settings.spool_dir)
     slot = spool.open()
+    registry = new_registry()
+    metrics = RedirectorMetrics(registry)
     forwarder = Forwarder(spool, batch_size=settings.batch_size,
-                          linger_s=settings.linger_ms / 1000)
+                          linger_s=settings.linger_ms / 1000, metrics=metrics)
+    metrics.watch(backlog_bytes=spool.backlog_bytes, spool_clicks=spool.unconfirmed_lines,
+                  connected=lambda: float(forwarder.connected))
+    metrics_server = MetricsServer(registry, settings.metrics_bind)
+    await metrics_server.start()
     directory = DomainDirectory(settings.tracking_host)
     engine = create_engine(settings.database, pool_size=1)
     try:
@@ -64,6 +71,7 @@ async def serve(settings: RedirectorSettings, stop: asyncio.Event) -> None:
         clients=ClientAddress(settings.trusted_proxies), spool=spool, forwarder=forwarder,
         source=source, spool_max_bytes=settings.spool_max_bytes,
         access_log=settings.access_log, challenge_dir=settings.challenge_dir,
+        metrics=metrics,
     )
     runner = web.AppRunner(build_app(redirector), access_log=None, handle_signals=False,
                            shutdown_timeout=10)
@@ -97,6 +105,7 @@ async def serve(settings: RedirectorSettings, stop: asyncio.Event) -> None:
         with contextlib.suppress(Exception):
             await connection.close()  # type: ignore[attr-defined]
     await engine.dispose()
+    await metrics_server.stop()
     log.info("redirector.stopped", drained=drained, published=forwarder.published,
              left_in_spool_bytes=spool.backlog_bytes())
 

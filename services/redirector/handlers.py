@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import re
-import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from time import perf_counter
 
 import structlog
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from services.redirector.bots import classify
 from services.redirector.clients import ClientAddress
 from services.redirector.domains import DomainDirectory
+from services.redirector.event_ids import EventIds
 from services.redirector.forwarder import Forwarder
 from services.redirector.spool import Spool
 from shared.domains import host_from_header
 from shared.events import ClickTracked, encode_event
 from shared.links import LinkError, LinkSigner
+from shared.metrics import RedirectorMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -30,6 +33,18 @@ NOT_FOUND_PAGE = (
 _NOT_FOUND_HEADERS = {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"}
 _MAX_UA = 1024
 _CHALLENGE_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+# LinkSigner.verify's reasons, by the class of fault they are counted under
+# (tests/unit/test_metrics.py keeps this in step with shared/links.py).
+REFUSAL_CLASSES = {
+    "too long": "malformed",
+    "not a v1 token": "malformed",
+    "malformed token": "malformed",
+    "unknown key id": "unknown-key",
+    "bad signature": "bad-signature",
+    "malformed payload": "bad-payload",
+    "destination is not a safe absolute http(s) URL": "bad-payload",
+    "an id contains the NUL character": "bad-payload",
+}
 
 
 @dataclass
@@ -45,21 +60,27 @@ class Redirector:
     spool_max_bytes: int
     access_log: bool = False
     challenge_dir: Path | None = None
+    event_ids: EventIds = field(default_factory=EventIds)
+    metrics: RedirectorMetrics = field(
+        default_factory=lambda: RedirectorMetrics(CollectorRegistry()))
 
     async def track(self, request: web.Request) -> web.Response:
+        started = perf_counter()
         try:
             link = self.signer.verify(request.match_info["token"])
         except LinkError as exc:
-            return not_found(request, str(exc))
+            reason = str(exc)
+            return self._refuse(request, REFUSAL_CLASSES.get(reason, "malformed"), reason)
         host = host_from_header(request.host)
         if not self.domains.allows(host, link.customer_id):
-            return not_found(request, "host does not serve this customer's links")
+            return self._refuse(request, "wrong-host",
+                                "host does not serve this customer's links")
         method = request.method
         user_agent = request.headers.get("User-Agent")
         if user_agent and len(user_agent) > _MAX_UA:
             user_agent = user_agent[:_MAX_UA]
         bot_reason = classify(method, user_agent)
-        event_id = str(uuid.uuid4())
+        event_id = self.event_ids.next()
         self.spool.append(encode_event(
             ClickTracked(
                 customer_id=link.customer_id, campaign_id=link.campaign_id,
@@ -71,12 +92,27 @@ class Redirector:
             source=self.source, event_id=event_id, time=datetime.now(UTC),
         ))
         self.forwarder.notify()
+        metrics = self.metrics
+        if bot_reason is None:
+            metrics.served_redirect.inc()
+        else:
+            metrics.bot(bot_reason).inc()
         if self.access_log:
             log.info("click.served", event_id=event_id, domain=host,
+                     outcome="redirect" if bot_reason is None else "bot",
                      campaign_id=link.campaign_id, bot_reason=bot_reason)
-        return web.Response(status=302, headers={
+        response = web.Response(status=302, headers={
             "Location": link.url, "Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
         })
+        metrics.redirect_seconds.observe(perf_counter() - started)
+        return response
+
+    def _refuse(self, request: web.Request, refusal: str, reason: str) -> web.Response:
+        self.metrics.refused[refusal].inc()
+        if self.access_log:
+            log.info("click.refused", domain=host_from_header(request.host), outcome="refused",
+                     refusal=refusal, reason=reason)
+        return not_found(request, reason)
 
     async def acme_challenge(self, request: web.Request) -> web.Response:
         """HTTP-01 answers, read from the directory the certifier writes (shared by every edge)."""

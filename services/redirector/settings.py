@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.metrics import load_bind
 from shared.settings import BrokerSettings, DatabaseSettings, Env, LinkKey
 
 
@@ -27,6 +28,7 @@ class RedirectorSettings:
     drain_timeout_s: float
     log_level: str
     access_log: bool
+    metrics_bind: tuple[str, int] | None = None
 
 
 def load(environ: Mapping[str, str]) -> RedirectorSettings:
@@ -42,9 +44,10 @@ def load(environ: Mapping[str, str]) -> RedirectorSettings:
         challenge_dir=Path(value) if (value := env.raw("ACME_CHALLENGE_DIR")) else None,
         spool_max_bytes=env.int("SPOOL_MAX_BYTES", 1 << 30, minimum=1 << 20),
         batch_size=env.int("CLICK_BATCH_SIZE", 500, minimum=1),
-        linger_ms=env.float("CLICK_LINGER_MS", 5.0),
+        linger_ms=env.float("CLICK_LINGER_MS", 50.0),
         domain_refresh_s=env.float("DOMAIN_REFRESH_S", 5.0, minimum=0.1),
         drain_timeout_s=env.float("DRAIN_TIMEOUT_S", 20.0),
         log_level=env.str("LOG_LEVEL", "INFO").upper(),
         access_log=env.str("REDIRECTOR_ACCESS_LOG", "0") in ("1", "true", "yes"),
+        metrics_bind=load_bind(environ, "redirector"),
     )

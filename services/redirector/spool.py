@@ -77,6 +77,7 @@ class Spool:
         self._dirty = False
         self.appended = 0
         self.recovered = 0
+        self.confirmed_lines = 0
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -142,6 +143,10 @@ class Spool:
         pending = sum(s.size - s.read_offset for s in self._segments.values())
         return pending + sum(len(line) + 1 for b in self._retry for line in b.lines)
 
+    def unconfirmed_lines(self) -> int:
+        """Clicks spooled (or recovered at start) the broker has not confirmed yet."""
+        return max(0, self.appended + self.recovered - self.confirmed_lines)
+
     def has_pending(self) -> bool:
         if self._retry:
             return True
@@ -179,6 +184,7 @@ class Spool:
 
     def confirmed(self, batch: Batch) -> None:
         """The broker owns these lines: a fully sent, rotated segment is deleted."""
+        self.confirmed_lines += len(batch.lines)
         segment = self._segments.get(batch.segment)
         if segment is None:
             return

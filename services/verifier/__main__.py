@@ -12,6 +12,7 @@ import structlog
 
 from services.verifier import settings as verifier_settings
 from services.verifier.announcer import Announcer
+from services.verifier.census import census_forever
 from services.verifier.checks import DomainChecker
 from services.verifier.dns import DnsResolver
 from services.verifier.domains_repo import DomainStore
@@ -27,6 +28,7 @@ from shared.broker.publisher import Publisher
 from shared.db.engine import create_engine
 from shared.db.migrate import SchemaOutOfDate, check_at_head
 from shared.lifecycle import load_or_exit, run
+from shared.metrics import MetricsServer, VerifierMetrics, new_registry
 
 log = structlog.get_logger("services.verifier")
 
@@ -40,6 +42,10 @@ async def serve(settings: VerifierSettings, stop: asyncio.Event) -> None:
         await engine.dispose()
         raise SystemExit(f"verifier: {exc}") from None
     store = DomainStore(engine)
+    registry = new_registry()
+    metrics = VerifierMetrics(registry)
+    metrics_server = MetricsServer(registry, settings.metrics_bind)
+    await metrics_server.start()
     resolver = DnsResolver(settings.nameservers, timeout_s=settings.dns_timeout_s)
     checker = DomainChecker(resolver, target=settings.policy.tracking_host,
                             ca_identity=settings.policy.caa_identity)
@@ -53,16 +59,19 @@ async def serve(settings: VerifierSettings, stop: asyncio.Event) -> None:
     consumer = Consumer(
         channel=channel, topology=topology, queue=VERIFIER_QUEUE,
         handler=functools.partial(handle_domain_events, store=store, checker=checker,
-                                  announcer=announcer, policy=settings.policy),
+                                  announcer=announcer, policy=settings.policy,
+                                  metrics=metrics),
         publisher=publisher,
         policy=ConsumePolicy(prefetch=settings.prefetch, max_attempts=settings.max_attempts),
+        metrics=metrics.consumer,
     )
     rechecker = Rechecker(store=store, checker=checker, announcer=announcer,
                           policy=settings.policy, poll_s=settings.schedule_poll_s,
                           batch=settings.recheck_batch,
-                          concurrency=settings.recheck_concurrency)
+                          concurrency=settings.recheck_concurrency, metrics=metrics)
     await consumer.start()
     schedule = asyncio.create_task(rechecker.run(stop), name="recheck")
+    census = asyncio.create_task(census_forever(stop, engine, metrics), name="census")
     log.info("verifier.started", queue=topology.queue(VERIFIER_QUEUE),
              tracking_host=settings.policy.tracking_host,
              nameservers=resolver.description, prefetch=settings.prefetch,
@@ -73,9 +82,13 @@ async def serve(settings: VerifierSettings, stop: asyncio.Event) -> None:
     await consumer.stop()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(schedule, timeout=30)
+    census.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await census
     with contextlib.suppress(Exception):
         await connection.close()
     await engine.dispose()
+    await metrics_server.stop()
     log.info("verifier.stopped")
 
 

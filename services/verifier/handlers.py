@@ -38,6 +38,7 @@ from services.verifier.settings import VerifyPolicy
 from shared.domains import InvalidDomain, normalise_domain
 from shared.errors import TransientError
 from shared.events import DomainCreated, DomainDeleted, DomainRejected, DomainVerified, Event
+from shared.metrics import VerifierMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -61,11 +62,12 @@ class Outcome:
 
 async def handle_domain_events(events: Sequence[Event[Any]], *, store: DomainStore,
                                checker: DomainChecker, announcer: Announces,
-                               policy: VerifyPolicy, clock: Clock = utc_now) -> None:
+                               policy: VerifyPolicy, clock: Clock = utc_now,
+                               metrics: VerifierMetrics | None = None) -> None:
     """Consumer entry point. A batch is handled concurrently; if any of its domains needs
     a recheck the whole batch is retried (harmless: every event is idempotent)."""
     deps: dict[str, Any] = {"store": store, "checker": checker, "announcer": announcer,
-                            "policy": policy, "clock": clock}
+                            "policy": policy, "clock": clock, "metrics": metrics}
     if len(events) == 1:
         await handle_event(events[0], **deps)
         return
@@ -83,7 +85,8 @@ async def handle_domain_events(events: Sequence[Event[Any]], *, store: DomainSto
 
 async def handle_event(event: Event[Any], *, store: DomainStore, checker: DomainChecker,
                        announcer: Announces, policy: VerifyPolicy,
-                       clock: Clock = utc_now) -> Outcome:
+                       clock: Clock = utc_now,
+                       metrics: VerifierMetrics | None = None) -> Outcome:
     """One event, one summary log line; raises `TransientError` to be rechecked later."""
     started = time.perf_counter()
     data = event.data
@@ -103,6 +106,8 @@ async def handle_event(event: Event[Any], *, store: DomainStore, checker: Domain
                  code=outcome.code, matched_by=outcome.matched_by,
                  recheck_in_s=outcome.recheck_in_s,
                  duration_ms=round((time.perf_counter() - started) * 1000, 2))
+        if metrics is not None and isinstance(data, DomainCreated):
+            metrics.verification("created", outcome.result, outcome.code)
     if outcome.recheck_in_s is not None:
         raise TransientError(outcome.reason or outcome.result, delay_s=outcome.recheck_in_s)
     return outcome

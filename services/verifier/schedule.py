@@ -31,6 +31,7 @@ from services.verifier.handlers import Clock, utc_now
 from services.verifier.judge import CAA_FORBIDS, NotYet, Verdict, Verified
 from services.verifier.settings import VerifyPolicy
 from shared.events import DomainLapsed, DomainVerified
+from shared.metrics import VerifierMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -40,7 +41,7 @@ UNSURE_FRACTION = 0.1
 
 async def recheck_domain(row: DomainRow, *, store: DomainStore, checker: DomainChecker,
                          announcer: Announces, policy: VerifyPolicy,
-                         clock: Clock = utc_now) -> str:
+                         clock: Clock = utc_now, metrics: VerifierMetrics | None = None) -> str:
     """Check one claimed domain again; returns what happened (also logged, once)."""
     started = time.perf_counter()
     outcome, code = "error", None
@@ -54,6 +55,8 @@ async def recheck_domain(row: DomainRow, *, store: DomainStore, checker: DomainC
         log.info("domain.rechecked", domain=row.name, customer_id=row.customer_id,
                  status=row.status, outcome=outcome, code=code,
                  duration_ms=round((time.perf_counter() - started) * 1000, 2))
+        if metrics is not None:
+            metrics.verification("recheck", outcome, code)
 
 
 async def _apply(row: DomainRow, verdict: Verdict, *, store: DomainStore,
@@ -112,8 +115,10 @@ class Rechecker:
 
     def __init__(self, *, store: DomainStore, checker: DomainChecker, announcer: Announces,
                  policy: VerifyPolicy, poll_s: float, batch: int = 500,
-                 concurrency: int = 64, clock: Clock = utc_now) -> None:
+                 concurrency: int = 64, clock: Clock = utc_now,
+                 metrics: VerifierMetrics | None = None) -> None:
         self._store = store
+        self._metrics = metrics
         self._checker = checker
         self._announcer = announcer
         self._policy = policy
@@ -155,4 +160,4 @@ class Rechecker:
         async with self._limit:
             return await recheck_domain(row, store=self._store, checker=self._checker,
                                         announcer=self._announcer, policy=self._policy,
-                                        clock=self._clock)
+                                        clock=self._clock, metrics=self._metrics)

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 
 from shared.broker.names import RETRY_DELAYS_MS
 from shared.errors import SettingsError
+from shared.metrics import load_bind
 from shared.settings import BrokerSettings, DatabaseSettings, Env
 
 DEFAULT_CAA_IDENTITY = "letsencrypt.org"
@@ -62,6 +63,7 @@ class VerifierSettings:
     recheck_concurrency: int
     db_pool_size: int
     log_level: str
+    metrics_bind: tuple[str, int] | None = None
 
 
 def load(environ: Mapping[str, str]) -> VerifierSettings:
@@ -100,6 +102,7 @@ def load(environ: Mapping[str, str]) -> VerifierSettings:
         recheck_concurrency=env.int("VERIFIER_RECHECK_CONCURRENCY", 64, minimum=1),
         db_pool_size=env.int("VERIFIER_DB_POOL", 10, minimum=1),
         log_level=env.str("LOG_LEVEL", "INFO").upper(),
+        metrics_bind=load_bind(environ, "verifier"),
     )
 
 

@@ -14,6 +14,9 @@ traceback as a bug) sends the events to a delayed-retry tier with the attempt
 count incremented; after `max_attempts` they are dead-lettered. `PermanentError`
 dead-letters them at once. Handlers must be idempotent: delivery is at least once,
 and a retried batch re-runs every event in it.
+
+Every outcome is counted here, once for all services (`shared.metrics.ConsumerMetrics`:
+events by type and outcome, retries, dead-letters by reason, handling time).
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ from typing import Any
 
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from prometheus_client import CollectorRegistry
 
 from shared.broker.names import BINDINGS
 from shared.broker.publisher import Publisher
 from shared.broker.topology import Topology
 from shared.errors import PermanentError, TransientError
 from shared.events import Event, InvalidEvent, decode_message, encode_batch
+from shared.metrics import ConsumerMetrics
 
 Handler = Callable[[Sequence[Event[Any]]], Awaitable[None]]
 
@@ -63,7 +68,8 @@ class Consumer:
 
     def __init__(self, *, channel: AbstractChannel, topology: Topology, queue: str,
                  handler: Handler, publisher: Publisher,
-                 policy: ConsumePolicy | None = None) -> None:
+                 policy: ConsumePolicy | None = None,
+                 metrics: ConsumerMetrics | None = None) -> None:
         self._channel = channel
         self._topology = topology
         self._name = queue
@@ -75,6 +81,8 @@ class Consumer:
         self._tag: str | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._accepted = frozenset(BINDINGS.get(queue, ()))
+        self._metrics = (metrics or ConsumerMetrics(CollectorRegistry())).for_queue(
+            queue, sorted(self._accepted))
 
     async def start(self) -> None:
         await self._channel.set_qos(prefetch_count=self._policy.prefetch)
@@ -124,10 +132,12 @@ class Consumer:
         )
         outcome = "unfinished"
         error: str | None = None
+        metrics = self._metrics
         try:
             for item in invalid:
                 log.warning("event.malformed", reason=item.reason)
                 await self._dead_letter([item.raw], message, "malformed", item.reason, attempt)
+                metrics.malformed()
             if events:
                 try:
                     await self._handler(events)
@@ -160,9 +170,16 @@ class Consumer:
             with contextlib.suppress(Exception):
                 await message.nack(requeue=True)
         finally:
+            elapsed = time.perf_counter() - started
+            if events and outcome != "cancelled":
+                metrics.consumed((event.type for event in events), _outcome_label(outcome))
+            metrics.handle_seconds.observe(elapsed)
+            # A batch's first and last event ids (a single event's id is bound above).
+            ends = ({"first_event_id": events[0].id, "last_event_id": events[-1].id}
+                    if len(events) > 1 else {})
             log.info("message.handled", events=len(events), malformed=len(invalid),
-                     outcome=outcome, error=error,
-                     duration_ms=round((time.perf_counter() - started) * 1000, 2))
+                     outcome=outcome, error=error, duration_ms=round(elapsed * 1000, 2),
+                     **ends)
             structlog.contextvars.clear_contextvars()
 
     async def _retry(self, events: Sequence[Event[Any]], message: AbstractIncomingMessage,
@@ -179,6 +196,7 @@ class Consumer:
             headers={**_passed_on(message, self._queue_name), ATTEMPT_HEADER: attempt + 1,
                      LAST_ERROR_HEADER: reason[:MAX_HEADER_TEXT]},
         )
+        self._metrics.retried.inc()
         return f"retry-in-{delay_ms}ms", reason
 
     async def _dead_letter(self, raws: list[bytes], message: AbstractIncomingMessage,
@@ -190,6 +208,14 @@ class Consumer:
                      REASON_HEADER: kind, ERROR_HEADER: reason[:MAX_HEADER_TEXT],
                      DEAD_AT_HEADER: datetime.now(UTC).isoformat()},
         )
+        self._metrics.dead_lettered[kind].inc()
+
+
+def _outcome_label(outcome: str) -> str:
+    """`message.handled`'s outcome as the events counter's label (a fixed set)."""
+    if outcome.startswith("retry"):
+        return "retry"
+    return outcome if outcome in ("ok", "dead-lettered") else "requeued"
 
 
 def _body(raws: list[bytes]) -> tuple[bytes, bool]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aio_pika
@@ -19,11 +19,14 @@ class Publisher:
     """
 
     def __init__(self, channel: AbstractChannel, exchange: AbstractExchange, *,
-                 source: str, timeout_s: float = 30.0) -> None:
+                 source: str, timeout_s: float = 30.0,
+                 observe: Callable[[EventData], None] | None = None) -> None:
         self._channel = channel
         self._exchange = exchange
         self._source = source
         self._timeout_s = timeout_s
+        # Told of every event `publish_event` got confirmed (metrics count them).
+        self._observe = observe
 
     async def publish(self, routing_key: str, body: bytes, *, batch: bool = False,
                       message_id: str | None = None,
@@ -46,6 +49,8 @@ class Publisher:
         except aio_pika.exceptions.PublishError as exc:
             raise TransientError(f"{data.TYPE} is unroutable ({exc}): no queue is bound to "
                                  "it; restart a service to re-declare the topology") from exc
+        if self._observe is not None:
+            self._observe(data)
         return event_id
 
     async def send_to_queue(self, queue: str, body: bytes, *, batch: bool = False,

@@ -1,0 +1,415 @@
+"""Prometheus metrics: every metric the services export, defined here and nowhere else.
+
+Nothing is created at import time. A service's entry point makes a registry
+(`new_registry()`), builds its metrics object on it (`RedirectorMetrics(registry)`,
+…) and passes that object to what it instruments; code built without one (tests,
+tools) gets a private registry nobody scrapes. `MetricsServer` answers `GET /metrics`
+on its own port (`METRICS_BIND`), never on the redirector's public port.
+
+The server is an aiohttp app on the service's own event loop, not prometheus_client's
+`start_http_server` thread: gauges read at scrape time (spool backlog, rows waiting
+for a commit) then read the service's state on the thread that changes it, with no
+locks and no torn reads; there is no extra thread; it starts and stops with the
+service. A scrape (about a millisecond) runs between requests like any other task.
+
+Hot paths use label children bound once (`.labels(...)` at start), never per call.
+Names and meanings are listed in docs/observability.md; deploy/grafana and
+deploy/prometheus use them, and a test checks that every name they use is defined here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
+from prometheus_client.exposition import choose_encoder
+
+from shared.errors import SettingsError
+from shared.events import CertificateExpiring, CertificateFailed, CertificateIssued
+from shared.settings import Env
+
+log = structlog.get_logger(__name__)
+
+# Where each service serves /metrics unless METRICS_BIND says otherwise.
+DEFAULT_BINDS: Mapping[str, str] = {
+    "redirector": "127.0.0.1:9101",
+    "logger": "127.0.0.1:9102",
+    "verifier": "127.0.0.1:9103",
+    "certifier": "127.0.0.1:9104",
+}
+_OFF = frozenset({"", "off", "none", "no", "false", "0"})
+
+# The redirector's work is tens of microseconds; the buckets resolve that and reach
+# the 5 ms target (and ten times it) so the p99 panel and alert have edges to use.
+REDIRECT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05)
+CONFIRM_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                   2.5, 5.0, 10.0, 30.0)
+INSERT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                  10.0, 30.0)
+ROWS_BUCKETS = (1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+# One message's handling: a click batch (milliseconds) up to a certbot run (minutes).
+HANDLE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                  30.0, 60.0, 120.0, 300.0)
+
+# Label values that come from outside (a CA's error type, a handler's outcome text) are
+# limited to this many distinct values per label; later newcomers become "other".
+MAX_LABEL_VALUES = 50
+OTHER = "other"
+
+
+def load_bind(environ: Mapping[str, str], service: str) -> tuple[str, int] | None:
+    """`METRICS_BIND` (host:port) for `service`; None when set empty or to `off`."""
+    value = environ.get("METRICS_BIND")
+    if value is not None and value.strip().lower() in _OFF:
+        return None
+    try:
+        return Env(environ).host_port("METRICS_BIND", DEFAULT_BINDS[service])
+    except SettingsError as exc:
+        raise SettingsError(f"{exc} (or 'off' to serve no metrics)") from None
+
+
+def new_registry(*, process: bool = True) -> CollectorRegistry:
+    """A registry for one service process, with the process's CPU, memory and GC figures."""
+    registry = CollectorRegistry(auto_describe=True)
+    if process:
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            registry.register(collector)
+    return registry
+
+
+class _Bounded:
+    """Maps outside label values to themselves until `limit` distinct ones were seen."""
+
+    def __init__(self, limit: int = MAX_LABEL_VALUES) -> None:
+        self._seen: set[str] = set()
+        self._limit = limit
+
+    def __call__(self, value: str | None) -> str:
+        value = value or ""
+        if value in self._seen:
+            return value
+        if len(self._seen) >= self._limit:
+            return OTHER
+        self._seen.add(value)
+        return value
+
+
+# --- consuming (logger, verifier, certifier): instrumented once in shared/broker/consumer ---
+
+class ConsumerMetrics:
+    EVENT_OUTCOMES = ("ok", "retry", "dead-lettered", "malformed", "requeued")
+    DEAD_REASONS = ("malformed", "rejected", "exhausted")
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.events = Counter(
+            "tracking_events_consumed", "Events taken from a service queue, by queue, event "
+            "type and outcome (ok, retry, dead-lettered, malformed, requeued). Malformed "
+            "events have type '-'.", ["queue", "type", "outcome"], registry=registry)
+        self.retried = Counter(
+            "tracking_messages_retried", "Messages sent to a delayed-retry tier after a "
+            "transient failure.", ["queue"], registry=registry)
+        self.dead_lettered = Counter(
+            "tracking_messages_dead_lettered", "Messages put in a dead-letter queue, by reason "
+            "(malformed, rejected: a permanent error, exhausted: out of attempts).",
+            ["queue", "reason"], registry=registry)
+        self.handle_seconds = Histogram(
+            "tracking_message_handle_seconds", "Time from delivery to ack of one message "
+            "(decode, handler, any retry or dead-letter publish).", ["queue"],
+            buckets=HANDLE_BUCKETS, registry=registry)
+
+    def for_queue(self, queue: str, types: Iterable[str] = ()) -> QueueMetrics:
+        return QueueMetrics(self, queue, types)
+
+
+class QueueMetrics:
+    """One queue's children, bound at start (so every series exists from zero)."""
+
+    def __init__(self, metrics: ConsumerMetrics, queue: str, types: Iterable[str]) -> None:
+        self._events = metrics.events
+        self._queue = queue
+        self._children: dict[tuple[str, str], Any] = {}
+        self.retried = metrics.retried.labels(queue)
+        self.dead_lettered = {reason: metrics.dead_lettered.labels(queue, reason)
+                              for reason in ConsumerMetrics.DEAD_REASONS}
+        self.handle_seconds = metrics.handle_seconds.labels(queue)
+        self._child("-", "malformed")
+        for event_type in types:
+            for outcome in ConsumerMetrics.EVENT_OUTCOMES:
+                if outcome != "malformed":
+                    self._child(event_type, outcome)
+
+    def _child(self, event_type: str, outcome: str) -> Any:
+        key = (event_type, outcome)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._events.labels(self._queue, event_type, outcome)
+        return child
+
+    def consumed(self, types: Iterable[str], outcome: str) -> None:
+        """Count events by type (the types a queue accepts: a small, fixed set)."""
+        counts: dict[str, int] = {}
+        for event_type in types:
+            counts[event_type] = counts.get(event_type, 0) + 1
+        for event_type, count in counts.items():
+            self._child(event_type, outcome).inc(count)
+
+    def malformed(self, count: int = 1) -> None:
+        self._child("-", "malformed").inc(count)
+
+
+# --- the redirector ---------------------------------------------------------------------------
+
+class RedirectorMetrics:
+    # Why a click was refused (a 404): what the link or the host was.
+    REFUSALS = ("malformed", "unknown-key", "bad-signature", "bad-payload", "wrong-host")
+    BOT_REASONS = ("head-request", "no-user-agent", "user-agent")
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        clicks = Counter(
+            "tracking_clicks_served", "Requests for /t/<token>, by outcome: redirect (a person), "
+            "bot (redirected, flagged automated; reason says why) or refused (404; reason is "
+            "the class of fault).", ["outcome", "reason"], registry=registry)
+        self.redirect_seconds = Histogram(
+            "tracking_redirect_duration_seconds", "Time the redirector's handler spends on "
+            "one click it redirects (verify, spool, build the 302); excludes HTTP parsing and "
+            "queueing.",
+            buckets=REDIRECT_BUCKETS, registry=registry)
+        self.published = Counter(
+            "tracking_clicks_published", "Clicks the broker confirmed (they left the spool).",
+            registry=registry)
+        self.publish_failures = Counter(
+            "tracking_click_publish_failures", "Click batches whose publish failed (they stay "
+            "spooled and are retried).", registry=registry)
+        self.confirm_seconds = Histogram(
+            "tracking_click_publish_confirm_seconds", "From publishing a batch of clicks to "
+            "the broker's confirm.", buckets=CONFIRM_BUCKETS, registry=registry)
+        self.batch_clicks = Histogram(
+            "tracking_click_publish_batch_clicks", "Clicks per published message.",
+            buckets=ROWS_BUCKETS, registry=registry)
+        self.spool_backlog_bytes = Gauge(
+            "tracking_spool_backlog_bytes", "Bytes of spooled clicks not yet handed to the "
+            "broker (readiness fails above SPOOL_MAX_BYTES).", registry=registry)
+        self.spool_clicks = Gauge(
+            "tracking_spool_clicks", "Clicks in the spool the broker has not confirmed yet "
+            "(queued plus in flight).", registry=registry)
+        self.broker_connected = Gauge(
+            "tracking_broker_connected", "1 while the forwarder has a broker connection.",
+            registry=registry)
+        # Bound once: the request path only calls .inc()/.observe() on these.
+        self._clicks = clicks
+        self.served_redirect = clicks.labels("redirect", "")
+        self.served_bot = {reason: clicks.labels("bot", reason) for reason in self.BOT_REASONS}
+        self.refused = {reason: clicks.labels("refused", reason) for reason in self.REFUSALS}
+
+    def bot(self, bot_reason: str) -> Any:
+        """The child for a bot click; `bot_reason` as services.redirector.bots gives it
+        ("user-agent:curl" counts under "user-agent": agent names stay out of labels)."""
+        reason = bot_reason.partition(":")[0]
+        child = self.served_bot.get(reason)
+        if child is None:  # a class bots.py gained since: still a small, fixed set
+            child = self.served_bot[reason] = self._clicks.labels("bot", reason)
+        return child
+
+    def watch(self, *, backlog_bytes: Callable[[], float], spool_clicks: Callable[[], float],
+              connected: Callable[[], float]) -> None:
+        """Gauges read at scrape time (on the event loop: see the module docstring)."""
+        self.spool_backlog_bytes.set_function(backlog_bytes)
+        self.spool_clicks.set_function(spool_clicks)
+        self.broker_connected.set_function(connected)
+
+
+# --- the logger -------------------------------------------------------------------------------
+
+class LoggerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.consumer = ConsumerMetrics(registry)
+        self.batch_rows = Histogram(
+            "tracking_logger_batch_rows", "Rows per database commit.", buckets=ROWS_BUCKETS,
+            registry=registry)
+        self.insert_seconds = Histogram(
+            "tracking_logger_insert_seconds", "Time of one successful commit of a batch of "
+            "rows.", buckets=INSERT_BUCKETS, registry=registry)
+        self.rows_inserted = Counter(
+            "tracking_logger_rows_inserted", "Rows added to tracking_logs.", registry=registry)
+        self.rows_duplicate = Counter(
+            "tracking_logger_rows_duplicate", "Rows whose event id was already stored "
+            "(a redelivery; skipped).", registry=registry)
+        self.write_failures = Counter(
+            "tracking_logger_write_failures", "Failed commits retried (database unreachable).",
+            registry=registry)
+        self.rows_refused = Counter(
+            "tracking_logger_rows_refused", "Rows the database refused (their messages are "
+            "dead-lettered).", registry=registry)
+        self.pending_rows = Gauge(
+            "tracking_logger_pending_rows", "Rows received and waiting for a commit.",
+            registry=registry)
+
+    def watch(self, *, pending_rows: Callable[[], float]) -> None:
+        self.pending_rows.set_function(pending_rows)
+
+
+# --- the verifier -----------------------------------------------------------------------------
+
+class VerifierMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.consumer = ConsumerMetrics(registry)
+        self._verifications = Counter(
+            "tracking_verifications", "DNS verification results, by check (created: a "
+            "domain.created event; recheck: the periodic re-verification), outcome and "
+            "reason code (docs/troubleshooting.md; empty when none).",
+            ["check", "outcome", "code"], registry=registry)
+        self.domains = Gauge(
+            "tracking_domains", "Tracking domains by status, counted in tracking_domains "
+            "(deleted domains' tombstones excluded). Owned by the verifier.", ["status"],
+            registry=registry)
+        self.census_timestamp = Gauge(
+            "tracking_domains_counted_timestamp_seconds", "When tracking_domains was last "
+            "counted.", registry=registry)
+        self._outcome = _Bounded()
+        self._code = _Bounded()
+
+    def verification(self, check: str, outcome: str, code: str | None) -> None:
+        self._verifications.labels(check, self._outcome(outcome), self._code(code)).inc()
+
+
+# --- the certifier ----------------------------------------------------------------------------
+
+class CertifierMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.consumer = ConsumerMetrics(registry)
+        self.issued = Counter(
+            "tracking_certificates_issued", "certificate.issued events published (new "
+            "certificates and renewals).", registry=registry)
+        self._failed = Counter(
+            "tracking_certificates_failed", "certificate.failed events published, by code "
+            "(the ACME error, e.g. caa, unauthorized, connection).", ["code"],
+            registry=registry)
+        self.expiring_notices = Counter(
+            "tracking_certificate_expiring_notices", "certificate.expiring events published "
+            "(a renewal failed within the warning window).", registry=registry)
+        self._renewals = Counter(
+            "tracking_certificate_renewals", "Renewal attempts by outcome (renewed, failed, "
+            "held-back, error, already-renewed, recorded-existing).", ["outcome"],
+            registry=registry)
+        self.expiring = Gauge(
+            "tracking_certificates_expiring", "Active domains whose certificate expires within "
+            "CERTIFIER_EXPIRY_WARNING_DAYS (14): renewal has not worked. Updated by the "
+            "renewal loop.", registry=registry)
+        self.earliest_expiry = Gauge(
+            "tracking_certificate_earliest_expiry_timestamp_seconds", "The soonest expiry of an "
+            "active domain's certificate (0: none).", registry=registry)
+        self._code = _Bounded()
+        self._outcome = _Bounded()
+
+    def failed(self, code: str) -> None:
+        self._failed.labels(self._code(code)).inc()
+
+    def renewal(self, outcome: str) -> None:
+        self._renewals.labels(self._outcome(outcome)).inc()
+
+    def published(self, data: Any) -> None:
+        """Publisher hook: count the certificate events the platform is told about."""
+        if isinstance(data, CertificateIssued):
+            self.issued.inc()
+        elif isinstance(data, CertificateFailed):
+            self.failed(data.code)
+        elif isinstance(data, CertificateExpiring):
+            self.expiring_notices.inc()
+
+
+SERVICE_METRICS: Mapping[str, Callable[[CollectorRegistry], object]] = {
+    "redirector": RedirectorMetrics,
+    "logger": LoggerMetrics,
+    "verifier": VerifierMetrics,
+    "certifier": CertifierMetrics,
+}
+
+
+def metric_families() -> dict[str, str]:
+    """Every metric the services define: name as documented (counters with `_total`,
+    histograms without their `_bucket`/`_sum`/`_count` suffixes) → type."""
+    families: dict[str, str] = {}
+    for build in SERVICE_METRICS.values():
+        registry = CollectorRegistry()
+        build(registry)
+        for family in registry.collect():
+            name = f"{family.name}_total" if family.type == "counter" else family.name
+            families[name] = family.type
+    return families
+
+
+def metric_names() -> set[str]:
+    """Every series name the services can export (with _total, _bucket, … suffixes)."""
+    names: set[str] = set()
+    for name, kind in metric_families().items():
+        names.update(_series(name.removesuffix("_total") if kind == "counter" else name, kind))
+    return names
+
+
+def _series(name: str, kind: str) -> tuple[str, ...]:
+    if kind == "counter":
+        return (f"{name}_total", f"{name}_created")
+    if kind == "histogram":
+        return tuple(f"{name}{suffix}" for suffix in ("_bucket", "_sum", "_count", "_created"))
+    return (name,)
+
+
+# --- serving /metrics -------------------------------------------------------------------------
+
+class MetricsServer:
+    """`GET /metrics` for one registry on `bind`, on the running event loop."""
+
+    def __init__(self, registry: CollectorRegistry, bind: tuple[str, int] | None) -> None:
+        self._registry = registry
+        self._bind = bind
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str | None:
+        if self._bind is None or self._runner is None:
+            return None
+        host, port = self._bind
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
+
+    async def start(self) -> bool:
+        """Listen; False (said in an error line) if the port cannot be had. Metrics are
+        never worth refusing to serve clicks for, so the service carries on without."""
+        if self._bind is None:
+            log.info("metrics.disabled")
+            return False
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        host, port = self._bind
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            log.error("metrics.unavailable", bind=f"{host}:{port}", error=str(exc),
+                      hint="give each process on a host its own METRICS_BIND")
+            return False
+        self._runner = runner
+        log.info("metrics.listening", url=self.url)
+        return True
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encoder(self._registry),
+                            headers={"Content-Type": content_type, "Cache-Control": "no-store"})
