@@ -6,11 +6,19 @@ import asyncio
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
+from shared import logs
 from shared.errors import SettingsError
 
 S = TypeVar("S")
+
+
+class _HasLogLevel(Protocol):
+    log_level: str
+
+
+L = TypeVar("L", bound=_HasLogLevel)
 
 
 def load_or_exit(service: str, loader: Callable[[Mapping[str, str]], S],
@@ -44,3 +52,16 @@ def run(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]], *,
             loop_factory = _uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(_with_signals())
+
+
+def service_main(service: str, loader: Callable[[Mapping[str, str]], L],
+                 serve: Callable[[L, asyncio.Event], Coroutine[Any, Any, None]],
+                 environ: Mapping[str, str]) -> None:
+    """The whole life of one service process: settings, logs, serve until SIGTERM."""
+    settings = load_or_exit(service, loader, environ)
+    logs.configure(service, level=settings.log_level)
+
+    async def _main(stop: asyncio.Event) -> None:
+        await serve(settings, stop)
+
+    run(_main)

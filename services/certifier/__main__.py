@@ -24,7 +24,6 @@ from services.certifier.issuance import Issuer
 from services.certifier.nginx import NginxError, NginxSites, local_address
 from services.certifier.renewal import RenewalPolicy, renew_forever
 from services.certifier.settings import CertifierSettings
-from shared import logs
 from shared.broker import topology as broker_topology
 from shared.broker.connection import connect, open_channel
 from shared.broker.consumer import ConsumePolicy, Consumer
@@ -32,7 +31,7 @@ from shared.broker.names import CERTIFIER_QUEUE, RETRY_DELAYS_MS
 from shared.broker.publisher import Publisher
 from shared.db.engine import create_engine
 from shared.db.migrate import SchemaOutOfDate, check_at_head
-from shared.lifecycle import load_or_exit, run
+from shared.lifecycle import service_main
 from shared.metrics import CertifierMetrics, MetricsServer, new_registry
 
 log = structlog.get_logger("services.certifier")
@@ -149,13 +148,7 @@ async def serve(settings: CertifierSettings, stop: asyncio.Event) -> None:
 
 
 def main() -> None:
-    settings = load_or_exit("certifier", certifier_settings.load, os.environ)
-    logs.configure("certifier", level=settings.log_level)
-
-    async def _main(stop: asyncio.Event) -> None:
-        await serve(settings, stop)
-
-    run(_main)
+    service_main("certifier", certifier_settings.load, serve, os.environ)
 
 
 if __name__ == "__main__":

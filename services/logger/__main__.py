@@ -15,7 +15,6 @@ from services.logger.batcher import BatchWriter
 from services.logger.database import click_store
 from services.logger.handlers import record_clicks
 from services.logger.settings import LoggerSettings
-from shared import logs
 from shared.broker import topology as broker_topology
 from shared.broker.connection import connect, open_channel
 from shared.broker.consumer import ConsumePolicy, Consumer
@@ -23,7 +22,7 @@ from shared.broker.names import LOGGER_QUEUE
 from shared.broker.publisher import Publisher
 from shared.db.engine import create_engine
 from shared.db.migrate import SchemaOutOfDate, check_at_head
-from shared.lifecycle import load_or_exit, run
+from shared.lifecycle import service_main
 from shared.metrics import LoggerMetrics, MetricsServer, new_registry
 
 log = structlog.get_logger("services.logger")
@@ -72,13 +71,7 @@ async def serve(settings: LoggerSettings, stop: asyncio.Event) -> None:
 
 
 def main() -> None:
-    settings = load_or_exit("logger", logger_settings.load, os.environ)
-    logs.configure("logger", level=settings.log_level)
-
-    async def _main(stop: asyncio.Event) -> None:
-        await serve(settings, stop)
-
-    run(_main)
+    service_main("logger", logger_settings.load, serve, os.environ)
 
 
 if __name__ == "__main__":

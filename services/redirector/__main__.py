@@ -17,12 +17,11 @@ from services.redirector.forwarder import Forwarder
 from services.redirector.handlers import Redirector, build_app
 from services.redirector.settings import RedirectorSettings
 from services.redirector.spool import Spool
-from shared import logs
 from shared.broker import topology as broker_topology
 from shared.broker.connection import connect, open_channel
 from shared.broker.publisher import Publisher
 from shared.db.engine import create_engine
-from shared.lifecycle import load_or_exit, run
+from shared.lifecycle import service_main
 from shared.links import LinkSigner
 from shared.metrics import MetricsServer, RedirectorMetrics, new_registry
 
@@ -111,13 +110,7 @@ async def serve(settings: RedirectorSettings, stop: asyncio.Event) -> None:
 
 
 def main() -> None:
-    settings = load_or_exit("redirector", redirector_settings.load, os.environ)
-    logs.configure("redirector", level=settings.log_level)
-
-    async def _main(stop: asyncio.Event) -> None:
-        await serve(settings, stop)
-
-    run(_main)
+    service_main("redirector", redirector_settings.load, serve, os.environ)
 
 
 if __name__ == "__main__":

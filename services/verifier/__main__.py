@@ -19,7 +19,6 @@ from services.verifier.domains_repo import DomainStore
 from services.verifier.handlers import handle_domain_events
 from services.verifier.schedule import Rechecker
 from services.verifier.settings import VerifierSettings
-from shared import logs
 from shared.broker import topology as broker_topology
 from shared.broker.connection import connect, open_channel
 from shared.broker.consumer import ConsumePolicy, Consumer
@@ -27,7 +26,7 @@ from shared.broker.names import VERIFIER_QUEUE
 from shared.broker.publisher import Publisher
 from shared.db.engine import create_engine
 from shared.db.migrate import SchemaOutOfDate, check_at_head
-from shared.lifecycle import load_or_exit, run
+from shared.lifecycle import service_main
 from shared.metrics import MetricsServer, VerifierMetrics, new_registry
 
 log = structlog.get_logger("services.verifier")
@@ -93,13 +92,7 @@ async def serve(settings: VerifierSettings, stop: asyncio.Event) -> None:
 
 
 def main() -> None:
-    settings = load_or_exit("verifier", verifier_settings.load, os.environ)
-    logs.configure("verifier", level=settings.log_level)
-
-    async def _main(stop: asyncio.Event) -> None:
-        await serve(settings, stop)
-
-    run(_main)
+    service_main("verifier", verifier_settings.load, serve, os.environ)
 
 
 if __name__ == "__main__":
