@@ -9,7 +9,7 @@ import pytest
 
 from shared.links import LinkSigner
 from shared.settings import BrokerSettings, DatabaseSettings, LinkKey
-from tests.fault.helpers import Services
+from tests.fault.harness import Services
 
 
 @pytest.fixture

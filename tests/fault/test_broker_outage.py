@@ -10,7 +10,7 @@ import pytest
 
 from shared.links import LinkSigner
 from shared.settings import BrokerSettings, DatabaseSettings
-from tests.fault.helpers import (
+from tests.fault.harness import (
     Services,
     amqp_target,
     amqp_via,

@@ -9,7 +9,7 @@ import pytest
 
 from shared.links import LinkSigner
 from shared.settings import BrokerSettings, DatabaseSettings
-from tests.fault.helpers import (
+from tests.fault.harness import (
     Services,
     assert_exactly_once,
     click_stream,

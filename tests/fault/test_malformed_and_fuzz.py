@@ -30,7 +30,7 @@ from shared.events import BATCH, STRUCTURED, new_event_id
 from shared.links import LinkError, LinkSigner
 from shared.settings import BrokerSettings, DatabaseSettings, LinkKey
 from tests.conftest import TRACKING_HOST
-from tests.fault.helpers import (
+from tests.fault.harness import (
     BROWSER,
     Services,
     assert_exactly_once,

@@ -29,7 +29,7 @@ from shared.events import DomainCreated, encode_event
 from shared.links import LinkSigner
 from shared.settings import BrokerSettings, DatabaseSettings
 from tests.conftest import TRACKING_HOST
-from tests.fault.helpers import (
+from tests.fault.harness import (
     BROWSER,
     Services,
     assert_exactly_once,

@@ -1,4 +1,4 @@
-"""Helpers for the fault tier: proxied URLs, a paced click stream, exactly-once checks.
+"""The fault tier's harness: proxied URLs, a paced click stream, exactly-once checks.
 
 Everything here is loopback only and bounded: a stream sends a fixed number of
 requests within a fixed time, every wait has a deadline.
