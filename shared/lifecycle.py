@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol, TypeVar
@@ -52,6 +54,11 @@ def run(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]], *,
             loop_factory = _uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(_with_signals())
+
+
+def event_source(service: str) -> str:
+    """The CloudEvents `source` of this process: which service, host and pid said it."""
+    return f"/{service}/{socket.gethostname()}/{os.getpid()}"
 
 
 def service_main(service: str, loader: Callable[[Mapping[str, str]], L],

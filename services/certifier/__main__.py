@@ -7,7 +7,6 @@ import contextlib
 import functools
 import os
 import random
-import socket
 from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
@@ -29,9 +28,8 @@ from shared.broker.connection import connect, open_channel
 from shared.broker.consumer import ConsumePolicy, Consumer
 from shared.broker.names import CERTIFIER_QUEUE, RETRY_DELAYS_MS
 from shared.broker.publisher import Publisher
-from shared.db.engine import create_engine
-from shared.db.migrate import SchemaOutOfDate, check_at_head
-from shared.lifecycle import service_main
+from shared.db.migrate import open_migrated
+from shared.lifecycle import event_source, service_main
 from shared.metrics import CertifierMetrics, MetricsServer, new_registry
 
 log = structlog.get_logger("services.certifier")
@@ -69,13 +67,8 @@ async def start(settings: CertifierSettings, metrics: CertifierMetrics | None = 
     """Start consuming and renewing; `metrics` is what `serve` exports (tests pass none)."""
     if metrics is None:
         metrics = CertifierMetrics(new_registry(process=False))
-    source = f"/certifier/{socket.gethostname()}/{os.getpid()}"
-    engine = create_engine(settings.database, pool_size=2)
-    try:
-        await check_at_head(engine)
-    except SchemaOutOfDate as exc:
-        await engine.dispose()
-        raise SystemExit(f"certifier: {exc}") from None
+    source = event_source("certifier")
+    engine = await open_migrated(settings.database, service="certifier", pool_size=2)
     store = DomainStore(engine)
     certbot = Certbot(
         command=settings.certbot_command, base_dir=settings.certbot_dir,

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import functools
 import os
-import socket
 
 import structlog
 
@@ -20,22 +19,16 @@ from shared.broker.connection import connect, open_channel
 from shared.broker.consumer import ConsumePolicy, Consumer
 from shared.broker.names import LOGGER_QUEUE
 from shared.broker.publisher import Publisher
-from shared.db.engine import create_engine
-from shared.db.migrate import SchemaOutOfDate, check_at_head
-from shared.lifecycle import service_main
+from shared.db.migrate import open_migrated
+from shared.lifecycle import event_source, service_main
 from shared.metrics import LoggerMetrics, MetricsServer, new_registry
 
 log = structlog.get_logger("services.logger")
 
 
 async def serve(settings: LoggerSettings, stop: asyncio.Event) -> None:
-    source = f"/logger/{socket.gethostname()}/{os.getpid()}"
-    engine = create_engine(settings.database, pool_size=2)
-    try:
-        await check_at_head(engine)
-    except SchemaOutOfDate as exc:
-        await engine.dispose()
-        raise SystemExit(f"logger: {exc}") from None
+    source = event_source("logger")
+    engine = await open_migrated(settings.database, service="logger", pool_size=2)
     registry = new_registry()
     metrics = LoggerMetrics(registry)
     writer = BatchWriter(click_store(engine), max_rows=settings.batch_rows,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 
 import structlog
 from aiohttp import web
@@ -21,7 +20,7 @@ from shared.broker import topology as broker_topology
 from shared.broker.connection import connect, open_channel
 from shared.broker.publisher import Publisher
 from shared.db.engine import create_engine
-from shared.lifecycle import service_main
+from shared.lifecycle import event_source, service_main
 from shared.links import LinkSigner
 from shared.metrics import MetricsServer, RedirectorMetrics, new_registry
 
@@ -48,7 +47,7 @@ async def link_broker(settings: RedirectorSettings, forwarder: Forwarder, source
 
 
 async def serve(settings: RedirectorSettings, stop: asyncio.Event) -> None:
-    source = f"/redirector/{socket.gethostname()}/{os.getpid()}"
+    source = event_source("redirector")
     spool = Spool(settings.spool_dir)
     slot = spool.open()
     registry = new_registry()

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import functools
 import os
-import socket
 
 import structlog
 
@@ -24,22 +23,17 @@ from shared.broker.connection import connect, open_channel
 from shared.broker.consumer import ConsumePolicy, Consumer
 from shared.broker.names import VERIFIER_QUEUE
 from shared.broker.publisher import Publisher
-from shared.db.engine import create_engine
-from shared.db.migrate import SchemaOutOfDate, check_at_head
-from shared.lifecycle import service_main
+from shared.db.migrate import open_migrated
+from shared.lifecycle import event_source, service_main
 from shared.metrics import MetricsServer, VerifierMetrics, new_registry
 
 log = structlog.get_logger("services.verifier")
 
 
 async def serve(settings: VerifierSettings, stop: asyncio.Event) -> None:
-    source = f"/verifier/{socket.gethostname()}/{os.getpid()}"
-    engine = create_engine(settings.database, pool_size=settings.db_pool_size)
-    try:
-        await check_at_head(engine)
-    except SchemaOutOfDate as exc:
-        await engine.dispose()
-        raise SystemExit(f"verifier: {exc}") from None
+    source = event_source("verifier")
+    engine = await open_migrated(settings.database, service="verifier",
+                                 pool_size=settings.db_pool_size)
     store = DomainStore(engine)
     registry = new_registry()
     metrics = VerifierMetrics(registry)

@@ -82,6 +82,19 @@ async def check_at_head(engine: AsyncEngine) -> None:
         )
 
 
+async def open_migrated(settings: DatabaseSettings, *, service: str,
+                        pool_size: int = 5) -> AsyncEngine:
+    """An engine on a database at this release's schema; otherwise the service exits
+    with one line saying to run `trackctl db upgrade`."""
+    engine = create_engine(settings, pool_size=pool_size)
+    try:
+        await check_at_head(engine)
+    except SchemaOutOfDate as exc:
+        await engine.dispose()
+        raise SystemExit(f"{service}: {exc}") from None
+    return engine
+
+
 class SchemaOutOfDate(Exception):
     """The database has not been migrated for this release."""
 
