@@ -2,6 +2,8 @@
 -- Usage: wrk -t1 -c64 -d10s --latency -H 'Host: ...' -s bench/paths.lua URL -- PATHS_FILE
 -- PATHS_FILE holds one request path per line (/t/<token>); requests walk it in order,
 -- starting at a random line, so consecutive requests never repeat a link.
+-- An optional second argument PACE_MS makes each connection wait that many milliseconds
+-- after a response before its next request: a fixed offered load instead of saturation.
 local paths, n, i = {}, 0, 0
 
 function init(args)
@@ -11,6 +13,10 @@ function init(args)
   end
   math.randomseed(os.time())
   i = math.random(n)
+  local pace = tonumber(args[2] or "0")
+  if pace > 0 then
+    delay = function() return pace end
+  end
 end
 
 function request()

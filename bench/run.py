@@ -298,6 +298,7 @@ class SystemResult:
     commands: list[str]
     runs: list[WrkRun]
     notes: list[str] = field(default_factory=list)
+    paced: WrkRun | None = None  # one run at a fixed offered load (see pace_for)
 
     @property
     def rps(self) -> float:
@@ -339,14 +340,29 @@ class Config:
     out: Path
     profile: str | None = None  # py-spy binary: profile an extra, unmeasured run
     paths_file: Path = field(init=False)
+    # Per-connection pause for the paced runs, set from the bare handler's measured rate.
+    pace_ms: int = field(init=False, default=0)
 
 
-def wrk_argv(cfg: Config, port: int, duration: int, static: str | None = None) -> list[str]:
+def wrk_argv(cfg: Config, port: int, duration: int, static: str | None = None,
+             pace_ms: int = 0) -> list[str]:
     argv = ["wrk", "-t1", f"-c{cfg.connections}", f"-d{duration}s", "--latency",
             "-H", f"Host: {TRACKING_HOST}", "-H", f"User-Agent: {USER_AGENT}"]
     if static is not None:  # one pre-built request, wrk's fastest mode
         return [*argv, "-s", str(BENCH / "static.lua"), f"http://127.0.0.1:{port}{static}"]
-    return [*argv, "-s", str(LUA), f"http://127.0.0.1:{port}", "--", str(cfg.paths_file)]
+    paced = [str(pace_ms)] if pace_ms else []
+    return [*argv, "-s", str(LUA), f"http://127.0.0.1:{port}", "--", str(cfg.paths_file),
+            *paced]
+
+
+# The paced runs offer this share of what the bare handler sustains, to every server alike.
+PACE_SHARE = 0.5
+
+
+def pace_for(cfg: Config, bare_rps: float) -> int:
+    """Milliseconds each connection waits between requests so that all of them together
+    offer about PACE_SHARE of `bare_rps` (less, by the response time itself)."""
+    return max(1, round(cfg.connections / (PACE_SHARE * bare_rps) * 1000))
 
 
 def wrk_command(cfg: Config, static: str | None = None) -> str:
@@ -357,8 +373,8 @@ def wrk_command(cfg: Config, static: str | None = None) -> str:
 
 
 def run_wrk(cfg: Config, port: int, duration: int, tag: str, pids: dict[str, int],
-            static: str | None = None) -> WrkRun:
-    argv = wrk_argv(cfg, port, duration, static)
+            static: str | None = None, pace_ms: int = 0) -> WrkRun:
+    argv = wrk_argv(cfg, port, duration, static, pace_ms)
     waited = wait_quiet()
     before, wrk_before, t0 = cpu_snapshot(pids), children_cpu(), time.monotonic()
     busy_before = machine_busy()[0]
@@ -663,6 +679,11 @@ def bench_hmac(cfg: Config, links: list[tuple[str, dict[str, str]]], loop: str) 
         proc.wait_for("listening")
         check_redirects(port, links[0][0], links[0][1]["url"])
         runs = measure(cfg, f"hmac-{loop}", port, {"server": proc.pid})
+        paced = None
+        if loop == "uvloop":
+            cfg.pace_ms = pace_for(cfg, statistics.median(r.rps for r in runs))
+            paced = run_wrk(cfg, port, cfg.duration, f"hmac-{loop}-paced", {"server": proc.pid},
+                            pace_ms=cfg.pace_ms)
         if cfg.profile and loop == "uvloop":  # for comparison with the redirector's profile
             spies = {"hmac-uvloop": start_pyspy(cfg, proc.pid, "hmac-uvloop", cfg.duration)}
             time.sleep(0.5)
@@ -672,7 +693,7 @@ def bench_hmac(cfg: Config, links: list[tuple[str, dict[str, str]]], loop: str) 
         proc.stop()
     return SystemResult(f"hmac_{loop}", f"bare aiohttp + HMAC, {loop}",
                         [proc.command().replace(LINK_KEYS, "$LINK_KEYS")
-                         .replace(f"--port {port}", "--port $PORT")], runs)
+                         .replace(f"--port {port}", "--port $PORT")], runs, paced=paced)
 
 
 def bench_naive(cfg: Config, links: list[tuple[str, dict[str, str]]]) -> SystemResult:
@@ -736,6 +757,11 @@ def bench_redirector(cfg: Config, links: list[tuple[str, dict[str, str]]]) -> Sy
             pids = {"redirector": redirector.pid, "logger": logger.pid}
             runs = measure(cfg, "redirector", port, pids, between=verify,
                            uses=("postgres", "rabbitmq"))
+            paced = None
+            if cfg.pace_ms:
+                paced = run_wrk(cfg, port, cfg.duration, "redirector-paced", pids,
+                                pace_ms=cfg.pace_ms)
+                verify(paced)
             if cfg.profile:
                 spies = {name: start_pyspy(cfg, pid, name, cfg.duration)
                          for name, pid in pids.items()}
@@ -758,11 +784,38 @@ def bench_redirector(cfg: Config, links: list[tuple[str, dict[str, str]]]) -> Sy
         .replace(exchange, "bench-redirector-<id>"),
     ]
     result = SystemResult("redirector", "redirector + logger (publish w/ confirms + commit)",
-                          commands, runs)
+                          commands, runs, paced=paced)
     result.notes.append(f"rows after the redirector stopped (drained): {rows_total:,}; 3xx "
                         f"counted by wrk incl. warm-up, plus the pre-check click: "
                         f"{state['total_ok']:,} (difference {rows_total - state['total_ok']:+d})")
     return result
+
+
+def paced_table(cfg: Config, systems: dict[str, SystemResult],
+                add: Callable[[str], None]) -> None:
+    """Latency at the same fixed offered load, bare handler beside the redirector."""
+    paced = {name: systems[name].paced for name in ("hmac_uvloop", "redirector")
+             if name in systems and systems[name].paced is not None}
+    if len(paced) < 2:
+        return
+    add(f"Latency at a fixed offered load (not saturation): every connection waits "
+        f"{cfg.pace_ms} ms after each response before its next request, a pause chosen so "
+        f"the {cfg.connections} connections offer about {PACE_SHARE:.0%} of what the bare "
+        f"handler sustained in this run; one {cfg.duration} s run each:")
+    add("")
+    add("| system | req/s served | p50 ms | p99 ms | max ms |")
+    add("|---|---:|---:|---:|---:|")
+    for name, run in paced.items():
+        assert run is not None
+        add(f"| {systems[name].label} | {run.rps:,.0f} | {run.p50_ms:.2f} | {run.p99_ms:.2f} | "
+            f"{run.max_ms:.2f} |")
+    bare, ours = paced["hmac_uvloop"], paced["redirector"]
+    assert bare is not None and ours is not None
+    add("")
+    add(f"- redirector p99 at this load: {ours.p99_ms:.2f} ms, {ours.p99_ms / bare.p99_ms:.2f}x "
+        f"the bare handler's {bare.p99_ms:.2f} ms (reported; the target above is at "
+        f"saturation).")
+    add("")
 
 
 # --- the logger ------------------------------------------------------------------------
@@ -1112,6 +1165,7 @@ def report(cfg: Config, systems: dict[str, SystemResult], logger: dict[str, Any]
                 if ok is not None:
                     verdicts.append((name, value, ok))
             add("")
+            paced_table(cfg, systems, add)
         for result in systems.values():
             if result.name != "redirector":
                 for note in result.notes:
@@ -1159,6 +1213,9 @@ def report(cfg: Config, systems: dict[str, SystemResult], logger: dict[str, Any]
     add("# load, per HTTP system ($PORT: the server's port; paths.txt: the distinct signed "
         "links run.py mints, one /t/<token> per line)")
     add(wrk_command(cfg))
+    if cfg.pace_ms:
+        add("# paced runs: the same, with the per-connection pause in ms after the paths file")
+        add(f"{wrk_command(cfg)} {cfg.pace_ms}")
     for result in systems.values():
         add(f"# {result.label}")
         for command in result.commands:

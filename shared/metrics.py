@@ -19,6 +19,8 @@ deploy/prometheus use them, and a test checks that every name they use is define
 
 from __future__ import annotations
 
+import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -33,7 +35,10 @@ from prometheus_client import (
     Gauge,
     Histogram,
 )
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from shared.errors import SettingsError
 from shared.events import CertificateExpiring, CertificateFailed, CertificateIssued
@@ -170,21 +175,94 @@ class QueueMetrics:
 
 # --- the redirector ---------------------------------------------------------------------------
 
+class Tally:
+    """A count bumped on the event loop's thread only: `inc()` is an int add, no lock.
+
+    prometheus_client's children take a lock on every `inc()`/`observe()`; on the
+    redirector's click path that was about 3% of the CPU. Read at scrape time by
+    `_ClickCollector`, on the same thread (see the module docstring), so no lock is
+    needed and no count is torn.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+
+class Timings:
+    """A histogram observed on the event loop's thread only (see `Tally`)."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        # bisect_left: a value equal to a bound belongs to that bucket (Prometheus `le`).
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.total += seconds
+
+
+class _ClickCollector:
+    """Exposes the redirector's hot-path `Tally`s and `Timings` as Prometheus families."""
+
+    def __init__(self, tallies: Mapping[tuple[str, str], Tally], timings: Timings) -> None:
+        self._tallies = tallies
+        self._timings = timings
+        self._created = time.time()
+
+    def describe(self) -> list[Metric]:
+        return self._families(empty=True)
+
+    def collect(self) -> list[Metric]:
+        return self._families(empty=False)
+
+    def _families(self, *, empty: bool) -> list[Metric]:
+        served = CounterMetricFamily(
+            "tracking_clicks_served", "Requests for /t/<token>, by outcome: redirect (a "
+            "person), bot (redirected, flagged automated; reason says why) or refused (404; "
+            "reason is the class of fault).", labels=["outcome", "reason"])
+        timings = HistogramMetricFamily(
+            "tracking_redirect_duration_seconds", "Time the redirector's handler spends on "
+            "one click it redirects (verify, spool, build the 302); excludes HTTP parsing and "
+            "queueing.")
+        if not empty:
+            for (outcome, reason), tally in list(self._tallies.items()):
+                served.add_metric([outcome, reason], tally.value, created=self._created)
+            cumulative, buckets = 0, []
+            bounds = [*map(floatToGoString, self._timings.bounds), "+Inf"]
+            for bound, count in zip(bounds, self._timings.counts, strict=True):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            timings.add_metric([], buckets, self._timings.total)
+            # add_metric takes no `created` for histograms; the client's own ones carry it.
+            timings.samples.append(Sample(f"{timings.name}_created", {}, self._created))
+        return [served, timings]
+
+
 class RedirectorMetrics:
     # Why a click was refused (a 404): what the link or the host was.
     REFUSALS = ("malformed", "unknown-key", "bad-signature", "bad-payload", "wrong-host")
     BOT_REASONS = ("head-request", "no-user-agent", "user-agent")
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        clicks = Counter(
-            "tracking_clicks_served", "Requests for /t/<token>, by outcome: redirect (a person), "
-            "bot (redirected, flagged automated; reason says why) or refused (404; reason is "
-            "the class of fault).", ["outcome", "reason"], registry=registry)
-        self.redirect_seconds = Histogram(
-            "tracking_redirect_duration_seconds", "Time the redirector's handler spends on "
-            "one click it redirects (verify, spool, build the 302); excludes HTTP parsing and "
-            "queueing.",
-            buckets=REDIRECT_BUCKETS, registry=registry)
+        # The request path only touches these (lock-free, see Tally).
+        self.served_redirect = Tally()
+        self.served_bot = {reason: Tally() for reason in self.BOT_REASONS}
+        self.refused = {reason: Tally() for reason in self.REFUSALS}
+        self.redirect_seconds = Timings(REDIRECT_BUCKETS)
+        self._tallies: dict[tuple[str, str], Tally] = {
+            ("redirect", ""): self.served_redirect,
+            **{("bot", reason): t for reason, t in self.served_bot.items()},
+            **{("refused", reason): t for reason, t in self.refused.items()},
+        }
+        registry.register(_ClickCollector(self._tallies, self.redirect_seconds))
         self.published = Counter(
             "tracking_clicks_published", "Clicks the broker confirmed (they left the spool).",
             registry=registry)
@@ -206,20 +284,15 @@ class RedirectorMetrics:
         self.broker_connected = Gauge(
             "tracking_broker_connected", "1 while the forwarder has a broker connection.",
             registry=registry)
-        # Bound once: the request path only calls .inc()/.observe() on these.
-        self._clicks = clicks
-        self.served_redirect = clicks.labels("redirect", "")
-        self.served_bot = {reason: clicks.labels("bot", reason) for reason in self.BOT_REASONS}
-        self.refused = {reason: clicks.labels("refused", reason) for reason in self.REFUSALS}
 
-    def bot(self, bot_reason: str) -> Any:
-        """The child for a bot click; `bot_reason` as services.redirector.bots gives it
+    def bot(self, bot_reason: str) -> Tally:
+        """The tally for a bot click; `bot_reason` as services.redirector.bots gives it
         ("user-agent:curl" counts under "user-agent": agent names stay out of labels)."""
         reason = bot_reason.partition(":")[0]
-        child = self.served_bot.get(reason)
-        if child is None:  # a class bots.py gained since: still a small, fixed set
-            child = self.served_bot[reason] = self._clicks.labels("bot", reason)
-        return child
+        tally = self.served_bot.get(reason)
+        if tally is None:  # a class bots.py gained since: still a small, fixed set
+            tally = self.served_bot[reason] = self._tallies[("bot", reason)] = Tally()
+        return tally
 
     def watch(self, *, backlog_bytes: Callable[[], float], spool_clicks: Callable[[], float],
               connected: Callable[[], float]) -> None:

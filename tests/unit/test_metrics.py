@@ -310,3 +310,20 @@ async def test_the_batch_writer_counts_rows_batches_and_failures() -> None:
     assert value(registry, "tracking_logger_batch_rows_sum") == 5
     assert value(registry, "tracking_logger_insert_seconds_count") == 2
     assert value(registry, "tracking_logger_pending_rows") == 0
+
+
+def test_hot_path_timings_follow_prometheus_bucket_edges() -> None:
+    registry = CollectorRegistry()
+    metrics = m.RedirectorMetrics(registry)
+    for seconds in (0.0001, 0.00010001, 0.005, 0.06):
+        metrics.redirect_seconds.observe(seconds)
+    bucket = "tracking_redirect_duration_seconds_bucket"
+    assert value(registry, bucket, le="0.0001") == 1  # a value on an edge is `le` that edge
+    assert value(registry, bucket, le="0.00025") == 2
+    assert value(registry, bucket, le="0.005") == 3
+    assert value(registry, bucket, le="0.05") == 3
+    assert value(registry, bucket, le="+Inf") == 4
+    assert value(registry, "tracking_redirect_duration_seconds_count") == 4
+    assert value(registry, "tracking_redirect_duration_seconds_sum") == pytest.approx(0.06520001)
+    metrics.bot("user-agent:curl").inc(2)
+    assert served(registry, "bot", "user-agent") == 2
