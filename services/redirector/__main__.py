@@ -15,7 +15,7 @@ from services.redirector.domains import DomainDirectory, load_active, refresh_fo
 from services.redirector.forwarder import Forwarder
 from services.redirector.handlers import Redirector, build_app
 from services.redirector.settings import RedirectorSettings
-from services.redirector.spool import Spool
+from services.redirector.spool import Spool, adopt_orphans_forever
 from shared.broker import topology as broker_topology
 from shared.broker.connection import connect, open_channel
 from shared.broker.publisher import Publisher
@@ -83,6 +83,7 @@ async def serve(settings: RedirectorSettings, stop: asyncio.Event) -> None:
         asyncio.create_task(refresh_forever(directory, engine, settings.domain_refresh_s),
                             name="domains"),
         asyncio.create_task(link_broker(settings, forwarder, source, held), name="broker"),
+        asyncio.create_task(adopt_orphans_forever(spool, forwarder.notify), name="adopt"),
     ]
     log.info("redirector.listening", url=f"http://{host}:{port}/", spool=str(slot),
              recovered_clicks=spool.recovered, tracking_host=settings.tracking_host,

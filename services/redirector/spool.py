@@ -12,16 +12,19 @@ power loss can take is only what the kernel had not yet written back; `fsync`
 runs on rotation, on close and every `fsync_interval_s` to bound that.
 
 Several redirectors on one host each claim their own slot directory under the
-spool root (an exclusive `flock`), and at start adopt the segments of slots
-nobody holds, so scaling down never strands clicks.
+spool root (an exclusive `flock`), and adopt the segments of slots nobody holds,
+at start and then every `ADOPT_INTERVAL_S` while running, so scaling down (or a
+replica that crashed and is not restarted) never strands clicks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import os
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +33,8 @@ import structlog
 SEGMENT_SUFFIX = ".spool"
 LOCK_NAME = "lock"
 MAX_SLOTS = 64
+# How often a running redirector looks for slots whose owner is gone.
+ADOPT_INTERVAL_S = 30.0
 
 log = structlog.get_logger(__name__)
 
@@ -97,11 +102,24 @@ class Spool:
             break
         else:
             raise SpoolError(f"all {MAX_SLOTS} spool slots under {self._root} are in use")
-        self._adopt_orphans()
+        self._claim_orphans()
         for path in sorted(self._dir.glob(f"*{SEGMENT_SUFFIX}")):
             self._recover(path)
         self._start_segment()
         return self._dir
+
+    def adopt_orphans(self) -> int:
+        """Take over the segments of slots whose redirector is gone; returns their clicks.
+
+        They are read before this spool's own unsent lines: they are the older clicks,
+        and the active segment, which always has fresh lines under load, must not keep
+        them waiting.
+        """
+        before = self.recovered
+        claimed = self._claim_orphans()
+        for path in reversed(claimed):
+            self._recover(path, first=True)
+        return self.recovered - before
 
     def close(self) -> None:
         """Flush and release; segments still holding unconfirmed lines stay for next start."""
@@ -222,7 +240,7 @@ class Spool:
         self._segments[seq] = self._active
         self._order.append(seq)
 
-    def _recover(self, path: Path) -> None:
+    def _recover(self, path: Path, *, first: bool = False) -> None:
         data = path.read_bytes()
         end = data.rfind(b"\n") + 1
         if end < len(data):
@@ -239,11 +257,16 @@ class Spool:
         if target != path:
             path.rename(target)
         self._segments[seq] = _Segment(seq=seq, path=target, size=end)
-        self._order.append(seq)
+        if first:
+            self._order.appendleft(seq)
+        else:
+            self._order.append(seq)
         self.recovered += data.count(b"\n", 0, end)
 
-    def _adopt_orphans(self) -> None:
+    def _claim_orphans(self) -> list[Path]:
+        """Move the segments of unheld slots into ours; returns their new paths, in order."""
         assert self._dir is not None
+        claimed: list[Path] = []
         for other in sorted(p for p in self._root.iterdir() if p.is_dir() and p != self._dir):
             lock = other / LOCK_NAME
             if not lock.exists():
@@ -261,7 +284,9 @@ class Spool:
                 target = self._dir / f"adopted-{other.name}-{path.name}"
                 with contextlib.suppress(FileNotFoundError):
                     path.rename(target)
+                    claimed.append(target)
                     log.info("spool.adopted", source=str(path))
+        return claimed
 
     def _maybe_delete(self, segment: _Segment) -> None:
         if segment.active or segment.unconfirmed or segment.read_offset < segment.size:
@@ -272,3 +297,18 @@ class Spool:
         segment.path.unlink(missing_ok=True)
         del self._segments[segment.seq]
         self._order.remove(segment.seq)
+
+
+async def adopt_orphans_forever(spool: Spool, notify: Callable[[], None],
+                                interval_s: float = ADOPT_INTERVAL_S) -> None:
+    """Every `interval_s`, adopt what redirectors that are gone left in the spool root."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            clicks = spool.adopt_orphans()
+        except OSError as exc:  # a full or read-only disk: the next round tries again
+            log.warning("spool.adopt_failed", error=str(exc))
+            continue
+        if clicks:
+            log.info("spool.adopted_clicks", clicks=clicks)
+            notify()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 from collections.abc import Iterator
@@ -10,7 +11,14 @@ from pathlib import Path
 import pytest
 
 import services.redirector.spool as spool_module
-from services.redirector.spool import LOCK_NAME, SEGMENT_SUFFIX, Batch, Spool, SpoolError
+from services.redirector.spool import (
+    LOCK_NAME,
+    SEGMENT_SUFFIX,
+    Batch,
+    Spool,
+    SpoolError,
+    adopt_orphans_forever,
+)
 
 
 @pytest.fixture
@@ -371,3 +379,54 @@ def test_every_slot_taken(tmp_path: Path, opened: list[Spool],
     open_spool(tmp_path, opened)
     with pytest.raises(SpoolError, match="all 2 spool slots"):
         Spool(tmp_path).open()
+
+
+def test_a_running_spool_adopts_a_slot_whose_owner_died(tmp_path: Path,
+                                                       opened: list[Spool]) -> None:
+    survivor = open_spool(tmp_path, opened)  # slot 0, running on
+    gone = open_spool(tmp_path, opened)      # slot 1, a replica scaled away
+    survivor.append(line(100))
+    for n in range(3):
+        gone.append(line(n))
+    assert survivor.adopt_orphans() == 0  # its owner still holds slot 1
+    crash(gone)
+    opened.remove(gone)
+
+    assert survivor.adopt_orphans() == 3
+    assert segments(tmp_path / "1") == []
+    # The orphan's (older) clicks come first, then the survivor's own.
+    assert drain(survivor) == [line(0), line(1), line(2), line(100)]
+    assert survivor.adopt_orphans() == 0  # nothing is taken twice
+    survivor.append(line(101))
+    assert drain(survivor) == [line(101)]
+
+
+def test_adopted_clicks_survive_the_adopter_crashing(tmp_path: Path,
+                                                     opened: list[Spool]) -> None:
+    adopter = open_spool(tmp_path, opened)
+    gone = open_spool(tmp_path, opened)
+    gone.append(line(1))
+    crash(gone)
+    opened.remove(gone)
+    assert adopter.adopt_orphans() == 1
+    crash(adopter)  # before publishing them
+    opened.remove(adopter)
+    heir = open_spool(tmp_path, opened)
+    assert heir.recovered == 1
+    assert drain(heir) == [line(1)]
+
+
+async def test_adoption_runs_periodically_and_wakes_the_forwarder(
+        tmp_path: Path, opened: list[Spool]) -> None:
+    survivor = open_spool(tmp_path, opened)
+    gone = open_spool(tmp_path, opened)
+    gone.append(line(7))
+    crash(gone)
+    opened.remove(gone)
+    woken = asyncio.Event()
+    task = asyncio.create_task(adopt_orphans_forever(survivor, woken.set, interval_s=0.01))
+    try:
+        await asyncio.wait_for(woken.wait(), timeout=5)
+    finally:
+        task.cancel()
+    assert drain(survivor) == [line(7)]
