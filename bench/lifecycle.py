@@ -13,7 +13,7 @@
     "Another instance of Certbot" anywhere), and the certifier's own count of certbot
     runs at shutdown.
 
-Each part gets its own stack (tests/support/lifecycle.py: a DNS server the bench
+Each part gets its own stack (demo/world.py: a DNS server the bench
 controls, Pebble resolving through it, nginx, and the verifier, certifier, redirector
 and logger processes), its own scratch database and its own exchange namespace.
 Needs RabbitMQ and PostgreSQL: AMQP_URL / TEST_AMQP_URL and TEST_DATABASE_URL (an admin
@@ -40,18 +40,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import aio_pika
 
+from demo.net import first_redirect
+from demo.world import World, local_world
 from shared.broker import topology as broker_topology
 from shared.broker.names import DOMAIN_CREATED
 from shared.events import DomainCreated, encode_event
 from shared.links import LinkSigner
 from shared.settings import DatabaseSettings, parse_link_keys
 from tests.support.databases import DatabaseFactory, fetch
-from tests.support.lifecycle import (
-    Lifecycle,
-    count_lines,
-    first_redirect,
-    lifecycle_stack,
-)
+from tests.support.lifecycle import count_lines
 
 HOST = "click.platform.bench"
 LINK_KEYS = "bench:" + "bench-signing-secret-0123456789abcdefgh"
@@ -60,7 +57,7 @@ DESTINATION = "https://shop.example/bench"
 
 @asynccontextmanager
 async def bench_stack(directory: Path, amqp_url: str, database: DatabaseSettings
-                      ) -> AsyncIterator[tuple[Lifecycle, str]]:
+                      ) -> AsyncIterator[tuple[World, str]]:
     exchange = f"bench-lifecycle-{uuid.uuid4().hex[:8]}"
     env = {"AMQP_URL": amqp_url, "AMQP_EXCHANGE": exchange, "DATABASE_URL": database.url,
            "TRACKING_HOST": HOST, "LINK_KEYS": LINK_KEYS,
@@ -68,7 +65,7 @@ async def bench_stack(directory: Path, amqp_url: str, database: DatabaseSettings
            # Metrics ports are fixed by default; the bench does not scrape them.
            "METRICS_BIND": "off"}
     try:
-        with lifecycle_stack(directory, env=env, tracking_host=HOST) as stack:
+        with local_world(directory, env=env, tracking_host=HOST) as stack:
             yield stack, exchange
     finally:
         await _delete_topology(amqp_url, exchange)
@@ -115,7 +112,7 @@ def link(signer: LinkSigner, customer: str) -> str:
     return f"/t/{token}"
 
 
-async def single(stack: Lifecycle, amqp_url: str, exchange: str, database: DatabaseSettings,
+async def single(stack: World, amqp_url: str, exchange: str, database: DatabaseSettings,
                  signer: LinkSigner, count: int) -> list[dict[str, float]]:
     results = []
     for number in range(count):
@@ -148,7 +145,7 @@ async def single(stack: Lifecycle, amqp_url: str, exchange: str, database: Datab
     return results
 
 
-async def burst(stack: Lifecycle, amqp_url: str, exchange: str, database: DatabaseSettings,
+async def burst(stack: World, amqp_url: str, exchange: str, database: DatabaseSettings,
                 signer: LinkSigner, count: int) -> dict[str, Any]:
     domains = [(f"track.burst-{number}.bench", f"burst-{number}") for number in range(count)]
     for name, _ in domains:
@@ -182,7 +179,7 @@ async def burst(stack: Lifecycle, amqp_url: str, exchange: str, database: Databa
             "names": [name for name, _ in domains]}
 
 
-async def audit(stack: Lifecycle, database: DatabaseSettings, names: list[str]
+async def audit(stack: World, database: DatabaseSettings, names: list[str]
                 ) -> dict[str, Any]:
     """The books after a burst: one order and one certificate per name, no failed run."""
     rows = await fetch(database, "SELECT name, kind, count(*) AS n FROM acme_events "
@@ -215,7 +212,7 @@ async def audit(stack: Lifecycle, database: DatabaseSettings, names: list[str]
     }
 
 
-def stopped_line(stack: Lifecycle) -> dict[str, Any]:
+def stopped_line(stack: World) -> dict[str, Any]:
     for line in stack.certifier.log_text().splitlines():
         if '"certifier.stopped"' in line:
             return json.loads(line)

@@ -6,7 +6,7 @@ verifier (the same process with VERIFIER_PREFETCH=1) measured in the same run.
 
 Needs RabbitMQ and PostgreSQL: AMQP_URL / TEST_AMQP_URL and TEST_DATABASE_URL (an admin
 URL: a scratch database is created and dropped), defaulting to the local servers. The DNS
-server (tests/support/dns_server.py) runs in this process on 127.0.0.1; every domain is a
+server (demo/dns.py) runs in this process on 127.0.0.1; every domain is a
 one-hop CNAME to the platform host, so each check asks 4 questions (the CNAME, and CAA at
 the name, its parent and the top-level domain), all delayed by the latency.
 
@@ -31,12 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import aio_pika
 
+from demo.dns import DnsServer
+from demo.processes import ServiceProcess
 from shared.broker import topology as broker_topology
 from shared.broker.names import DOMAIN_CREATED, DOMAIN_REJECTED, DOMAIN_VERIFIED
 from shared.events import DomainCreated, encode_event
 from tests.support.databases import DatabaseFactory
-from tests.support.dns_server import DnsServer
-from tests.support.processes import ServiceProcess
 
 HOST = "click.platform.bench"
 

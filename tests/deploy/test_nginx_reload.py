@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from demo.net import free_port
 from services.certifier.nginx import NginxError, NginxSites, Site, presented_serial
 from tests.deploy.known_settings import ROOT
 from tests.integration.test_certifier_nginx import self_signed
-from tests.support.proxy import free_port
 
 DEPLOY = ROOT / "deploy" / "nginx"
 NAME = "track.customer-a.test"

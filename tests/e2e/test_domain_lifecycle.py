@@ -24,6 +24,8 @@ import dns.query
 import dns.rdatatype
 import pytest
 
+from demo.net import first_redirect, https_get
+from demo.world import PEBBLE_CAA_IDENTITY, World, local_world
 from shared.broker import topology as broker_topology
 from shared.broker.names import (
     CERTIFICATE_FAILED,
@@ -40,14 +42,7 @@ from shared.settings import BrokerSettings, DatabaseSettings, LinkKey
 from tests.conftest import TRACKING_HOST, service_env
 from tests.support.amqp import message
 from tests.support.databases import DatabaseFactory, fetch
-from tests.support.lifecycle import (
-    PEBBLE_CAA_IDENTITY,
-    Lifecycle,
-    count_lines,
-    first_redirect,
-    https_get,
-    lifecycle_stack,
-)
+from tests.support.lifecycle import count_lines
 
 pytestmark = pytest.mark.e2e
 
@@ -87,12 +82,12 @@ def module_database(database_factory: DatabaseFactory) -> Iterator[DatabaseSetti
 
 @pytest.fixture(scope="module")
 def stack(namespace: BrokerSettings, module_database: DatabaseSettings,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lifecycle]:
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     directory = tmp_path_factory.mktemp("lifecycle")
     env = service_env(namespace, module_database, directory)
     verifier_env = {"VERIFY_DEADLINE_S": str(DEADLINE_S),
                     "VERIFIER_RETRY_DELAYS_MS": ",".join(map(str, VERIFIER_DELAYS_MS))}
-    with lifecycle_stack(directory, env=env, tracking_host=TRACKING_HOST,
+    with local_world(directory, env=env, tracking_host=TRACKING_HOST,
                          verifier_env=verifier_env) as started:
         dns_server = started.dns
         dns_server.cname(NAME_A, TRACKING_HOST)
@@ -108,7 +103,7 @@ def stack(namespace: BrokerSettings, module_database: DatabaseSettings,
 
 
 @pytest.fixture(autouse=True)
-def _logs_on_failure(stack: Lifecycle) -> Iterator[None]:
+def _logs_on_failure(stack: World) -> Iterator[None]:
     yield
     print(stack.logs())  # pytest shows it only when the test failed
 
@@ -184,7 +179,7 @@ async def acme_counts(database: DatabaseSettings, name: str) -> dict[str, int]:
     return {row["kind"]: row["n"] for row in rows}
 
 
-async def ensure_active(stack: Lifecycle, platform: Platform, database: DatabaseSettings,
+async def ensure_active(stack: World, platform: Platform, database: DatabaseSettings,
                         name: str, customer_id: str) -> dict[str, Any]:
     """Customer A's domain, active (made so here if this test runs alone)."""
     rows = await fetch(database, "SELECT status FROM tracking_domains WHERE name = $1", name)
@@ -193,7 +188,7 @@ async def ensure_active(stack: Lifecycle, platform: Platform, database: Database
     return await wait_row(database, name, lambda r: r["status"] == "active", 30, "active")
 
 
-def pebble_validations(stack: Lifecycle, name: str) -> int:
+def pebble_validations(stack: World, name: str) -> int:
     """HTTP-01 fetches Pebble's VA made for `name` (three per order: concurrent validations)."""
     return count_lines(stack.pebble_log(), "Attempting to validate w/ HTTP", f"//{name}:")
 
@@ -201,7 +196,7 @@ def pebble_validations(stack: Lifecycle, name: str) -> int:
 # --- the tests ---------------------------------------------------------------------------
 
 async def test_created_domain_is_verified_certified_and_served_over_https(
-        stack: Lifecycle, namespace: BrokerSettings, module_database: DatabaseSettings,
+        stack: World, namespace: BrokerSettings, module_database: DatabaseSettings,
         signer: LinkSigner) -> None:
     # The DNS server answers as resolvers do: an A question about the customer's name gets
     # the CNAME chain and the platform host's address (what Pebble connects to for HTTP-01).
@@ -264,7 +259,7 @@ async def test_created_domain_is_verified_certified_and_served_over_https(
 
 
 async def test_a_second_domain_verified_issues_nothing(
-        stack: Lifecycle, namespace: BrokerSettings, module_database: DatabaseSettings) -> None:
+        stack: World, namespace: BrokerSettings, module_database: DatabaseSettings) -> None:
     async with Platform(namespace) as platform:
         row = await ensure_active(stack, platform, module_database, NAME_A, "cust-a")
         await platform.events(NAME_A)  # drain what making it active announced, if anything
@@ -296,7 +291,7 @@ async def test_a_second_domain_verified_issues_nothing(
 
 
 async def test_customer_b_link_on_customer_a_domain_is_refused_over_https(
-        stack: Lifecycle, namespace: BrokerSettings, module_database: DatabaseSettings,
+        stack: World, namespace: BrokerSettings, module_database: DatabaseSettings,
         signer: LinkSigner) -> None:
     async with Platform(namespace) as platform:
         await ensure_active(stack, platform, module_database, NAME_A, "cust-a")
@@ -317,7 +312,7 @@ async def test_customer_b_link_on_customer_a_domain_is_refused_over_https(
 
 
 async def test_wrong_cname_stays_pending_then_is_rejected_naming_the_wrong_target(
-        stack: Lifecycle, namespace: BrokerSettings, module_database: DatabaseSettings) -> None:
+        stack: World, namespace: BrokerSettings, module_database: DatabaseSettings) -> None:
     async with Platform(namespace) as platform:
         started = time.monotonic()
         await platform.created(NAME_WRONG, "cust-w")
@@ -347,7 +342,7 @@ async def test_wrong_cname_stays_pending_then_is_rejected_naming_the_wrong_targe
 
 
 async def test_caa_forbidding_the_ca_is_rejected_before_any_order(
-        stack: Lifecycle, namespace: BrokerSettings, module_database: DatabaseSettings) -> None:
+        stack: World, namespace: BrokerSettings, module_database: DatabaseSettings) -> None:
     async with Platform(namespace) as platform:
         await platform.created(NAME_CAA, "cust-c")
         pending = await wait_row(

@@ -17,6 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from demo.net import free_port
+from demo.nginx import Nginx
+from demo.pebble import Pebble
+from demo.processes import ServiceProcess
 from shared.broker import topology as broker_topology
 from shared.broker.publisher import Publisher
 from shared.events import DomainVerified, decode_message
@@ -25,10 +29,6 @@ from shared.settings import BrokerSettings, DatabaseSettings, LinkKey
 from tests.conftest import TRACKING_HOST, service_env
 from tests.support.amqp import connected, get_messages
 from tests.support.databases import execute, fetch
-from tests.support.nginx import Nginx
-from tests.support.pebble import Pebble
-from tests.support.processes import ServiceProcess
-from tests.support.proxy import free_port
 
 pytestmark = pytest.mark.e2e
 

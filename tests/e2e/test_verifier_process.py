@@ -12,6 +12,8 @@ import aio_pika
 import msgspec
 import pytest
 
+from demo.dns import DnsServer
+from demo.processes import ServiceProcess
 from shared.broker import topology as broker_topology
 from shared.broker.names import DOMAIN_CREATED, DOMAIN_REJECTED, DOMAIN_VERIFIED
 from shared.broker.topology import Topology
@@ -20,8 +22,6 @@ from shared.settings import BrokerSettings, DatabaseSettings
 from tests.conftest import TRACKING_HOST, service_env
 from tests.support.amqp import message
 from tests.support.databases import fetch
-from tests.support.dns_server import DnsServer
-from tests.support.processes import ServiceProcess
 
 pytestmark = pytest.mark.e2e
 

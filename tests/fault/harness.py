@@ -20,13 +20,14 @@ import aiohttp
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from demo.net import free_port
+from demo.processes import ServiceProcess
 from shared.broker import topology as broker_topology
 from shared.events import BATCH, ClickTracked, encode_batch, encode_event, new_event_id
 from shared.links import LinkSigner
 from shared.settings import BrokerSettings, DatabaseSettings
 from tests.conftest import TRACKING_HOST, service_env
-from tests.support.processes import ServiceProcess
-from tests.support.proxy import TcpProxy, free_port
+from tests.support.proxy import TcpProxy
 
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) fault-tests"
 

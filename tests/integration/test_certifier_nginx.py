@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from demo.nginx import Nginx
 from services.certifier.nginx import NginxError, NginxSites, Site
-from tests.support.nginx import Nginx
 
 pytestmark = pytest.mark.integration
 

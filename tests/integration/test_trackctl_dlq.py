@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aio_pika.abc import AbstractConnection
 
+from demo.processes import ROOT
 from shared.broker import topology as broker_topology
 from shared.broker.connection import connect, open_channel
 from shared.broker.consumer import ConsumePolicy, Consumer
@@ -23,7 +24,6 @@ from shared.errors import PermanentError, TransientError
 from shared.events import Event
 from shared.settings import BrokerSettings
 from tests.support.amqp import click_event, get_messages, message, wait_count
-from tests.support.processes import ROOT
 
 pytestmark = pytest.mark.integration
 

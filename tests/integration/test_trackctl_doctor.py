@@ -1,6 +1,6 @@
 """`trackctl doctor` as an operator runs it: the real console script against a loopback world.
 
-A DNS server the test controls (tests/support/dns_server.py), real redirector and
+A DNS server the test controls (demo/dns.py), real redirector and
 logger processes, nginx serving HTTPS for one domain with a certificate from a CA
 made here (what the certifier would have put in place; Pebble is not needed to
 test the doctor), the real broker and a fresh PostgreSQL database.
@@ -24,14 +24,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from demo.dns import DnsServer
+from demo.net import free_port
+from demo.nginx import Nginx
+from demo.processes import ROOT, ServiceProcess
 from services.certifier.nginx import Site, render_sites
 from shared.settings import BrokerSettings, DatabaseSettings
 from tests.conftest import TRACKING_HOST, service_env
 from tests.support.databases import execute, fetch
-from tests.support.dns_server import DnsServer
-from tests.support.nginx import Nginx
-from tests.support.processes import ROOT, ServiceProcess
-from tests.support.proxy import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 

@@ -10,10 +10,10 @@ import dns.message
 import dns.rcode
 import pytest
 
+from demo.dns import DnsServer
+from demo.net import free_port
 from services.verifier.dns import DnsResolver, Hop
 from services.verifier.judge import DNS_SERVFAIL, DNS_TIMEOUT, CaaRecord, DnsTrouble
-from tests.support.dns_server import DnsServer
-from tests.support.proxy import free_port
 
 pytestmark = pytest.mark.integration
 

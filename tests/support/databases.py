@@ -7,20 +7,11 @@ import uuid
 import asyncpg
 from sqlalchemy.engine import make_url
 
+from demo.scratch import asyncpg_dsn, fetch, settings_for
 from shared.db.migrate import upgrade
-from shared.settings import DatabaseSettings, normalise_database_url
+from shared.settings import DatabaseSettings
 
-
-def _asyncpg_dsn(url: str, database: str | None = None) -> str:
-    parsed = make_url(normalise_database_url(url)).set(drivername="postgresql")
-    if database is not None:
-        parsed = parsed.set(database=database)
-    return parsed.render_as_string(hide_password=False)
-
-
-def settings_for(admin_url: str, database: str) -> DatabaseSettings:
-    parsed = make_url(normalise_database_url(admin_url)).set(database=database)
-    return DatabaseSettings(url=parsed.render_as_string(hide_password=False))
+__all__ = ["DatabaseFactory", "execute", "fetch", "settings_for"]
 
 
 class DatabaseFactory:
@@ -30,7 +21,7 @@ class DatabaseFactory:
         self._created: list[str] = []
 
     async def _admin(self) -> asyncpg.Connection:
-        return await asyncpg.connect(_asyncpg_dsn(self.admin_url))
+        return await asyncpg.connect(asyncpg_dsn(self.admin_url))
 
     async def prepare(self) -> None:
         connection = await self._admin()
@@ -67,16 +58,8 @@ class DatabaseFactory:
             await connection.close()
 
 
-async def fetch(settings: DatabaseSettings, query: str, *args: object) -> list[asyncpg.Record]:
-    connection = await asyncpg.connect(_asyncpg_dsn(settings.url))
-    try:
-        return await connection.fetch(query, *args)
-    finally:
-        await connection.close()
-
-
 async def execute(settings: DatabaseSettings, query: str, *args: object) -> str:
-    connection = await asyncpg.connect(_asyncpg_dsn(settings.url))
+    connection = await asyncpg.connect(asyncpg_dsn(settings.url))
     try:
         return await connection.execute(query, *args)
     finally:

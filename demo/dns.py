@@ -1,10 +1,13 @@
-"""A small DNS server the tests control, on 127.0.0.1 over UDP and TCP, in its own thread.
+"""A small DNS server on 127.0.0.1 (UDP and TCP, in its own thread) whose records we set.
 
-It answers like a recursive resolver that knows every zone: CNAMEs are chased
-within its own records (the answer carries the chain), a name with no records of
-its own nor below it is NXDOMAIN, and a name that exists without the asked type
-is NODATA. Records may be changed while a test runs, and per-name faults make it
-answer SERVFAIL, never answer (a timeout), or answer late:
+The local world needs one resolver that the verifier (`DNS_NAMESERVERS`), Pebble
+(`-dnsserver`) and `trackctl doctor` all ask, so the CA resolves a customer's name
+through the same CNAME the verifier judged; and the tests need to change records and
+break answers while services run. It answers like a recursive resolver that knows
+every zone: CNAMEs are chased within its own records (the answer carries the chain),
+a name with no records of its own nor below it is NXDOMAIN, and a name that exists
+without the asked type is NODATA. Records may be changed at any time, and per-name
+faults make it answer SERVFAIL, never answer (a timeout), or answer late:
 
     with DnsServer() as dns:
         dns.cname("track.customer-a.test", "click.platform.test")
@@ -26,11 +29,12 @@ import struct
 import threading
 from collections import Counter
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, TypeVar
 
 import dns.flags
 import dns.message
 import dns.name
+import dns.query
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
@@ -38,6 +42,7 @@ import dns.rrset
 
 Fault = Literal["servfail", "timeout", "refused"]
 MAX_CHASE = 16
+T = TypeVar("T")
 
 
 def _key(name: str) -> str:
@@ -45,6 +50,8 @@ def _key(name: str) -> str:
 
 
 class DnsServer:
+    """The server: records and faults by name, a query counter, and its own event loop."""
+
     def __init__(self, *, delay_s: float = 0.0, ttl: int = 60) -> None:
         self.delay_s = delay_s
         self.ttl = ttl
@@ -56,7 +63,7 @@ class DnsServer:
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                        name="test-dns")
+                                        name="local-dns")
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
 
@@ -68,11 +75,14 @@ class DnsServer:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> DnsServer:
+        """Bind UDP and TCP on one free port and answer from now on."""
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(5)
         return self
 
     def stop(self) -> None:
+        """Close both sockets and end the server's thread."""
+
         async def _stop() -> None:
             if self._udp is not None:
                 self._udp.close()
@@ -106,7 +116,7 @@ class DnsServer:
                 continue
             break
         else:
-            raise RuntimeError("no free port for the test DNS server")
+            raise RuntimeError("no free port for the DNS server")
         self.port = port
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _Udp(self), sock=udp_sock)
@@ -125,12 +135,15 @@ class DnsServer:
                 self._records.pop(key, None)
 
     def cname(self, name: str, target: str) -> None:
+        """`name CNAME target` (replacing any CNAME there)."""
         self.set(name, "CNAME", target.rstrip(".") + ".")
 
     def a(self, name: str, *addresses: str) -> None:
+        """A records at `name` (none: remove them)."""
         self.set(name, "A", *addresses)
 
     def aaaa(self, name: str, *addresses: str) -> None:
+        """AAAA records at `name` (none: remove them)."""
         self.set(name, "AAAA", *addresses)
 
     def caa(self, name: str, *values: str) -> None:
@@ -138,6 +151,7 @@ class DnsServer:
         self.set(name, "CAA", *(v if v[:1].isdigit() else f"0 {v}" for v in values))
 
     def txt(self, name: str, *values: str) -> None:
+        """TXT records at `name` (DNS-01 challenges), each value one string."""
         self.set(name, "TXT", *(f'"{v}"' for v in values))
 
     def remove(self, name: str) -> None:
@@ -149,20 +163,28 @@ class DnsServer:
 
     def fault(self, name: str, fault: Fault | None) -> None:
         """Answer queries about `name` (or a chain through it) badly; None clears it."""
-        with self._lock:
-            if fault is None:
-                self._faults.pop(_key(name), None)
-            else:
-                self._faults[_key(name)] = fault
+        self._set_or_clear(self._faults, name, fault)
 
     def delay(self, name: str, seconds: float | None) -> None:
+        """Hold answers about `name` back for `seconds`; None clears it."""
+        self._set_or_clear(self._delays, name, seconds)
+
+    def _set_or_clear(self, table: dict[str, T], name: str, value: T | None) -> None:
         with self._lock:
-            if seconds is None:
-                self._delays.pop(_key(name), None)
+            if value is None:
+                table.pop(_key(name), None)
             else:
-                self._delays[_key(name)] = seconds
+                table[_key(name)] = value
+
+    def dig(self, name: str, rdtype: str = "A") -> list[str]:
+        """What a client is answered for `name` / `rdtype`, one record a line as `dig` prints
+        it: asked over UDP like any client would, so it shows the chain as served."""
+        response = dns.query.udp(dns.message.make_query(name, rdtype), "127.0.0.1",
+                                 port=self.port, timeout=2)
+        return [line for rrset in response.answer for line in rrset.to_text().splitlines()]
 
     def query_count(self, name: str, rdtype: str | None = None) -> int:
+        """Questions asked about `name` (of type `rdtype`, or any) since the start."""
         key = _key(name)
         return sum(n for (qname, qtype), n in self.queries.items()
                    if qname == key and (rdtype is None or qtype == rdtype.upper()))

@@ -1,24 +1,28 @@
-"""A real nginx for tests, run from a prefix directory on loopback ports the test picks.
+"""A real nginx run from a prefix directory on loopback ports we pick (no root, no system
+configuration touched), as the edge in front of the redirector.
 
 The main nginx.conf is the project's own (`services.certifier.nginx.render_main`);
 the include starts as the generator's output for no domains, which already listens
-on both ports, and the certifier rewrites it and reloads with `reload_command`.
+on both ports, and the certifier rewrites it and reloads with `reload_command`, as it
+does in production.
 """
 
 from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
+from demo.net import free_port, listening
+from demo.processes import StartError
 from services.certifier.nginx import render_main, render_sites
-from tests.support.proxy import free_port
 
 
 class Nginx:
+    """One nginx master (and its workers) under `prefix`; use as a context manager."""
+
     def __init__(self, prefix: Path, *, upstreams: list[str], http_port: int | None = None,
                  https_port: int | None = None) -> None:
         self.prefix = prefix
@@ -33,21 +37,26 @@ class Nginx:
 
     @property
     def http_listen(self) -> str:
+        """Plain HTTP (`NGINX_HTTP_LISTEN`): where the CA fetches HTTP-01 answers."""
         return f"127.0.0.1:{self.http_port}"
 
     @property
     def https_listen(self) -> str:
+        """HTTPS (`NGINX_HTTPS_LISTEN`): where clicks arrive."""
         return f"127.0.0.1:{self.https_port}"
 
     def command(self, *extra: str) -> list[str]:
+        """nginx's command line for this prefix, with `extra` arguments."""
         return [self.binary, "-p", f"{self.prefix}/", "-c", str(self.conf), "-e", "stderr",
                 *extra]
 
     @property
     def reload_command(self) -> list[str]:
+        """What the certifier runs after rewriting the include (`NGINX_RELOAD_COMMAND`)."""
         return self.command("-s", "reload")
 
     def start(self) -> Nginx:
+        """Write the configuration, start nginx in the foreground, wait for both ports."""
         for sub in ("conf.d", "temp"):
             (self.prefix / sub).mkdir(parents=True, exist_ok=True)
         self.conf.write_text(render_main(self.prefix, self.include))
@@ -59,18 +68,20 @@ class Nginx:
                                         stderr=subprocess.STDOUT)
         log.close()
         deadline = time.monotonic() + 10
-        while not (_listening(self.http_port) and _listening(self.https_port)):
+        while not (listening(self.http_port) and listening(self.https_port)):
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"nginx did not start:\n{self.log_text()}")
+                raise StartError(f"nginx did not start:\n{self.log_text()}")
             time.sleep(0.02)
         return self
 
     def log_text(self) -> str:
+        """nginx's error log (stderr) so far."""
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
+        """Graceful stop (workers finish their requests), killed after 10 s."""
         if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGQUIT)  # graceful: workers finish, then exit
+            self.process.send_signal(signal.SIGQUIT)
             try:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
@@ -82,9 +93,3 @@ class Nginx:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0

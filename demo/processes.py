@@ -1,4 +1,10 @@
-"""Starting the real service processes for end-to-end and fault tests, and stopping them."""
+"""The service processes of the local world: one `python -m services.<name>` child each.
+
+The demo, the end-to-end and fault tests and the benchmarks all run the services as
+real processes (their own settings parsing, signals, logs), never in-process, so what
+they show is what a deployment runs. Each child's output goes to a log file, which is
+how callers wait for it to be ready and what they show when it is not.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,12 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class StartError(RuntimeError):
+    """A process of the local world exited early or never became ready (message: why,
+    with the tail of its log)."""
 
 
 class ServiceProcess:
@@ -26,7 +37,8 @@ class ServiceProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServiceProcess:
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        """Start the child (not waiting for it: see `wait_for_log`, `wait_http`)."""
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed by terminate() or kill()
         self.process = subprocess.Popen(
             [sys.executable, "-m", f"services.{self.name}"], env=self.env, cwd=self.cwd,
             stdout=self._log, stderr=subprocess.STDOUT,
@@ -34,32 +46,37 @@ class ServiceProcess:
         return self
 
     def log_text(self) -> str:
+        """Everything the child has written so far."""
         return self.log_path.read_text(errors="replace")
 
     def wait_for_log(self, needle: str, timeout_s: float = 20.0) -> None:
+        """Wait until the log holds `needle` (e.g. the service's `<name>.started` event)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if needle in self.log_text():
                 return
-            if self.process is not None and self.process.poll() is not None:
-                raise AssertionError(f"{self.name} exited early:\n{self.log_text()[-4000:]}")
+            self._raise_if_exited()
             time.sleep(0.05)
-        raise AssertionError(f"{self.name} did not log {needle!r}:\n{self.log_text()[-4000:]}")
+        raise StartError(f"{self.name} did not log {needle!r}:\n{self.log_text()[-4000:]}")
 
     def wait_http(self, url: str, timeout_s: float = 20.0) -> None:
+        """Wait until `url` answers (any status), e.g. the redirector's /healthz."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise AssertionError(f"{self.name} exited early:\n{self.log_text()[-4000:]}")
+            self._raise_if_exited()
             try:
                 with urllib.request.urlopen(url, timeout=1):
                     return
             except OSError:
                 time.sleep(0.05)
-        raise AssertionError(f"{self.name} never answered {url}:\n{self.log_text()[-4000:]}")
+        raise StartError(f"{self.name} never answered {url}:\n{self.log_text()[-4000:]}")
+
+    def _raise_if_exited(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise StartError(f"{self.name} exited early:\n{self.log_text()[-4000:]}")
 
     def terminate(self, timeout_s: float = 40.0) -> int:
-        """SIGTERM and wait: the graceful path."""
+        """SIGTERM and wait: the graceful path. Returns the exit status."""
         assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

@@ -1,13 +1,15 @@
-"""A real ACME CA on loopback for tests: Pebble, resolving names through pebble-challtestsrv
-or through a DNS server the test runs (`dns_server=`, e.g. tests/support/dns_server.py).
+"""A real ACME CA on loopback: Pebble, resolving names through a DNS server we run
+(`dns_server=`, demo/dns.py) or through pebble-challtestsrv.
 
-`pebble-challtestsrv` answers A=127.0.0.1 for every name, so Pebble's HTTP-01
-validation for any test domain connects to 127.0.0.1:`http_port`, which the test points
-at a redirector or at nginx's plain-HTTP listener. Pebble needs a TLS certificate for
-its own listener: a throwaway CA and a `localhost`/`127.0.0.1` certificate are made
-with openssl; that CA is what certbot must trust (`ACME_CA_BUNDLE`). Pebble makes a
-new root CA at every start; `root_pem()` fetches it from the management port, for
-clients that check the certificates Pebble issued.
+The local world issues real certificates with certbot, so it needs a CA that
+validates HTTP-01 for names that exist only on this machine. Pebble connects to
+127.0.0.1:`http_port` for every validation, which the world points at nginx's
+plain-HTTP listener (`pebble-challtestsrv`, when no DNS server is given, answers
+A=127.0.0.1 for every name). Pebble needs a TLS certificate for its own listener: a
+throwaway CA and a `localhost`/`127.0.0.1` certificate are made with openssl; that CA
+is what certbot must trust (`ACME_CA_BUNDLE`). Pebble makes a new root CA at every
+start; `root_pem()` fetches it from the management port, for clients that check the
+certificates Pebble issued (what a browser would trust).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.support.proxy import free_port
+from demo.net import free_port
+from demo.processes import StartError
 
 
 def make_listener_ca(directory: Path) -> tuple[Path, Path, Path]:
@@ -35,7 +38,7 @@ def make_listener_ca(directory: Path) -> tuple[Path, Path, Path]:
     quiet = {"check": True, "capture_output": True}
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
                     "ec_paramgen_curve:P-256", "-nodes", "-keyout", ca_key, "-out", ca_cert,
-                    "-days", "2", "-subj", "/CN=tracking-domains test listener CA"], **quiet)
+                    "-days", "2", "-subj", "/CN=tracking-domains local listener CA"], **quiet)
     subprocess.run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
                     "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=localhost"], **quiet)
     subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca_cert, "-CAkey", ca_key,
@@ -50,7 +53,7 @@ class Pebble:
                  dns_server: str | None = None) -> None:
         self.directory = directory
         self.http_port = http_port
-        # `127.0.0.1:PORT` of a DNS server the test runs (tests/support/dns_server.py);
+        # `127.0.0.1:PORT` of a DNS server we run (demo/dns.py);
         # None: start pebble-challtestsrv, which answers A=127.0.0.1 for every name.
         self.dns_server = dns_server
         self.acme_port = free_port()
@@ -62,9 +65,11 @@ class Pebble:
 
     @property
     def directory_url(self) -> str:
+        """The ACME directory (`ACME_DIRECTORY_URL`)."""
         return f"https://127.0.0.1:{self.acme_port}/dir"
 
     def start(self) -> Pebble:
+        """Make the listener certificate, start the processes, wait for the directory."""
         _, cert, key = make_listener_ca(self.directory / "listener")
         config = self.directory / "pebble-config.json"
         config.write_text(json.dumps({"pebble": {
@@ -106,9 +111,9 @@ class Pebble:
             except OSError as exc:
                 for process in self.processes:
                     if process.poll() is not None:
-                        raise AssertionError(f"{process.args[0]} exited: {self.logs()}") from exc
+                        raise StartError(f"{process.args[0]} exited: {self.logs()}") from exc
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"Pebble not ready: {exc}\n{self.logs()}") from exc
+                    raise StartError(f"Pebble not ready: {exc}\n{self.logs()}") from exc
                 time.sleep(0.05)
 
     def root_pem(self) -> str:
@@ -118,11 +123,13 @@ class Pebble:
             return response.read().decode()
 
     def logs(self) -> str:
+        """The tail of each process's log, for a failure report."""
         return "\n".join(
             f"--- {path.name} ---\n{path.read_text(errors='replace')[-3000:]}"
             for path in sorted(self.directory.glob("*.log")))
 
     def stop(self) -> None:
+        """Kill the processes and wait for them."""
         # Pebble keeps everything in memory: nothing to save, so no graceful wait.
         for process in self.processes:
             if process.poll() is None:
