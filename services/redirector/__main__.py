@@ -58,7 +58,7 @@ async def serve(settings: RedirectorSettings, stop: asyncio.Event) -> None:
                   connected=lambda: float(forwarder.connected))
     metrics_server = MetricsServer(registry, settings.metrics_bind)
     await metrics_server.start()
-    directory = DomainDirectory(settings.tracking_host)
+    directory = DomainDirectory(settings.tracking_host, settings.tracking_host_aliases)
     engine = create_engine(settings.database, pool_size=1)
     try:
         directory.replace(await asyncio.wait_for(load_active(engine), timeout=5))
@@ -87,6 +87,7 @@ async def serve(settings: RedirectorSettings, stop: asyncio.Event) -> None:
     ]
     log.info("redirector.listening", url=f"http://{host}:{port}/", spool=str(slot),
              recovered_clicks=spool.recovered, tracking_host=settings.tracking_host,
+             tracking_host_aliases=list(settings.tracking_host_aliases) or None,
              active_domains=len(directory))
     await stop.wait()
 

@@ -8,6 +8,7 @@ unreachable the last good map is kept.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import structlog
 from sqlalchemy import select
@@ -19,14 +20,16 @@ log = structlog.get_logger(__name__)
 
 
 class DomainDirectory:
-    def __init__(self, tracking_host: str) -> None:
+    def __init__(self, tracking_host: str, aliases: Sequence[str] = ()) -> None:
         self.tracking_host = tracking_host
+        # The shared host serves every customer's links, under any of its names.
+        self.platform_hosts = frozenset((tracking_host, *aliases))
         self._owners: dict[str, str] = {}
         self.loaded = False
 
     def allows(self, host: str, customer_id: str) -> bool:
         """True if `host` may serve links of `customer_id`."""
-        return host == self.tracking_host or self._owners.get(host) == customer_id
+        return host in self.platform_hosts or self._owners.get(host) == customer_id
 
     def replace(self, owners: dict[str, str]) -> None:
         self._owners = owners

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.domains import parse_host_aliases
 from shared.metrics import load_bind
 from shared.settings import BrokerSettings, DatabaseSettings, Env, LinkKey
 
@@ -29,13 +30,18 @@ class RedirectorSettings:
     log_level: str
     access_log: bool
     metrics_bind: tuple[str, int] | None = None
+    # Other names of the platform host (a move in progress): links are served on them too.
+    tracking_host_aliases: tuple[str, ...] = ()
 
 
 def load(environ: Mapping[str, str]) -> RedirectorSettings:
     env = Env(environ)
+    tracking_host = env.tracking_host()
     return RedirectorSettings(
         bind=env.host_port("REDIRECTOR_BIND", "127.0.0.1:8080"),
-        tracking_host=env.tracking_host(),
+        tracking_host=tracking_host,
+        tracking_host_aliases=parse_host_aliases(env.raw("TRACKING_HOST_ALIASES"),
+                                                 tracking_host),
         link_keys=env.link_keys(),
         trusted_proxies=env.networks("TRUSTED_PROXIES"),
         broker=env.broker(),

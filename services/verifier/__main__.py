@@ -41,6 +41,7 @@ async def serve(settings: VerifierSettings, stop: asyncio.Event) -> None:
     await metrics_server.start()
     resolver = DnsResolver(settings.nameservers, timeout_s=settings.dns_timeout_s)
     checker = DomainChecker(resolver, target=settings.policy.tracking_host,
+                            aliases=settings.policy.tracking_host_aliases,
                             ca_identity=settings.policy.caa_identity)
     connection = await connect(settings.broker, name=f"verifier {source}")
     channel = await open_channel(connection)
@@ -67,6 +68,7 @@ async def serve(settings: VerifierSettings, stop: asyncio.Event) -> None:
     census = asyncio.create_task(census_forever(stop, engine, metrics), name="census")
     log.info("verifier.started", queue=topology.queue(VERIFIER_QUEUE),
              tracking_host=settings.policy.tracking_host,
+             tracking_host_aliases=list(settings.policy.tracking_host_aliases) or None,
              nameservers=resolver.description, prefetch=settings.prefetch,
              database=settings.database.safe_url, broker=settings.broker.safe_url)
     await stop.wait()

@@ -1,17 +1,20 @@
 """Gathering what DNS says about one name (in parallel where it can), then judging it.
 
 Per check: the CNAME chain hop by hop (a CNAME question per hop, so loops and long
-chains are seen, not hidden inside a resolver error), the CAA sets of the name and
-every ancestor at the same time (RFC 8659 climbs the tree), and only when the chain
-does not reach the platform host, the A/AAAA sets for CNAME flattening. The host's
-own addresses are cached briefly: every check would otherwise ask for them.
+chains are seen, not hidden inside a resolver error) until it reaches the platform
+host (past one of its aliases too, to learn whether the domain depends on the alias;
+nothing found beyond the alias can fail the check), the CAA sets of the name and every
+ancestor at the same time (RFC 8659 climbs the tree), and only when the chain reaches
+neither, the A/AAAA sets for CNAME flattening (against the host itself, not its
+aliases). The host's own addresses are cached briefly: every check would otherwise ask
+for them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from services.verifier.dns import Hop
@@ -37,10 +40,14 @@ class DnsLookup(Protocol):
 
 class DomainChecker:
     def __init__(self, dns: DnsLookup, *, target: str, ca_identity: str,
-                 max_hops: int = MAX_CHAIN_HOPS, target_ttl_s: float = 30.0,
+                 aliases: Sequence[str] = (), max_hops: int = MAX_CHAIN_HOPS,
+                 target_ttl_s: float = 30.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._dns = dns
         self.target = target
+        # Other names of the platform host (TRACKING_HOST_ALIASES): a chain ends there too.
+        self.aliases = tuple(aliases)
+        self._platform = frozenset((target, *self.aliases))
         self.ca_identity = ca_identity
         self._max_hops = max_hops
         self._target_ttl_s = target_ttl_s
@@ -50,14 +57,16 @@ class DomainChecker:
 
     async def check(self, name: str) -> Verdict:
         return judge(await self.observe(name), target=self.target,
-                     ca_identity=self.ca_identity, max_hops=self._max_hops)
+                     ca_identity=self.ca_identity, max_hops=self._max_hops,
+                     aliases=self.aliases)
 
     async def observe(self, name: str) -> Observation:
         caa = asyncio.ensure_future(self._caa_levels(name))
         try:
             chain, exists = await self._chain(name)
             loops = len(set(chain)) < len(chain)
-            if self.target in chain or loops or len(chain) - 1 > self._max_hops:
+            if not self._platform.isdisjoint(chain) or loops or \
+                    len(chain) - 1 > self._max_hops:
                 return Observation(name, chain, exists, caa=await caa)
             if not exists:
                 return Observation(name, chain, exists)
@@ -74,7 +83,12 @@ class DomainChecker:
     async def _chain(self, name: str) -> tuple[tuple[str, ...], bool]:
         chain = [name]
         while chain[-1] != self.target and len(chain) - 1 <= self._max_hops:
-            hop = await self._dns.cname(chain[-1])
+            try:
+                hop = await self._dns.cname(chain[-1])
+            except DnsTrouble:
+                if not self._platform.isdisjoint(chain):
+                    break  # an alias was reached: that is enough to judge
+                raise
             if not hop.exists:
                 return tuple(chain), False
             if hop.target is None:

@@ -118,7 +118,7 @@ async def verify_domain(event: Event[DomainCreated], *, store: DomainStore,
                         clock: Clock) -> Outcome:
     data = event.data
     customer = data.customer_id
-    checked = validate_name(data.domain, policy.tracking_host)
+    checked = validate_name(data.domain, policy.tracking_host, policy.tracking_host_aliases)
     if isinstance(checked, Rejection):
         await announce_rejected(announcer, data.domain, customer, checked.code, checked.reason)
         return Outcome("rejected", checked.code)

@@ -3,8 +3,9 @@
 No I/O here. `validate_name` screens the name before any lookup; `judge` turns an
 `Observation` (what the resolver saw, gathered by checks.py) into a verdict:
 
-- `Verified`: the CNAME chain reaches the platform host ("cname"), or the name's
-  A/AAAA set equals the host's ("address": CNAME flattening), and CAA allows our CA;
+- `Verified`: the CNAME chain reaches the platform host ("cname"; an alias of it from
+  `TRACKING_HOST_ALIASES` counts too, and is named), or the name's A/AAAA set equals
+  the host's ("address": CNAME flattening), and CAA allows our CA;
 - `NotYet`: DNS is not right *now* (it may be fixed): the reason says what is
   wrong and what to do; rechecked until the deadline, then rejected;
 - `Unsure`: the resolver failed (SERVFAIL, timeout): transient, nothing is known.
@@ -17,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from shared.domains import InvalidDomain, normalise_domain
+from shared.domains import InvalidDomain, normalise_domain, platform_host_of
 
 # Rejected at once (the name itself is unusable for this customer).
 INVALID_NAME = "invalid_name"
@@ -96,6 +97,8 @@ class Verified:
     description: str
     # CAA allowed issuance: the level that decided, for the log.
     caa_note: str | None = None
+    # The TRACKING_HOST_ALIASES entry the chain reached, when it was not the host itself.
+    alias: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,16 +130,18 @@ class CaaDecision:
     why: str = ""
 
 
-def validate_name(raw: str, tracking_host: str) -> str | Rejection:
+def validate_name(raw: str, tracking_host: str,
+                  aliases: Sequence[str] = ()) -> str | Rejection:
     """The normal form of `raw`, or why it can never be a tracking domain."""
     try:
         name = normalise_domain(raw)
     except InvalidDomain as exc:
         return Rejection(INVALID_NAME, f"{exc}. Give the exact host name, such as "
                                        "track.example.com.")
-    if name == tracking_host or name.endswith("." + tracking_host):
-        what = ("is the platform's own tracking host" if name == tracking_host
-                else f"is under the platform's own tracking host {tracking_host}")
+    platform = platform_host_of(name, (tracking_host, *aliases))
+    if platform is not None:
+        what = ("is the platform's own tracking host" if name == platform
+                else f"is under the platform's own tracking host {platform}")
         return Rejection(PLATFORM_HOST, (
             f"{name} {what}; use a name under your own domain, such as "
             f"track.yourcompany.com, with a CNAME to {tracking_host}."))
@@ -150,23 +155,30 @@ def owned_elsewhere(name: str) -> Rejection:
 
 
 def judge(observation: Observation, *, target: str, ca_identity: str,
-          max_hops: int = MAX_CHAIN_HOPS) -> Verdict:
-    """The verdict on one observation; see the module docstring."""
+          max_hops: int = MAX_CHAIN_HOPS, aliases: Sequence[str] = ()) -> Verdict:
+    """The verdict on one observation; see the module docstring. A chain that does not
+    reach `target` but reaches one of `aliases` (other names of it: TRACKING_HOST_ALIASES)
+    is accepted too, and the verdict names the alias."""
     name, chain = observation.name, observation.chain
+    reached = reached_platform(chain, target, aliases)
+    walked = reached or chain  # past the platform host, nothing the chain does matters
     advice = f"Set a CNAME record: {name} CNAME {target}."
-    if len(set(chain)) < len(chain):
+    if len(set(walked)) < len(walked):
         return NotYet(CNAME_LOOP, (
             f"the CNAME chain of {name} loops: {arrow(chain)}. {advice}"))
-    if len(chain) - 1 > max_hops:
+    if len(walked) - 1 > max_hops:
         return NotYet(CHAIN_TOO_LONG, (
             f"the CNAME chain of {name} is longer than {max_hops} hops: {arrow(chain)}. "
             f"{advice}"))
     if observation.trouble is not None:
         return Unsure(observation.trouble.code, observation.trouble.reason)
     matched: Verified | None = None
-    if target in chain:
-        reached = chain[:chain.index(target) + 1]
+    if reached is not None and reached[-1] == target:
         matched = Verified("cname", reached, arrow(reached))
+    elif reached is not None:
+        matched = Verified("cname", reached, (
+            f"{arrow(reached)} [{reached[-1]} is an alias of {target} in "
+            "TRACKING_HOST_ALIASES]"), alias=reached[-1])
     elif (observation.exists and observation.addresses
           and observation.addresses == observation.target_addresses):
         matched = Verified("address", chain, (
@@ -185,7 +197,8 @@ def judge(observation: Observation, *, target: str, ca_identity: str,
             f"issue certificates for {name}: {caa.why}. Add a CAA record at {caa.owner}: "
             f'0 issue "{ca_identity}" (or remove the CAA records there).'))
     note = f"CAA at {caa.owner} allows {ca_identity}" if caa.owner else "no CAA records"
-    return Verified(matched.matched_by, matched.chain, matched.description, note)
+    return Verified(matched.matched_by, matched.chain, matched.description, note,
+                    matched.alias)
 
 
 def _not_leading(observation: Observation, *, target: str, advice: str) -> NotYet:
@@ -205,6 +218,17 @@ def _not_leading(observation: Observation, *, target: str, advice: str) -> NotYe
         return NotYet(NO_CNAME, f"{name} has no CNAME record{found}. {advice}")
     return NotYet(WRONG_TARGET, (
         f"{name} points to {points_to}{via}; it should point to {target}. {advice}"))
+
+
+def reached_platform(chain: Sequence[str], target: str,
+                     aliases: Sequence[str] = ()) -> tuple[str, ...] | None:
+    """The chain up to `target`; else up to the first of `aliases` in it; else None.
+    `target` wins even behind an alias (old name CNAME new name): such a domain does not
+    depend on the alias, and its verdict does not name it."""
+    if target in chain:
+        return tuple(chain[:chain.index(target) + 1])
+    at = next((i for i, hop in enumerate(chain) if hop in aliases), None)
+    return None if at is None else tuple(chain[:at + 1])
 
 
 def decide_caa(levels: Sequence[CaaLevel], ca_identity: str) -> CaaDecision | Unsure:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from shared.broker.names import RETRY_DELAYS_MS
+from shared.domains import parse_host_aliases
 from shared.errors import SettingsError
 from shared.metrics import load_bind
 from shared.settings import BrokerSettings, DatabaseSettings, Env
@@ -24,6 +25,9 @@ class VerifyPolicy:
 
     tracking_host: str
     caa_identity: str = DEFAULT_CAA_IDENTITY
+    # Other names of the platform host that CNAMEs may still point at (a move of the
+    # platform host: docs/operations.md). Never names a customer may register.
+    tracking_host_aliases: tuple[str, ...] = ()
     # A domain not right within this long after it was first seen is rejected.
     deadline_s: float = DEFAULT_DEADLINE_S
     # Verified, active and lapsed domains are looked at again this often (± jitter).
@@ -77,9 +81,12 @@ def load(environ: Mapping[str, str]) -> VerifierSettings:
             f"ACME_CAA_IDENTITY must be the CA's CAA domain (e.g. letsencrypt.org), "
             f"got {caa_identity!r}")
     longest_s = max(retry_delays_ms) / 1000
+    tracking_host = env.tracking_host()
     policy = VerifyPolicy(
-        tracking_host=env.tracking_host(),
+        tracking_host=tracking_host,
         caa_identity=caa_identity,
+        tracking_host_aliases=parse_host_aliases(env.raw("TRACKING_HOST_ALIASES"),
+                                                 tracking_host),
         deadline_s=deadline_s,
         recheck_interval_s=interval_s,
         recheck_jitter=env.float("RECHECK_JITTER", 0.1, minimum=0.0),

@@ -2,10 +2,11 @@
 
 The seed article's troubleshooting list, automated, in the order a click travels:
 
-1. dns: does NAME lead to TRACKING_HOST, through which CNAME chain, from which resolver?
-   The verifier's own code answers (services/verifier: DnsResolver + DomainChecker +
-   judge), with its settings (DNS_NAMESERVERS, DNS_TIMEOUT_S, ACME_CAA_IDENTITY), so
-   doctor and verifier cannot disagree.
+1. dns: does NAME lead to TRACKING_HOST (or one of TRACKING_HOST_ALIASES, named when it
+   is the one reached), through which CNAME chain, from which resolver? The verifier's
+   own code answers (services/verifier: DnsResolver + DomainChecker + judge), with its
+   settings (DNS_NAMESERVERS, DNS_TIMEOUT_S, ACME_CAA_IDENTITY), so doctor and verifier
+   cannot disagree.
 2. tls: does HTTPS answer on NAME with a certificate valid for NAME, and until when?
    It connects to the address DNS gave (or `--connect`), port `--https-port`, with SNI
    NAME, trusting the system CAs or `--ca-bundle`.
@@ -56,6 +57,7 @@ from services.verifier.judge import (
 from services.verifier.settings import DEFAULT_CAA_IDENTITY, parse_nameservers
 from shared.db.engine import create_engine
 from shared.db.models import TrackingLog
+from shared.domains import parse_host_aliases
 from shared.errors import SettingsError
 from shared.links import LinkError, LinkSigner
 from shared.settings import Env
@@ -154,13 +156,14 @@ class DnsFacts:
 
 
 async def check_dns(name: str, *, host: str, ca_identity: str,
-                    nameservers: tuple[tuple[str, int], ...], timeout_s: float) -> DnsFacts:
+                    nameservers: tuple[tuple[str, int], ...], timeout_s: float,
+                    aliases: tuple[str, ...] = ()) -> DnsFacts:
     resolver = DnsResolver(nameservers, timeout_s=timeout_s)
     where = (", ".join(f"{h}:{p}" for h, p in nameservers) + " (DNS_NAMESERVERS)"
              if nameservers else f"{resolver.description} (system resolvers)")
-    checker = DomainChecker(resolver, target=host, ca_identity=ca_identity)
+    checker = DomainChecker(resolver, target=host, aliases=aliases, ca_identity=ca_identity)
     observation = await checker.observe(name)
-    verdict = judge(observation, target=host, ca_identity=ca_identity)
+    verdict = judge(observation, target=host, ca_identity=ca_identity, aliases=aliases)
     # Where HTTPS is tried: only asked when the name leads here (a CNAME chain reaching
     # the host was not resolved to addresses by `observe`).
     leads = isinstance(verdict, Verified) or verdict.code == CAA_FORBIDS
@@ -179,8 +182,15 @@ async def check_dns(name: str, *, host: str, ca_identity: str,
                        f"{', '.join(addresses) or address_error or 'none'}")
     if isinstance(verdict, Verified):
         data["matched_by"] = verdict.matched_by
-        check = Check("dns", PASS, f"{verdict.description} (matched by {verdict.matched_by})",
-                      [*details, f"CAA: {verdict.caa_note}"], data=data)
+        data["matched_host"] = verdict.alias or host
+        summary = f"{verdict.description} (matched by {verdict.matched_by})"
+        if verdict.alias is not None:
+            summary = (f"{arrow(verdict.chain)} (matched by {verdict.matched_by}, through "
+                       f"{verdict.alias}, an alias of {host} in TRACKING_HOST_ALIASES)")
+            details.append(f"{verdict.alias} is accepted while it is in TRACKING_HOST_ALIASES; "
+                           f"after that, {name} must reach {host} (directly, or because "
+                           f"{verdict.alias} is a CNAME to it)")
+        check = Check("dns", PASS, summary, [*details, f"CAA: {verdict.caa_note}"], data=data)
         return DnsFacts(check, True, addresses)
     if len(observation.chain) > 1:
         details.insert(1, f"chain: {arrow(observation.chain)}")
@@ -586,12 +596,14 @@ class Options:
     destination: str
     timeout_s: float
     click_timeout_s: float
+    aliases: tuple[str, ...] = ()
 
 
 def options(args: argparse.Namespace, environ: Mapping[str, str]) -> Options:
     env = Env(environ)
     host = env.tracking_host()
-    checked = validate_name(args.name, host)
+    aliases = parse_host_aliases(env.raw("TRACKING_HOST_ALIASES"), host)
+    checked = validate_name(args.name, host, aliases)
     if isinstance(checked, Rejection):
         raise CliError(f"{args.name!r}: {checked.reason}", USAGE)
     ca_bundle = Path(args.ca_bundle) if args.ca_bundle else None
@@ -610,14 +622,14 @@ def options(args: argparse.Namespace, environ: Mapping[str, str]) -> Options:
         connect=args.connect, https_port=args.https_port, ca_bundle=ca_bundle,
         redirector=parse_redirector(args.redirector) if args.redirector else None,
         destination=args.destination, timeout_s=args.timeout,
-        click_timeout_s=args.click_timeout)
+        click_timeout_s=args.click_timeout, aliases=aliases)
 
 
 async def diagnose(opts: Options, environ: Mapping[str, str]) -> list[Check]:
     name, now = opts.name, utc_now()
     dns_task = asyncio.ensure_future(check_dns(
         name, host=opts.host, ca_identity=opts.ca_identity, nameservers=opts.nameservers,
-        timeout_s=opts.dns_timeout_s))
+        timeout_s=opts.dns_timeout_s, aliases=opts.aliases))
     row, db_error = await load_row(environ, name)
     dns = await dns_task
     checks = [dns.check]
@@ -712,8 +724,10 @@ async def request_link(opts: Options, environ: Mapping[str, str], route: Route,
                           route=route, recipient=recipient), recipient
 
 
-def render(name: str, host: str, checks: Sequence[Check]) -> str:
-    lines = [f"doctor {name} (platform host {host})", ""]
+def render(name: str, host: str, checks: Sequence[Check],
+           aliases: Sequence[str] = ()) -> str:
+    also = f", aliases {', '.join(aliases)}" if aliases else ""
+    lines = [f"doctor {name} (platform host {host}{also})", ""]
     width = max(len(c.name) for c in checks)
     pad = " " * (6 + width + 2)
     for check in checks:
@@ -735,8 +749,9 @@ async def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     checks = await diagnose(opts, environ)
     ok = not any(check.status == FAIL for check in checks)
     if args.json:
-        emit_json({"domain": opts.name, "tracking_host": opts.host, "ok": ok,
+        emit_json({"domain": opts.name, "tracking_host": opts.host,
+                   "tracking_host_aliases": list(opts.aliases), "ok": ok,
                    "checks": [check.document() for check in checks]})
     else:
-        print(render(opts.name, opts.host, checks))
+        print(render(opts.name, opts.host, checks, opts.aliases))
     return OK if ok else FAILED

@@ -21,7 +21,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.broker.publisher import Publisher
 from shared.db.models import DOMAIN_STATUSES, AcmeEvent, TrackingDomain
-from shared.domains import InvalidDomain, normalise_domain
+from shared.domains import (
+    InvalidDomain,
+    normalise_domain,
+    parse_host_aliases,
+    platform_host_of,
+)
 from shared.errors import TransientError
 from shared.events import DomainCreated, DomainDeleted, EventData, encode_event, new_event_id
 from shared.settings import Env
@@ -52,15 +57,18 @@ MAX_CUSTOMER_ID = 256
 
 def parse_name(raw: str, environ: Mapping[str, str]) -> str:
     """The normal form of a domain given on the command line, or a usage error. With
-    TRACKING_HOST set, the platform's own host (and names under it) are refused too."""
+    TRACKING_HOST set, the platform's own host, its TRACKING_HOST_ALIASES (and names
+    under them) are refused too."""
     try:
         name = normalise_domain(raw)
     except InvalidDomain as exc:
         raise CliError(f"{raw!r} cannot be a tracking domain: {exc}", USAGE) from None
-    host = Env(environ).raw("TRACKING_HOST")
+    env = Env(environ)
+    host = env.raw("TRACKING_HOST")
     if host:
         tracking_host = host.lower().rstrip(".")
-        if name == tracking_host or name.endswith("." + tracking_host):
+        aliases = parse_host_aliases(env.raw("TRACKING_HOST_ALIASES"), tracking_host)
+        if platform_host_of(name, (tracking_host, *aliases)) is not None:
             raise CliError(f"{name} is the platform's own tracking host (or under it); a "
                            f"customer's domain must CNAME to {tracking_host}", USAGE)
     return name

@@ -8,12 +8,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from demo.net import free_port
+from demo.processes import ServiceProcess
 from shared.links import LinkSigner
 from shared.settings import BrokerSettings, DatabaseSettings, LinkKey
 from tests.conftest import TRACKING_HOST, service_env
 from tests.support.databases import execute, fetch
-from tests.support.processes import ServiceProcess
-from tests.support.proxy import free_port
+
+# The platform's old host during a move (TRACKING_HOST_ALIASES): it serves every link too.
+OLD_HOST = "click.old-platform.test"
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -52,7 +55,8 @@ def test_clicks_on_minted_links_redirect_and_become_rows(
     asyncio.run(execute(database, "INSERT INTO tracking_domains (name, customer_id, status, "
                         "verified) VALUES ('track.customer-a.test', 'cust-a', 'active', true)"))
     port = free_port()
-    env = service_env(broker, database, tmp_path, REDIRECTOR_BIND=f"127.0.0.1:{port}")
+    env = service_env(broker, database, tmp_path, REDIRECTOR_BIND=f"127.0.0.1:{port}",
+                      TRACKING_HOST_ALIASES=OLD_HOST)
     base = f"http://127.0.0.1:{port}"
     signer = LinkSigner(link_keys)
     destinations = [
@@ -68,7 +72,7 @@ def test_clicks_on_minted_links_redirect_and_become_rows(
         for number, destination in enumerate(destinations):
             token = signer.mint_token(customer_id="cust-a", campaign_id="camp-1",
                                       recipient_id=f"rcpt-{number}", url=destination)
-            for host in (TRACKING_HOST, "track.customer-a.test"):
+            for host in (TRACKING_HOST, OLD_HOST, "track.customer-a.test"):
                 status, headers = get(f"{base}/t/{token}", host)
                 assert status == 302
                 assert headers["Location"].encode("latin-1").decode("utf-8") == destination
@@ -86,6 +90,8 @@ def test_clicks_on_minted_links_redirect_and_become_rows(
         status, headers = get(f"{base}/t/{foreign}", "track.customer-a.test")
         assert status == 404 and "Location" not in headers
         assert get(f"{base}/t/{foreign}x", TRACKING_HOST)[0] == 404
+        # A host that is neither the platform's (under any name) nor a tracking domain.
+        assert get(f"{base}/t/{head_token}", "click.unknown.test")[0] == 404
 
         assert wait_rows(database, served) == served
         time.sleep(0.5)  # nothing more may arrive: the refused clicks made no rows
@@ -93,7 +99,8 @@ def test_clicks_on_minted_links_redirect_and_become_rows(
         assert len(rows) == served
         assert len({row["event_id"] for row in rows}) == served
         assert {row["url"] for row in rows} == set(destinations)
-        assert {row["domain"] for row in rows} == {TRACKING_HOST, "track.customer-a.test"}
+        assert {row["domain"] for row in rows} == {TRACKING_HOST, OLD_HOST,
+                                                   "track.customer-a.test"}
         bots = [row for row in rows if row["bot"]]
         assert [row["bot_reason"] for row in bots] == ["head-request"]
         assert bots[0]["method"] == "HEAD" and bots[0]["recipient_id"] == "scanner"

@@ -17,6 +17,7 @@ import msgspec
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
 
+from demo.dns import DnsServer
 from services.verifier.announcer import Announcer
 from services.verifier.checks import DomainChecker
 from services.verifier.dns import DnsResolver
@@ -50,7 +51,6 @@ from shared.events import (
 from shared.settings import BrokerSettings, DatabaseSettings
 from tests.support.amqp import message, message_count
 from tests.support.databases import execute, fetch
-from tests.support.dns_server import DnsServer
 
 pytestmark = pytest.mark.integration
 
@@ -649,3 +649,61 @@ async def test_the_store_works_on_sqlite(tmp_path: Path, dns_server: DnsServer) 
         assert await store.get(NAME) is None
     finally:
         await engine.dispose()
+
+
+# --- the platform host moving: TRACKING_HOST_ALIASES ------------------------------------
+
+OLD_HOST = "click.old-platform.test"  # the alias: the platform host being moved away from
+
+
+def with_alias(harness: Harness) -> Harness:
+    """The harness's verifier, configured as during a move: OLD_HOST is an alias of HOST."""
+    harness.policy = fast_policy(tracking_host_aliases=(OLD_HOST,))
+    harness.checker = DomainChecker(DnsResolver((("127.0.0.1", harness.dns.port),),
+                                                timeout_s=0.5),
+                                    target=HOST, aliases=(OLD_HOST,),
+                                    ca_identity="letsencrypt.org")
+    harness.dns.a(OLD_HOST, "192.0.2.20")
+    return harness
+
+
+async def test_a_domain_cnamed_to_an_alias_is_verified_and_its_reason_names_the_alias(
+        harness: Harness) -> None:
+    harness = with_alias(harness)
+    harness.dns.cname(NAME, OLD_HOST)  # pointed at the old host, never moved
+    harness.dns.cname("track.customer-b.test", HOST)  # already on the new one
+
+    assert await harness.handle(created()) == Outcome("verified", matched_by="cname")
+    assert await harness.handle(created("track.customer-b.test", "cust-b")) == Outcome(
+        "verified", matched_by="cname")
+
+    row = await harness.row()
+    assert row is not None and (row["status"], row["matched_by"]) == ("verified", "cname")
+    assert row["dns_chain"] == (f"{NAME} -> {OLD_HOST} [{OLD_HOST} is an alias of {HOST} in "
+                                "TRACKING_HOST_ALIASES]")
+    other = await harness.row("track.customer-b.test")
+    assert other is not None and other["dns_chain"] == f"track.customer-b.test -> {HOST}"
+    chains = {e["data"]["domain"]: e["data"]["chain"] for e in await harness.events(2)}
+    assert chains == {NAME: [NAME, OLD_HOST],
+                      "track.customer-b.test": ["track.customer-b.test", HOST]}
+    # The operator's query for the domains that depend on the alias (docs/operations.md).
+    depending = await fetch(harness.database, "SELECT name FROM tracking_domains WHERE "
+                                              "dns_chain LIKE '%in TRACKING_HOST_ALIASES]'")
+    assert [r["name"] for r in depending] == [NAME]
+
+
+async def test_an_alias_is_never_a_customers_domain_and_other_targets_stay_wrong(
+        harness: Harness) -> None:
+    harness = with_alias(harness)
+    assert await harness.handle(created(f"x.{OLD_HOST}")) == Outcome("rejected",
+                                                                      "platform_host")
+    [rejected] = await harness.events(1)
+    assert rejected["type"] == "domain.rejected"
+    assert f"CNAME to {HOST}" in rejected["data"]["reason"]
+    assert await harness.row(f"x.{OLD_HOST}") is None
+
+    harness.dns.cname(NAME, "click.other-esp.test")
+    harness.dns.a("click.other-esp.test", "198.51.100.7")
+    pending = await harness.handle(created())
+    assert isinstance(pending, TransientError) and "wrong_target" in pending.reason
+    assert f"should point to {HOST}" in pending.reason

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from shared.domains import InvalidDomain, host_from_header, normalise_domain
+from shared.domains import (
+    InvalidDomain,
+    host_from_header,
+    normalise_domain,
+    parse_host_aliases,
+    platform_host_of,
+)
+from shared.errors import SettingsError
 
 
 @pytest.mark.parametrize(("name", "expected"), [
@@ -152,3 +159,61 @@ def test_host_header_matches_the_normal_form(header: str) -> None:
 def test_unicode_host_header_matches_nothing_normalised() -> None:
     # Cheap on purpose: no IDNA. Browsers send A-labels, so a U-label simply matches no domain.
     assert host_from_header("bücher.example") != normalise_domain("bücher.example")
+
+
+# --- TRACKING_HOST_ALIASES ----------------------------------------------------------------------
+
+HOST = "click.new.test"
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (None, ()),
+    ("", ()),
+    (" , ", ()),
+    ("click.old.test", ("click.old.test",)),
+    (" Click.Old.TEST. ,click.older.test,", ("click.old.test", "click.older.test")),
+    ("localhost", ("localhost",)),  # single labels, as TRACKING_HOST allows
+    ("klick.bücher.test", ("klick.xn--bcher-kva.test",)),
+])
+def test_host_aliases_are_normalised_like_the_host(value: str | None,
+                                                   expected: tuple[str, ...]) -> None:
+    assert parse_host_aliases(value, HOST) == expected
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    ("click.old.test:443", "entry 'click.old.test:443' is not a valid host name"),
+    ("https://click.old.test", "is not a valid host name"),
+    ("click.old.test,192.0.2.1", "entry '192.0.2.1' is not a valid host name: "),
+    ("*.old.test", "wildcard"),
+    ("click..old.test", "empty label"),
+    ("Click.New.Test.", "names TRACKING_HOST (click.new.test) itself"),
+    ("click.old.test, CLICK.OLD.TEST", "names click.old.test twice"),
+])
+def test_malformed_host_aliases_name_the_setting(value: str, says: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        parse_host_aliases(value, HOST)
+    message = str(caught.value)
+    assert message.startswith("TRACKING_HOST_ALIASES ") and says in message
+    assert "\n" not in message
+
+
+def test_platform_host_of_names_the_host_a_name_is_or_is_under() -> None:
+    hosts = (HOST, "click.old.test")
+    assert platform_host_of(HOST, hosts) == HOST
+    assert platform_host_of("a.click.old.test", hosts) == "click.old.test"
+    assert platform_host_of("old.test", hosts) is None
+    assert platform_host_of("xclick.old.test", hosts) is None
+
+
+def test_the_redirector_serves_every_customer_on_the_platform_host_under_any_name() -> None:
+    from services.redirector.domains import DomainDirectory
+
+    directory = DomainDirectory("click.new.test", ("click.old.test",))
+    directory.replace({"track.a.test": "cust-a"})
+    for customer in ("cust-a", "cust-b"):
+        assert directory.allows("click.new.test", customer)
+        assert directory.allows("click.old.test", customer)
+    assert directory.allows("track.a.test", "cust-a")
+    assert not directory.allows("track.a.test", "cust-b")
+    assert not directory.allows("click.other.test", "cust-a")
+    assert not DomainDirectory("click.new.test").allows("click.old.test", "cust-a")

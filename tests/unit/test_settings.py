@@ -328,8 +328,11 @@ def test_bad_tracking_host(value: str) -> None:
 
 def test_redirector_settings_load() -> None:
     settings = redirector_settings.load({**MINIMAL, "TRUSTED_PROXIES": "10.0.0.0/8",
-                                         "REDIRECTOR_BIND": "0.0.0.0:9000"})
+                                         "REDIRECTOR_BIND": "0.0.0.0:9000",
+                                         "TRACKING_HOST_ALIASES": "Click.Old.test., x.test"})
     assert settings.bind == ("0.0.0.0", 9000)
+    assert settings.tracking_host_aliases == ("click.old.test", "x.test")
+    assert redirector_settings.load(MINIMAL).tracking_host_aliases == ()
     assert settings.tracking_host == "click.platform.test"
     assert settings.link_keys == (LinkKey(kid="k1", secret=SECRET.encode()),)
     assert settings.trusted_proxies == (ipaddress.ip_network("10.0.0.0/8"),)
@@ -352,6 +355,8 @@ def test_redirector_settings_load() -> None:
     ("CLICK_LINGER_MS", "soon"),
     ("DOMAIN_REFRESH_S", "0"),
     ("DRAIN_TIMEOUT_S", "-1"),
+    ("TRACKING_HOST_ALIASES", "click.old.test:80"),
+    ("TRACKING_HOST_ALIASES", "click.platform.test"),
 ])
 def test_redirector_setting_errors_name_the_setting(name: str, value: str) -> None:
     message = error(lambda: redirector_settings.load({**MINIMAL, name: value}))

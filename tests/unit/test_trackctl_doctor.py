@@ -197,3 +197,11 @@ def test_render_shows_fixes_only_for_failures_and_counts() -> None:
         f"1 passed, 1 warned, 1 failed, 1 skipped: {NAME} does not work yet",
     ]
     assert SKIP == "skipped"
+
+
+def test_render_names_the_aliases_of_the_platform_host() -> None:
+    checks = [Check("dns", PASS, "ok")]
+    assert render(NAME, HOST, checks).splitlines()[0] == (
+        f"doctor {NAME} (platform host {HOST})")
+    assert render(NAME, HOST, checks, ("click.old.test",)).splitlines()[0] == (
+        f"doctor {NAME} (platform host {HOST}, aliases click.old.test)")

@@ -42,6 +42,12 @@ def test_parse_name_normalises_and_refuses() -> None:
     for platform in ("click.platform.test", "x.click.platform.test"):
         with pytest.raises(CliError, match="platform's own tracking host"):
             parse_name(platform, env)
+    # The names the platform is moving away from are still its own.
+    env["TRACKING_HOST_ALIASES"] = "click.old-platform.test"
+    for platform in ("click.old-platform.test", "x.click.old-platform.test"):
+        with pytest.raises(CliError, match=r"must CNAME to click\.platform\.test"):
+            parse_name(platform, env)
+    assert parse_name("old-platform.test", env) == "old-platform.test"
 
 
 def test_check_customer() -> None:

@@ -58,6 +58,27 @@ async def test_chain_is_followed_hop_by_hop_and_stops_at_the_host() -> None:
     assert ("CNAME", HOST) not in dns.asked and not [q for q in dns.asked if q[0] == "ADDR"]
 
 
+async def test_an_alias_of_the_host_is_a_target_and_the_chain_is_followed_past_it() -> None:
+    old = "click.old-platform.test"
+    dns = FakeDns(cnames={"t.a.test": old}, addrs={old: frozenset({"192.0.2.9"})})
+    checker = DomainChecker(dns, target=HOST, aliases=(old,), ca_identity="letsencrypt.org")
+    verdict = await checker.check("t.a.test")
+    assert isinstance(verdict, Verified) and verdict.chain == ("t.a.test", old)
+    assert verdict.alias == old and old in verdict.description
+    # The alias's own CNAME was asked (does the domain depend on the alias?); no address.
+    assert ("CNAME", old) in dns.asked and not [q for q in dns.asked if q[0] == "ADDR"]
+
+    dns.broken.add(old)  # the old zone does not answer: the alias was reached, enough
+    verdict = await checker.check("t.a.test")
+    assert isinstance(verdict, Verified) and verdict.alias == old
+
+    dns.broken.clear()
+    dns.cnames[old] = HOST  # the old name now leads to the new one: no alias needed
+    verdict = await checker.check("t.a.test")
+    assert isinstance(verdict, Verified) and verdict.alias is None
+    assert verdict.chain == ("t.a.test", old, HOST)
+
+
 async def test_loop_stops_following() -> None:
     dns = FakeDns(cnames={"t.a.test": "b.test", "b.test": "c.test", "c.test": "b.test"})
     verdict = await DomainChecker(dns, target=HOST, ca_identity="letsencrypt.org").check(

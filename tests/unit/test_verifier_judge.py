@@ -83,6 +83,59 @@ def test_the_platform_host_and_names_under_it_are_refused(raw: str) -> None:
     assert HOST in result.reason
 
 
+OLD = "click.old-platform.test"  # the platform host being moved away from
+
+
+@pytest.mark.parametrize("raw", [OLD, "x.click.old-platform.test"])
+def test_aliases_and_names_under_them_are_refused_too(raw: str) -> None:
+    result = validate_name(raw, HOST, (OLD,))
+    assert isinstance(result, Rejection) and result.code == PLATFORM_HOST
+    assert OLD in result.reason and f"CNAME to {HOST}" in result.reason
+    assert validate_name("old-platform.test", HOST, (OLD,)) == "old-platform.test"
+
+
+def test_a_cname_to_an_alias_is_verified_and_names_the_alias() -> None:
+    verdict = judge(Observation(NAME, (NAME, "edge.cdn.test", OLD)), target=HOST,
+                    ca_identity=CA, aliases=(OLD,))
+    assert verdict == Verified(
+        "cname", (NAME, "edge.cdn.test", OLD),
+        f"{NAME} -> edge.cdn.test -> {OLD} [{OLD} is an alias of {HOST} in "
+        "TRACKING_HOST_ALIASES]", "no CAA records", alias=OLD)
+    assert chain_of(verdict.description) == [NAME, "edge.cdn.test", OLD]
+
+
+def test_a_chain_through_an_alias_to_the_host_does_not_depend_on_the_alias() -> None:
+    # The old name chained to the new one (the move's step 2): the host itself is reached.
+    verdict = judge(Observation(NAME, (NAME, OLD, HOST)), target=HOST, ca_identity=CA,
+                    aliases=(OLD,))
+    assert isinstance(verdict, Verified) and verdict.alias is None
+    assert verdict.description == f"{NAME} -> {OLD} -> {HOST}"
+
+
+def test_nothing_beyond_an_alias_can_fail_the_check() -> None:
+    for chain in [(NAME, OLD, "lb.hosting.test", OLD),  # a loop behind the alias
+                  (NAME, OLD, *(f"h{i}.hosting.test" for i in range(9)))]:  # too long
+        verdict = judge(Observation(NAME, chain), target=HOST, ca_identity=CA,
+                        aliases=(OLD,))
+        assert isinstance(verdict, Verified) and verdict.chain == (NAME, OLD), chain
+        assert verdict.alias == OLD
+        assert isinstance(run(Observation(NAME, chain)), NotYet)  # without the alias
+
+
+def test_an_alias_no_longer_listed_is_a_wrong_target() -> None:
+    verdict = run(Observation(NAME, (NAME, OLD), addresses=frozenset({"192.0.2.9"}),
+                              target_addresses=frozenset({"192.0.2.10"})))
+    assert isinstance(verdict, NotYet) and verdict.code == WRONG_TARGET
+    assert f"it should point to {HOST}" in verdict.reason
+
+
+def test_caa_still_decides_for_a_chain_to_an_alias() -> None:
+    verdict = judge(Observation(NAME, (NAME, OLD), caa=(CaaLevel(NAME),
+                                CaaLevel("customer-a.test", (issue("digicert.com"),)))),
+                    target=HOST, ca_identity=CA, aliases=(OLD,))
+    assert isinstance(verdict, NotYet) and verdict.code == CAA_FORBIDS
+
+
 def test_a_cname_to_the_host_is_verified() -> None:
     verdict = run(Observation(NAME, (NAME, HOST)))
     assert verdict == Verified("cname", (NAME, HOST), f"{NAME} -> {HOST}", "no CAA records")

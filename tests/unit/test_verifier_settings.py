@@ -10,6 +10,7 @@ import pytest
 from services.verifier.settings import VerifyPolicy, load, parse_delays, parse_nameservers
 from shared.broker.names import RETRY_DELAYS_MS
 from shared.errors import SettingsError
+from shared.lifecycle import load_or_exit
 
 
 def test_defaults() -> None:
@@ -25,6 +26,26 @@ def test_defaults() -> None:
     assert settings.policy.min_recheck_delay_s == 1.0
     assert settings.policy.max_recheck_delay_s == 3600.0
     assert settings.policy.tombstone_s > settings.policy.max_recheck_delay_s
+    assert settings.policy.tracking_host_aliases == ()
+
+
+def test_tracking_host_aliases() -> None:
+    settings = load({"TRACKING_HOST": "click.new.test",
+                     "TRACKING_HOST_ALIASES": "Click.Old.TEST., click.older.test"})
+    assert settings.policy.tracking_host == "click.new.test"
+    assert settings.policy.tracking_host_aliases == ("click.old.test", "click.older.test")
+
+
+def test_a_malformed_alias_stops_the_verifier_with_one_line(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        load_or_exit("verifier", load, {"TRACKING_HOST": "click.new.test",
+                                        "TRACKING_HOST_ALIASES": "click.old.test:80"})
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("verifier: configuration error: TRACKING_HOST_ALIASES entry "
+                          "'click.old.test:80' is not a valid host name")
 
 
 @pytest.mark.parametrize("value, parsed", [
