@@ -15,11 +15,15 @@ from __future__ import annotations
 class TransientError(Exception):
     """Work that may succeed if tried again later."""
 
-    def __init__(self, reason: str, *, delay_s: float | None = None) -> None:
+    def __init__(self, reason: str, *, delay_s: float | None = None,
+                 counts_attempt: bool = True) -> None:
         super().__init__(reason)
         self.reason = reason
         # A handler that knows when to come back (a rate limit's reset) says so.
         self.delay_s = delay_s
+        # False when the work was not tried at all (a stopping service handing it back):
+        # the attempt is not spent, so hand-backs never exhaust an event's attempts.
+        self.counts_attempt = counts_attempt
 
 
 class PermanentError(Exception):

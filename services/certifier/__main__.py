@@ -8,8 +8,10 @@ import functools
 import os
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import structlog
 from aio_pika.abc import AbstractRobustConnection
@@ -25,14 +27,34 @@ from services.certifier.renewal import RenewalPolicy, renew_forever
 from services.certifier.settings import CertifierSettings
 from shared.broker import topology as broker_topology
 from shared.broker.connection import connect, open_channel
-from shared.broker.consumer import ConsumePolicy, Consumer
+from shared.broker.consumer import ConsumePolicy, Consumer, Handler
 from shared.broker.names import CERTIFIER_QUEUE, RETRY_DELAYS_MS
 from shared.broker.publisher import Publisher
 from shared.db.migrate import open_migrated
+from shared.events import Event
 from shared.lifecycle import event_source, service_main
 from shared.metrics import CertifierMetrics, MetricsServer, new_registry
 
 log = structlog.get_logger("services.certifier")
+
+
+class InFlight:
+    """The consumer's handler, keeping the tasks running it: what `stop()` abandons if they
+    outlive the drain timeout (cancelling one kills its certbot and leaves its message
+    unacked, so the broker delivers it again)."""
+
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    async def __call__(self, events: Sequence[Event[Any]]) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        try:
+            await self._handler(events)
+        finally:
+            self.tasks.discard(task)
 
 
 @dataclass
@@ -42,25 +64,44 @@ class Running:
     engine: AsyncEngine
     connection: AbstractRobustConnection
     consumer: Consumer
+    handling: InFlight
     renewal: asyncio.Task[None]
     stopping: asyncio.Event
     certbot: Certbot
     sites: NginxSites
     store: DomainStore
     outcomes: Counter[str]
+    drain_timeout_s: float = 60.0
 
     async def stop(self) -> None:
-        log.info("certifier.stopping")
+        """SIGTERM: stop consuming and start no certbot run. The run in progress (an
+        event's or a renewal's) may finish within `drain_timeout_s`; events waiting for
+        certbot are handed back (`Stopping`) as soon as that run has ended, or at once
+        when another process holds the directory. Whatever still runs at the deadline is
+        abandoned: certbot is killed and the event stays unacked for the broker to
+        deliver again (the handlers are idempotent)."""
+        log.info("certifier.stopping", drain_timeout_s=self.drain_timeout_s)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.drain_timeout_s
         self.stopping.set()
-        await self.consumer.stop(timeout_s=60)
-        self.renewal.cancel()
+        self.certbot.refuse_new_work()
+        await self.consumer.stop(timeout_s=self.drain_timeout_s)
+        await asyncio.wait({self.renewal}, timeout=max(deadline - loop.time(), 0.0))
+        abandoned = [task for task in (*self.handling.tasks, self.renewal) if not task.done()]
+        for task in abandoned:
+            task.cancel()
+        if abandoned:
+            log.warning("certifier.abandoned", tasks=len(abandoned),
+                        drain_timeout_s=self.drain_timeout_s)
+            await asyncio.wait(abandoned, timeout=10)
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self.renewal
         with contextlib.suppress(Exception):
             await self.connection.close()
         await self.engine.dispose()
-        log.info("certifier.stopped", certbot_runs=self.certbot.runs,
-                 nginx_reloads=self.sites.reloads, outcomes=dict(self.outcomes))
+        log.info("certifier.stopped", drained=not abandoned, abandoned=len(abandoned),
+                 certbot_runs=self.certbot.runs, nginx_reloads=self.sites.reloads,
+                 outcomes=dict(self.outcomes))
 
 
 async def start(settings: CertifierSettings, metrics: CertifierMetrics | None = None) -> Running:
@@ -102,11 +143,11 @@ async def start(settings: CertifierSettings, metrics: CertifierMetrics | None = 
                                         or RETRY_DELAYS_MS)
     exchange = await broker_topology.declare(channel, topology)
     publisher = Publisher(channel, exchange, source=source, observe=metrics.published)
+    handling = InFlight(functools.partial(
+        handle_events, store=store, issuer=issuer, sites=sites, publisher=publisher,
+        policy=policy, rng=rng, outcomes=outcomes))
     consumer = Consumer(
-        channel=channel, topology=topology, queue=CERTIFIER_QUEUE,
-        handler=functools.partial(handle_events, store=store, issuer=issuer, sites=sites,
-                                  publisher=publisher, policy=policy, rng=rng,
-                                  outcomes=outcomes),
+        channel=channel, topology=topology, queue=CERTIFIER_QUEUE, handler=handling,
         publisher=publisher,
         policy=ConsumePolicy(prefetch=settings.prefetch, max_attempts=settings.max_attempts),
         metrics=metrics.consumer,
@@ -125,9 +166,9 @@ async def start(settings: CertifierSettings, metrics: CertifierMetrics | None = 
              challenge_dir=str(settings.challenge_dir), nginx_conf=str(nginx.conf_path),
              nginx_reload=" ".join(nginx.reload_command) or None,
              database=settings.database.safe_url, broker=settings.broker.safe_url)
-    return Running(engine=engine, connection=connection, consumer=consumer, renewal=renewal,
-                   stopping=stopping, certbot=certbot, sites=sites, store=store,
-                   outcomes=outcomes)
+    return Running(engine=engine, connection=connection, consumer=consumer, handling=handling,
+                   renewal=renewal, stopping=stopping, certbot=certbot, sites=sites,
+                   store=store, outcomes=outcomes, drain_timeout_s=settings.drain_timeout_s)
 
 
 async def serve(settings: CertifierSettings, stop: asyncio.Event) -> None:

@@ -18,6 +18,8 @@ What counts as an answer from certbot, and what does not:
 Two certbot processes on one `--config-dir` collide (the second exits 1). Every run
 and every deletion happens inside `exclusive()`: an asyncio lock for this process and
 an `flock` on `<certbot dir>/certifier.lock` for other processes sharing the directory.
+Once the certifier is stopping (`refuse_new_work()`), the holder finishes its run and
+everything still waiting for the directory, or arriving later, gets `Stopping`.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from typing import Any
 import aiohttp
 import structlog
 from cryptography import x509
+
+from shared.errors import TransientError
 
 log = structlog.get_logger(__name__)
 
@@ -105,6 +109,16 @@ class CertbotError(Exception):
     def __init__(self, failure: CertbotFailure) -> None:
         super().__init__(f"{failure.code}: {failure.detail}")
         self.failure = failure
+
+
+class Stopping(TransientError):
+    """The certifier is stopping: no new certbot run starts. Transient with no delay, so
+    the consumer hands the event back through the shortest retry tier to another
+    certifier (or to this one's next start); nothing was asked of the CA."""
+
+    def __init__(self) -> None:
+        super().__init__("the certifier is stopping: handed back for another certifier",
+                         delay_s=0.0, counts_attempt=False)
 
 
 def read_certificate(path: Path) -> CertificateInfo:
@@ -186,6 +200,7 @@ class Certbot:
         self.lock_timeout_s = lock_timeout_s if lock_timeout_s is not None else 2 * timeout_s
         self._environ = dict(environ if environ is not None else os.environ)
         self._lock = asyncio.Lock()
+        self._refusing = False
         self.runs = 0  # certbot processes started by this adapter (tests count them)
 
     @property
@@ -206,15 +221,28 @@ class Certbot:
             log.warning("certificate.unreadable", domain=name, error=str(exc))
             return None
 
+    def refuse_new_work(self) -> None:
+        """From now on `exclusive()` raises `Stopping` instead of handing out the directory
+        (SIGTERM): whoever holds it finishes; whoever waits for it gives up (behind a
+        holder in this process, once that one is done; behind another process, at once)."""
+        self._refusing = True
+
+    def _refuse(self) -> None:
+        if self._refusing:
+            raise Stopping
+
     @contextlib.asynccontextmanager
     async def exclusive(self) -> AsyncIterator[None]:
         """Hold the certbot directory: no other run here or in another process meanwhile."""
+        self._refuse()
         async with self._lock:
+            self._refuse()
             self.base_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.base_dir / "certifier.lock", os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 deadline = time.monotonic() + self.lock_timeout_s
                 while True:
+                    self._refuse()  # another process holds it: do not wait it out
                     try:
                         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                         break
@@ -330,7 +358,11 @@ class Certbot:
                 FailureKind.LOCAL, f"certbot did not finish within {self.timeout_s:.0f} s"
             )) from None
         except asyncio.CancelledError:
-            _kill(process)  # never leave certbot running (and holding its locks) behind us
+            # Abandoned (the drain timeout of a stopping certifier): never leave certbot
+            # running, and holding its locks, behind us.
+            _kill(process)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(process.wait(), 5)
             raise
         assert process.returncode is not None
         return process.returncode, stderr.decode(errors="replace")

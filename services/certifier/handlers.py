@@ -19,7 +19,9 @@ Failures: a failed validation is retried with a growing delay (counted in `acme_
 so the count survives restarts) and after `validation_attempts` becomes
 `certificate.failed` with what the customer should fix; a CA refusal (CAA, policy)
 becomes `certificate.failed` at once; rate limits and an unreachable CA are
-`TransientError`s with the delay the limit needs.
+`TransientError`s with the delay the limit needs. A stopping certifier starts no certbot
+run: the events still waiting for one are handed back (`certbot.Stopping`, outcome
+`handed-back`) through the shortest retry tier.
 """
 
 from __future__ import annotations
@@ -34,7 +36,13 @@ from typing import Any
 
 import structlog
 
-from services.certifier.certbot import Certbot, CertbotFailure, CertificateInfo, FailureKind
+from services.certifier.certbot import (
+    Certbot,
+    CertbotFailure,
+    CertificateInfo,
+    FailureKind,
+    Stopping,
+)
 from services.certifier.database import CERTIFIABLE_STATUSES, DomainStore
 from services.certifier.issuance import Failed, HeldBack, Issued, Issuer, renew_at
 from services.certifier.nginx import NginxError, NginxSites, Site
@@ -119,7 +127,7 @@ async def certify(data: DomainVerified, *, store: DomainStore, issuer: Issuer,
         return outcome
     except Exception as exc:
         if outcome == "unfinished":
-            outcome = "retry"
+            outcome = "handed-back" if isinstance(exc, Stopping) else "retry"
         error = error or (exc.reason if isinstance(exc, TransientError)
                           else f"{type(exc).__name__}: {exc}")
         raise

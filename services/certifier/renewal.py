@@ -13,6 +13,8 @@ tried again after `CERTIFIER_RENEW_RETRY_S`; once expiry is within
 `CERTIFIER_EXPIRY_WARNING_DAYS`, every failed attempt also publishes
 `certificate.expiring`, so people hear of it while there is time to act.
 Lapsed and deleted domains have no `certificate_renew_at` and are never renewed.
+A stopping certifier ends the pass after the renewal in progress; the domains it did not
+reach stay due for the next start.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
+from services.certifier.certbot import Stopping
 from services.certifier.database import DomainRow, DomainStore
 from services.certifier.handlers import Policy, already_recorded, explain, put_in_service
 from services.certifier.issuance import Failed, HeldBack, Issuer
@@ -36,6 +39,8 @@ from shared.events import CertificateExpiring
 from shared.metrics import CertifierMetrics
 
 log = structlog.get_logger(__name__)
+
+STOPPED = "stopped"  # the certifier is stopping: this renewal was not started
 
 
 @dataclass(frozen=True)
@@ -55,10 +60,12 @@ async def renew_due(*, store: DomainStore, issuer: Issuer, sites: NginxSites,
                     metrics: CertifierMetrics | None = None) -> int:
     """Renew every active domain that is due now; returns how many were looked at."""
     rows = await store.due_for_renewal(clock(), limit=renewal.batch)
-    for row in rows:
+    for looked_at, row in enumerate(rows, start=1):
         outcome = await renew_one(row, store=store, issuer=issuer, sites=sites,
                                   publisher=publisher, policy=policy, renewal=renewal, rng=rng,
                                   clock=clock)
+        if outcome == STOPPED:
+            return looked_at - 1
         if metrics is not None:
             metrics.renewal(outcome)
     return len(rows)
@@ -95,6 +102,9 @@ async def renew_one(row: DomainRow, *, store: DomainStore, issuer: Issuer, sites
                                  sites=sites, publisher=publisher, policy=policy, rng=rng)
             outcome = "renewed" if result.fresh else "recorded-existing"
             return outcome
+    except Stopping:
+        outcome = STOPPED  # not postponed: still due when a certifier next looks
+        return outcome
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # logged and retried later; the loop must go on

@@ -63,6 +63,9 @@ class CertifierSettings:
     retry_delays_ms: tuple[int, ...] | None
     log_level: str
     metrics_bind: tuple[str, int] | None = None
+    # On SIGTERM: how long the certbot run in progress may take to finish before it is
+    # abandoned (killed, its event left unacked for the broker to deliver again).
+    drain_timeout_s: float = 60.0
 
 
 def _default_certbot() -> str:
@@ -167,4 +170,5 @@ def load(environ: Mapping[str, str]) -> CertifierSettings:
         retry_delays_ms=_delays(env),
         log_level=env.str("LOG_LEVEL", "INFO").upper(),
         metrics_bind=load_bind(environ, "certifier"),
+        drain_timeout_s=env.float("CERTIFIER_DRAIN_TIMEOUT_S", 60.0, minimum=0.0),
     )

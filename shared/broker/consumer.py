@@ -11,7 +11,8 @@ For each delivered message:
 
 `TransientError` (and any unclassified exception, which is also logged with its
 traceback as a bug) sends the events to a delayed-retry tier with the attempt
-count incremented; after `max_attempts` they are dead-lettered. `PermanentError`
+count incremented; after `max_attempts` they are dead-lettered. A `TransientError`
+with `counts_attempt=False` (work handed back untried) keeps the count. `PermanentError`
 dead-letters them at once. Handlers must be idempotent: delivery is at least once,
 and a retried batch re-runs every event in it.
 
@@ -147,7 +148,7 @@ class Consumer:
                                             exc.reason, attempt)
                 except TransientError as exc:
                     outcome, error = await self._retry(events, message, attempt, exc.reason,
-                                                       exc.delay_s)
+                                                       exc.delay_s, spent=exc.counts_attempt)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -183,8 +184,9 @@ class Consumer:
             structlog.contextvars.clear_contextvars()
 
     async def _retry(self, events: Sequence[Event[Any]], message: AbstractIncomingMessage,
-                     attempt: int, reason: str, delay_s: float | None) -> tuple[str, str]:
-        if attempt >= self._policy.max_attempts:
+                     attempt: int, reason: str, delay_s: float | None,
+                     *, spent: bool = True) -> tuple[str, str]:
+        if spent and attempt >= self._policy.max_attempts:
             text = f"gave up after {attempt} attempts: {reason}"
             await self._dead_letter([e.raw for e in events], message, "exhausted", text,
                                     attempt)
@@ -193,7 +195,8 @@ class Consumer:
         body, batch = _body([e.raw for e in events])
         await self._publisher.send_to_queue(
             self._topology.retry_queue(self._name, delay_ms), body, batch=batch,
-            headers={**_passed_on(message, self._queue_name), ATTEMPT_HEADER: attempt + 1,
+            headers={**_passed_on(message, self._queue_name),
+                     ATTEMPT_HEADER: attempt + 1 if spent else attempt,
                      LAST_ERROR_HEADER: reason[:MAX_HEADER_TEXT]},
         )
         self._metrics.retried.inc()

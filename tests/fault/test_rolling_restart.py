@@ -9,23 +9,40 @@ work flows, and nothing is lost or done twice.
 - Domains: two verifiers judge `domain.created` events against a slow DNS server; one is
   stopped with SIGTERM while it holds events in flight, and started again. Each domain
   must be judged exactly once and announced exactly once.
+- Certificates: two certifiers sharing one certbot directory take `domain.verified`
+  events and get certificates from Pebble (HTTP-01 through nginx and a redirector). Each
+  is stopped with SIGTERM in the middle of a certbot run and replaced. It must finish
+  that run within its drain timeout and hand back the events it held; every domain ends
+  active with exactly one order and one certificate.issued, and nothing is dead-lettered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aio_pika
 import aiohttp
 import pytest
 
+from demo.dns import DnsServer
+from demo.net import free_port
+from demo.nginx import Nginx
+from demo.pebble import Pebble
+from demo.processes import ServiceProcess
 from shared.broker import topology as broker_topology
-from shared.broker.names import DOMAIN_CREATED, PLATFORM_QUEUE
-from shared.events import DomainCreated, encode_event
+from shared.broker.names import (
+    CERTIFICATE_ISSUED,
+    DOMAIN_CREATED,
+    DOMAIN_VERIFIED,
+    PLATFORM_QUEUE,
+)
+from shared.events import DomainCreated, DomainVerified, encode_event
 from shared.links import LinkSigner
 from shared.settings import BrokerSettings, DatabaseSettings
 from tests.conftest import TRACKING_HOST
@@ -42,10 +59,7 @@ from tests.fault.harness import (
     wait_rows,
 )
 from tests.support.amqp import message
-from tests.support.databases import fetch
-from tests.support.dns_server import DnsServer
-from tests.support.processes import ServiceProcess
-from tests.support.proxy import free_port
+from tests.support.databases import execute, fetch
 
 pytestmark = pytest.mark.fault
 
@@ -261,4 +275,181 @@ async def _verifier_sigterm(broker: BrokerSettings, database: DatabaseSettings,
 
 async def _verified(database: DatabaseSettings) -> list[str]:
     rows = await fetch(database, "SELECT name FROM tracking_domains WHERE status = 'verified'")
+    return [row["name"] for row in rows]
+
+
+# --- certifiers ------------------------------------------------------------------------------
+
+CERTIFIED = 12  # domains; about 2.5 s of certbot each, one run at a time per directory
+DRAIN_S = 20.0  # the certifiers' CERTIFIER_DRAIN_TIMEOUT_S
+
+
+@dataclass
+class CertifierStop:
+    process: ServiceProcess
+    held: str  # the domain of the certbot run it held when it was told to stop
+    exit_code: int
+    took_s: float
+
+
+def certbot_runs(pid: int) -> dict[int, str]:
+    """The `certbot certonly` processes that process `pid` runs now (its children): the
+    domain each is for (its `--cert-name`), by process id."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != pid:  # its parent
+                continue
+            argv = (stat.parent / "cmdline").read_bytes().decode().split("\0")
+            if "certonly" in argv:
+                found[int(stat.parent.name)] = argv[argv.index("--cert-name") + 1]
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return found
+
+
+async def stop_mid_issuance(process: ServiceProcess) -> CertifierStop:
+    """SIGTERM `process` as soon as it starts a new certbot run (so it holds one with a
+    couple of seconds to go, not one about to end); then wait for it to exit."""
+    assert process.process is not None
+    already = certbot_runs(process.process.pid)
+    deadline = time.monotonic() + 30
+    while not (fresh := [domain for pid, domain in certbot_runs(process.process.pid).items()
+                         if pid not in already]):
+        assert time.monotonic() < deadline, f"{process.name} never started a certbot run"
+        await asyncio.sleep(0.02)
+    started = time.monotonic()
+    exit_code = await asyncio.to_thread(process.terminate, DRAIN_S + 30)
+    return CertifierStop(process, fresh[0], exit_code, time.monotonic() - started)
+
+
+def certify_lines(process: ServiceProcess, after: str | None = None) -> list[dict[str, object]]:
+    text = process.log_text()
+    if after is not None:
+        text = text.split(after, 1)[1]
+    return [json.loads(line[line.index("{"):]) for line in text.splitlines()
+            if '"certificate.certify"' in line]
+
+
+async def test_rolling_restart_of_certifiers_mid_issuance_orders_each_certificate_once(
+        broker: BrokerSettings, database: DatabaseSettings, services: Services,
+        tmp_path: Path) -> None:
+    # Bounded even if something hangs (about 40 s when all is well).
+    await asyncio.wait_for(_rolling_certifiers(broker, database, services, tmp_path),
+                           timeout=150)
+
+
+async def _rolling_certifiers(broker: BrokerSettings, database: DatabaseSettings,
+                              services: Services, tmp_path: Path) -> None:
+    domains = [f"track.cert-{number}.test" for number in range(CERTIFIED)]
+    challenges, certbot_dir = tmp_path / "challenges", tmp_path / "certbot"
+    redirector_port = free_port()
+    upstream = f"127.0.0.1:{redirector_port}"
+    nginx = Nginx(tmp_path / "nginx", upstreams=[upstream])
+    # The CA resolves every name through the test's DNS server and validates HTTP-01 on
+    # nginx's plain-HTTP port; nginx passes the challenge path to the redirector, which
+    # answers from the directory the certifiers' hook writes.
+    with DnsServer() as dns, Pebble(tmp_path / "pebble", http_port=nginx.http_port,
+                                    dns_server=dns.address) as pebble, nginx:
+        dns.a(TRACKING_HOST, "127.0.0.1")
+        for domain in domains:
+            dns.cname(domain, TRACKING_HOST)
+            await execute(database, "INSERT INTO tracking_domains (name, customer_id, status, "
+                                    "verified) VALUES ($1, 'cust-roll', 'verified', true)",
+                          domain)
+        await start_redirector(services, redirector_port,
+                               ACME_CHALLENGE_DIR=str(challenges), TRUSTED_PROXIES="127.0.0.1")
+        env = {
+            "ACME_DIRECTORY_URL": pebble.directory_url,
+            "ACME_CA_BUNDLE": str(pebble.listener_ca), "ACME_EMAIL": "certs@platform.test",
+            "CERTBOT_DIR": str(certbot_dir), "ACME_CHALLENGE_DIR": str(challenges),
+            "NGINX_CONF_PATH": str(nginx.include),
+            "NGINX_RELOAD_COMMAND": shlex.join(nginx.reload_command),
+            "NGINX_HTTPS_LISTEN": nginx.https_listen, "NGINX_HTTP_LISTEN": nginx.http_listen,
+            "NGINX_UPSTREAMS": upstream, "CERTIFIER_DRAIN_TIMEOUT_S": str(DRAIN_S),
+        }
+
+        async def start_certifier() -> ServiceProcess:
+            process = services.start("certifier", **env)
+            await asyncio.to_thread(process.wait_for_log, "certifier.started", 20.0)
+            return process
+
+        first, second = await start_certifier(), await start_certifier()
+        topology = broker_topology.Topology(broker.exchange)
+        connection = await aio_pika.connect(broker.url, timeout=10)
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await broker_topology.declare(channel, topology)
+            await asyncio.gather(*(exchange.publish(
+                message(encode_event(DomainVerified(
+                    domain=domain, customer_id="cust-roll", matched_by="cname",
+                    chain=[domain, TRACKING_HOST]), source="/tests/verifier")),
+                routing_key=DOMAIN_VERIFIED, mandatory=True, timeout=10)
+                for domain in domains))
+
+        # One at a time, each in the middle of a certbot run of its own: stop it, then
+        # start its replacement.
+        stops = [await stop_mid_issuance(first)]
+        third = await start_certifier()
+        stops.append(await stop_mid_issuance(second))
+        fourth = await start_certifier()
+
+        deadline = time.monotonic() + 60
+        while len(active := await _active(database)) < len(domains):
+            assert time.monotonic() < deadline, (
+                f"only {len(active)} of {len(domains)} active: "
+                f"{sorted(set(domains) - set(active))}")
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)  # a duplicate would show up by now
+        for process in (third, fourth):
+            assert process.terminate() == 0
+        pebble_log = (pebble.directory / "pebble.log").read_text(errors="replace")
+
+    print(f"certifier stops (exit, seconds): {[(s.exit_code, round(s.took_s, 1)) for s in stops]}")
+    for stop in stops:
+        # It finished the certbot run it held, within its drain timeout, and exited 0.
+        assert stop.exit_code == 0, stop
+        assert stop.took_s < DRAIN_S, stop
+        log_text = stop.process.log_text()
+        assert '"certifier.stopping"' in log_text
+        # What it was doing (the run it held; a certificate being put in service) it
+        # finished; the rest it handed back.
+        after = certify_lines(stop.process, after='"certifier.stopping"')
+        assert {line["outcome"] for line in after} <= {"issued", "handed-back"}, after
+        assert stop.held in {line["domain"] for line in after
+                             if line["outcome"] == "issued"}, (stop.held, after)
+        [stopped] = log_lines(stop.process, '"certifier.stopped"')
+        assert '"drained": true' in stopped and '"abandoned": 0' in stopped, stopped
+    # What they held and had not started was handed back (the first held about half).
+    handed_back = [line for stop in stops for line in certify_lines(stop.process)
+                   if line["outcome"] == "handed-back"]
+    assert handed_back, "the stopped certifiers held nothing but the run: not mid-way"
+
+    # Every domain: one certificate, one order (our ledger and the CA's), announced once.
+    issued: Counter[str] = Counter()
+    for process in (first, second, third, fourth):
+        for line in certify_lines(process):
+            assert line["outcome"] in ("issued", "handed-back"), line
+            if line["outcome"] == "issued":
+                issued[str(line["domain"])] += 1
+    assert issued == Counter(dict.fromkeys(domains, 1)), issued
+    ledger = await fetch(database, "SELECT name, kind, count(*) AS n FROM acme_events "
+                                   "GROUP BY name, kind")
+    assert {(row["name"], row["kind"], row["n"]) for row in ledger} == {
+        (domain, kind, 1) for domain in domains for kind in ("order", "certificate")}
+    assert pebble_log.count("Added order") == len(domains)
+    assert pebble_log.count("Issued certificate serial") == len(domains)
+    announced = Counter(body["data"]["domain"] for m in await drain_queue(
+        broker, topology.queue(PLATFORM_QUEUE))
+        if (body := json.loads(m.body))["type"] == CERTIFICATE_ISSUED)
+    assert announced == Counter(dict.fromkeys(domains, 1)), announced
+    # No certbot run failed (a collision on the directory would have): failed runs keep
+    # their log directory, successful ones remove it.
+    assert not [p for p in (certbot_dir / "logs").iterdir() if p.is_dir()]
+    assert await queue_depth(broker, "certifier") == (0, 0)
+    assert (await queue_depth(broker, "certifier.dead"))[0] == 0
+
+
+async def _active(database: DatabaseSettings) -> list[str]:
+    rows = await fetch(database, "SELECT name FROM tracking_domains WHERE status = 'active'")
     return [row["name"] for row in rows]

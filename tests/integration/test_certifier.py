@@ -4,6 +4,7 @@ redirector process answering the HTTP-01 challenges from ACME_CHALLENGE_DIR."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -15,6 +16,9 @@ from typing import Any
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
+from demo.net import free_port
+from demo.pebble import Pebble, make_listener_ca
+from demo.processes import ServiceProcess
 from services.certifier import settings as certifier_settings
 from services.certifier.__main__ import Running, start
 from services.certifier.certbot import Certbot, read_certificate
@@ -39,11 +43,8 @@ from shared.events import (
 from shared.settings import BrokerSettings, DatabaseSettings
 from tests.conftest import TRACKING_HOST, service_env
 from tests.integration.conftest import FAST_DELAYS_MS
-from tests.support.amqp import connected, get_messages
+from tests.support.amqp import connected, get_messages, message_count, wait_count
 from tests.support.databases import execute, fetch
-from tests.support.pebble import Pebble, make_listener_ca
-from tests.support.processes import ServiceProcess
-from tests.support.proxy import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -154,7 +155,12 @@ async def test_verified_domain_is_certified_once_renewed_warned_and_removed(
             assert (live / "privkey.pem").is_file()
             assert (issued.data.serial, issued.data.not_before, issued.data.not_after) == (
                 on_disk.serial, on_disk.not_before, on_disk.not_after)
+            # The row becomes active just after certificate.issued is published.
             row = await domain_row(database)
+            deadline = time.monotonic() + 5
+            while row["status"] != "active" and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+                row = await domain_row(database)
             assert row["status"] == "active" and row["last_error"] is None
             assert row["certificate_serial"] == on_disk.serial
             assert row["certificate_expires_at"] == on_disk.not_after
@@ -295,3 +301,46 @@ async def test_failed_validations_hold_work_back_without_running_certbot(
         assert caught.value.delay_s is not None
         assert 9 * 60 < caught.value.delay_s <= 10 * 60
         assert running.certbot.runs == 0
+
+
+async def test_a_stopping_certifier_abandons_what_outlives_its_drain_timeout(
+        broker: BrokerSettings, database: DatabaseSettings, topology: Topology,
+        tmp_path: Path) -> None:
+    # A certbot that never finishes: the run in progress outlives the drain timeout.
+    started = tmp_path / "certbot-started"
+    slow = tmp_path / "slow-certbot"
+    slow.write_text(f"#!/bin/sh\necho $$ > {started}\nexec sleep 60\n")
+    slow.chmod(0o755)
+    listener_ca, _, _ = make_listener_ca(tmp_path / "listener")
+    env = certifier_env(broker, database, tmp_path, "https://127.0.0.1:9/dir", listener_ca,
+                        CERTBOT_COMMAND=str(slow), CERTIFIER_DRAIN_TIMEOUT_S="0.5")
+    other = "track.customer-b.test"
+    await insert_domain(database)
+    await insert_domain(database, other, customer="cust-b")
+    queue = topology.queue(CERTIFIER_QUEUE)
+    async with platform(broker, topology) as upstream, connected(broker.url) as side:
+        running = await start(certifier_settings.load(env))
+        try:
+            for name, customer in ((NAME, "cust-a"), (other, "cust-b")):
+                await upstream.send(DomainVerified(domain=name, customer_id=customer,
+                                                   matched_by="cname"))
+            await wait_for(started.exists)
+            pid = int(started.read_text())
+            # One event runs certbot, the other waits behind it for the directory.
+            await wait_for(lambda: len(running.handling.tasks) == 2)
+        finally:
+            before = time.monotonic()
+            await running.stop()
+            took = time.monotonic() - before
+
+        assert took < 3, f"stop took {took:.1f} s with a 0.5 s drain timeout"
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # certbot was killed (and reaped), not left behind
+        # Neither event finished; both were left unacked, so the broker holds them for
+        # the next certifier. Nothing was dead-lettered, nothing was asked of the CA.
+        assert not running.outcomes and running.certbot.runs == 1
+        assert await wait_count(side, queue, 2, timeout_s=5) == 2
+        assert await message_count(side, topology.dead_queue(CERTIFIER_QUEUE)) == 0
+    assert await acme_counts(database) == {}
+    for name in (NAME, other):
+        assert (await domain_row(database, name))["status"] == "verified"

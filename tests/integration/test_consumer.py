@@ -283,6 +283,25 @@ async def test_transient_error_delay_picks_a_tier_at_least_that_long(
     await assert_queues_empty(side, topology)
 
 
+async def test_work_handed_back_untried_spends_no_attempt(
+        broker: BrokerSettings, topology: Topology, side: AbstractConnection) -> None:
+    # More hand-backs than max_attempts allows tries: none of them dead-letters the event.
+    handbacks = MAX_ATTEMPTS + 2
+
+    async def hand_back(call: int, _events: Sequence[Event[Any]]) -> None:
+        if call <= handbacks:
+            raise TransientError("stopping: handed back", delay_s=0.0, counts_attempt=False)
+
+    recorder = Recorder(then=hand_back)
+    event_id, raw = click_event(1)
+    async with running(broker, topology, recorder) as run:
+        await run.send(message(raw))
+        assert await until(lambda: len(recorder.successes) == 1, timeout_s=10)
+    assert recorder.attempts == [1] * (handbacks + 1)
+    assert recorder.event_ids == [event_id] * (handbacks + 1)
+    await assert_queues_empty(side, topology, dead=0)
+
+
 # --- (e) ---------------------------------------------------------------------------------
 
 async def test_unexpected_exception_is_retried_then_dead_lettered_never_dropped(

@@ -21,6 +21,7 @@ from services.certifier.certbot import (
     CertbotFailure,
     CertificateInfo,
     FailureKind,
+    Stopping,
     classify_log,
     read_certificate,
 )
@@ -189,6 +190,7 @@ def test_settings_defaults_and_errors(tmp_path: Path) -> None:
     settings = certifier_settings.load({})
     assert settings.acme_directory_url == certifier_settings.LETS_ENCRYPT
     assert settings.nginx.https_port == 443 and settings.nginx.reload_command == ()
+    assert settings.drain_timeout_s == 60.0
     settings = certifier_settings.load({
         "ACME_DIRECTORY_URL": certifier_settings.LETS_ENCRYPT_STAGING,
         "NGINX_RELOAD_COMMAND": "nginx -p '/srv/my nginx/' -s reload",
@@ -200,7 +202,8 @@ def test_settings_defaults_and_errors(tmp_path: Path) -> None:
                         ("ACME_CA_BUNDLE", str(tmp_path / "missing.pem")),
                         ("NGINX_HTTPS_LISTEN", "443; evil"),
                         ("NGINX_UPSTREAMS", "nohostport"),
-                        ("CERTIFIER_RETRY_DELAYS_MS", "400,200")]:
+                        ("CERTIFIER_RETRY_DELAYS_MS", "400,200"),
+                        ("CERTIFIER_DRAIN_TIMEOUT_S", "-1")]:
         with pytest.raises(SettingsError, match=name):
             certifier_settings.load({name: value})
 
@@ -235,3 +238,50 @@ async def test_a_lock_held_too_long_is_a_local_failure(tmp_path: Path) -> None:
     assert caught.value.failure.kind is FailureKind.LOCAL
     async with waiter.exclusive():  # free again once the holder is done
         pass
+
+
+async def test_once_stopping_the_holder_finishes_and_everyone_else_is_refused(
+        tmp_path: Path) -> None:
+    # `here` is the stopping certifier; `there` another process on the same directory.
+    here, there = certbot_in(tmp_path), certbot_in(tmp_path)
+    events: list[str] = []
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def hold(certbot: Certbot, name: str) -> None:
+        try:
+            async with certbot.exclusive():
+                events.append(f"{name} in")
+                holding.set()
+                await release.wait()
+                events.append(f"{name} out")
+        except Stopping:
+            events.append(f"{name} refused")
+
+    # Here: one holds the directory, one waits behind it in this process.
+    holder = asyncio.create_task(hold(here, "holder"))
+    await holding.wait()
+    waiter = asyncio.create_task(hold(here, "waiter"))
+    await asyncio.sleep(0.05)
+    here.refuse_new_work()
+    with pytest.raises(Stopping) as refused:
+        async with here.exclusive():
+            pass
+    assert refused.value.delay_s == 0.0 and "stopping" in refused.value.reason
+    release.set()
+    await asyncio.gather(holder, waiter)
+    assert events == ["holder in", "holder out", "waiter refused"]
+
+    # While another process holds it, a stopping certifier stops waiting for the flock.
+    events.clear()
+    holding.clear()
+    release.clear()
+    elsewhere = asyncio.create_task(hold(there, "elsewhere"))
+    await holding.wait()
+    late = certbot_in(tmp_path)
+    waiting = asyncio.create_task(hold(late, "late"))
+    await asyncio.sleep(0.1)
+    late.refuse_new_work()
+    await asyncio.wait_for(waiting, 1)
+    release.set()
+    await elsewhere
+    assert events == ["elsewhere in", "late refused", "elsewhere out"]
