@@ -28,7 +28,10 @@ log = structlog.get_logger("services.logger")
 
 async def serve(settings: LoggerSettings, stop: asyncio.Event) -> None:
     source = event_source("logger")
-    engine = await open_migrated(settings.database, service="logger", pool_size=2)
+    # No pre-ping: the click store invalidates a connection that failed (database.py),
+    # and a ping per commit was about a tenth of the logger's CPU.
+    engine = await open_migrated(settings.database, service="logger", pool_size=2,
+                                 pre_ping=False)
     registry = new_registry()
     metrics = LoggerMetrics(registry)
     writer = BatchWriter(click_store(engine), max_rows=settings.batch_rows,

@@ -1,17 +1,23 @@
 """Writing click rows to `tracking_logs`, the fast way each database allows, idempotently.
 
-PostgreSQL: COPY straight into `tracking_logs` inside a savepoint. Duplicates are
-rare (only redeliveries after a crash or a lost ack), so that fast path almost
-always commits; when the unique index on `event_id` refuses the batch, the
-savepoint is rolled back and the batch goes the idempotent way: COPY into a
-session-local staging table, then `INSERT ... SELECT ... ON CONFLICT (event_id)
-DO NOTHING`. COPY is several times faster than row inserts, and the staging path
-writes every row twice, so taking it only when needed roughly halves the
-database's work. SQLite: `INSERT OR IGNORE` with executemany.
+PostgreSQL: COPY straight into `tracking_logs` in one transaction (BEGIN, COPY,
+COMMIT: three round trips). Duplicates are rare (only redeliveries after a crash or
+a lost ack), so that fast path almost always commits; when the unique index on
+`event_id` refuses the batch, the transaction is rolled back and the batch goes the
+idempotent way in a second one: COPY into a session-local staging table, then
+`INSERT ... SELECT ... ON CONFLICT (event_id) DO NOTHING`. COPY is several times
+faster than row inserts, and the staging path writes every row twice, so taking it
+only when needed roughly halves the database's work. SQLite: `INSERT OR IGNORE` with
+executemany.
+
+The logger's engine does not ping a connection at each checkout (a round trip per
+commit); instead a connection whose write failed for any reason but the rows
+themselves is invalidated, so the retry gets a fresh one.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Protocol
@@ -69,17 +75,28 @@ class PostgresClickStore:
             raw = await connection.get_raw_connection()
             driver = raw.driver_connection
             assert driver is not None
+            try:
+                return await self._write(driver, rows)
+            except BaseException as exc:
+                if not self.rejects_data(exc):
+                    # Broken, timed out or cancelled mid-statement: never pool it again.
+                    with contextlib.suppress(Exception):
+                        await connection.invalidate()
+                raise
+
+    @staticmethod
+    async def _write(driver: asyncpg.Connection, rows: Sequence[Row]) -> int:
+        try:
             async with driver.transaction():
-                try:
-                    async with driver.transaction():  # a savepoint
-                        await driver.copy_records_to_table(
-                            "tracking_logs", records=rows, columns=COLUMNS)
-                    return len(rows)
-                except asyncpg.UniqueViolationError:
-                    pass  # some rows are already stored: take the idempotent path
-                await driver.execute(_CREATE_STAGING)
-                await driver.copy_records_to_table(_STAGING, records=rows, columns=COLUMNS)
-                status = await driver.execute(_MERGE)
+                await driver.copy_records_to_table("tracking_logs", records=rows,
+                                                   columns=COLUMNS)
+            return len(rows)
+        except asyncpg.UniqueViolationError:
+            pass  # some rows are already stored: the idempotent path, in a new transaction
+        async with driver.transaction():
+            await driver.execute(_CREATE_STAGING)
+            await driver.copy_records_to_table(_STAGING, records=rows, columns=COLUMNS)
+            status = await driver.execute(_MERGE)
         return int(status.rsplit(" ", 1)[1])
 
     def rejects_data(self, exc: BaseException) -> bool:

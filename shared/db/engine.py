@@ -12,7 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from shared.settings import DatabaseSettings
 
 
-def create_engine(settings: DatabaseSettings, *, pool_size: int = 5) -> AsyncEngine:
+def create_engine(settings: DatabaseSettings, *, pool_size: int = 5,
+                  pre_ping: bool = True) -> AsyncEngine:
+    """`pre_ping=False` skips the round trip that tests a pooled connection at every
+    checkout; a caller that turns it off must invalidate a connection that failed."""
     url = make_url(settings.url)
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
@@ -29,7 +32,7 @@ def create_engine(settings: DatabaseSettings, *, pool_size: int = 5) -> AsyncEng
 
         return engine
     return create_async_engine(
-        url, pool_size=pool_size, max_overflow=0, pool_pre_ping=True,
+        url, pool_size=pool_size, max_overflow=0, pool_pre_ping=pre_ping,
         connect_args={"timeout": 10, "command_timeout": 60},
     )
 

@@ -83,10 +83,10 @@ async def check_at_head(engine: AsyncEngine) -> None:
 
 
 async def open_migrated(settings: DatabaseSettings, *, service: str,
-                        pool_size: int = 5) -> AsyncEngine:
+                        pool_size: int = 5, pre_ping: bool = True) -> AsyncEngine:
     """An engine on a database at this release's schema; otherwise the service exits
     with one line saying to run `trackctl db upgrade`."""
-    engine = create_engine(settings, pool_size=pool_size)
+    engine = create_engine(settings, pool_size=pool_size, pre_ping=pre_ping)
     try:
         await check_at_head(engine)
     except SchemaOutOfDate as exc:

@@ -19,6 +19,7 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from demo.processes import ROOT
 from services.logger.database import (
     COLUMNS,
     ClickStore,
@@ -31,7 +32,6 @@ from shared.db.engine import create_engine
 from shared.db.migrate import alembic_config, upgrade
 from shared.db.models import TrackingLog
 from shared.settings import BrokerSettings, DatabaseSettings
-from tests.support.processes import ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -124,6 +124,34 @@ async def test_repeated_event_id_later_and_within_a_batch_makes_no_second_row(
     assert await backend.count() == 4
     assert sorted(r[0] for r in stored) == ["a", "b", "c", "d"]
     assert {r[0]: r[COLUMNS.index("url")] for r in stored}["b"] == "https://shop.example/a"
+
+
+async def test_a_connection_the_server_dropped_is_replaced_not_reused(
+        database: DatabaseSettings) -> None:
+    # The logger's engine does not ping at checkout: the store itself must drop a
+    # connection whose write failed, so the retry runs on a fresh one.
+    engine = create_engine(database, pool_size=1, pre_ping=False)
+    try:
+        store = click_store(engine)
+        assert await store.insert([row("before")]) == 1
+        async with engine.connect() as connection:  # the pool's only connection
+            pid = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        admin = await asyncpg.connect(make_url(database.url).set(
+            drivername="postgresql").render_as_string(hide_password=False))
+        try:
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await admin.close()
+        # ConnectionDoesNotExistError or InternalClientError, depending on timing.
+        with pytest.raises(Exception):  # noqa: B017
+            await store.insert([row("lost-with-the-connection")])
+        assert await store.insert([row("after")]) == 1  # a new connection, not the dead one
+        async with engine.connect() as connection:
+            stored = (await connection.execute(
+                text("SELECT event_id FROM tracking_logs ORDER BY id"))).scalars().all()
+        assert stored == ["before", "after"]
+    finally:
+        await engine.dispose()
 
 
 async def test_unicode_long_urls_and_null_ip_and_user_agent_round_trip_exactly(
