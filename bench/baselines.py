@@ -1,11 +1,17 @@
 """Baseline servers the redirector is compared with (one process each, started by bench/run.py).
 
     python bench/baselines.py hmac  --port P --loop uvloop|asyncio
+    python bench/baselines.py hmac-lowlevel --port P --loop uvloop|asyncio
     python bench/baselines.py naive --port P --loop uvloop|asyncio --dsn postgresql://...
 
 `hmac`: bare aiohttp; verifies the signed link with the same code as the redirector
 (shared.links.LinkSigner.verify: HMAC-SHA256 + payload decode) and answers 302.
-No host check, no spool, no broker.
+No host check, no spool, no broker. It is a `web.Application` with one route, the
+baseline as the click-path issue measured it.
+
+`hmac-lowlevel`: the same handler on aiohttp's low-level server (`web.Server`, no
+application or router), which the redirector runs on: it shows how much of the
+redirector's figure is the server choice rather than its own work. Reported only.
 
 `naive`: the same, then awaits one INSERT into tracking_logs per click through an
 asyncpg pool of 20 connections (asyncpg defaults otherwise; autocommit, so one
@@ -64,6 +70,20 @@ def build(kind: str, signer: LinkSigner, pool: object | None) -> web.Application
     return app
 
 
+def build_lowlevel(signer: LinkSigner) -> web.Server:
+    async def hmac_302(request: web.BaseRequest) -> web.Response:
+        path = request.path
+        if not path.startswith("/t/") or request.method not in ("GET", "HEAD"):
+            return web.Response(status=404)
+        try:
+            link = signer.verify(path[3:])
+        except LinkError:
+            return web.Response(status=404)
+        return web.Response(status=302, headers={"Location": link.url, **_HEADERS})
+
+    return web.Server(hmac_302, access_log=None)
+
+
 async def serve(args: argparse.Namespace) -> None:
     signer = LinkSigner(parse_link_keys(os.environ["LINK_KEYS"]))
     pool = None
@@ -71,8 +91,12 @@ async def serve(args: argparse.Namespace) -> None:
         import asyncpg
 
         pool = await asyncpg.create_pool(args.dsn, min_size=20, max_size=20)
-    runner = web.AppRunner(build(args.kind, signer, pool), access_log=None,
-                           handle_signals=False)
+    runner: web.BaseRunner
+    if args.kind == "hmac-lowlevel":
+        runner = web.ServerRunner(build_lowlevel(signer), handle_signals=False)
+    else:
+        runner = web.AppRunner(build(args.kind, signer, pool), access_log=None,
+                               handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", args.port, backlog=1024)
     await site.start()
@@ -89,7 +113,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=("hmac", "naive"))
+    parser.add_argument("kind", choices=("hmac", "hmac-lowlevel", "naive"))
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     parser.add_argument("--dsn")

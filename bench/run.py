@@ -670,15 +670,23 @@ def bench_nginx(cfg: Config) -> tuple[SystemResult, SystemResult]:
     return result, reference
 
 
-def bench_hmac(cfg: Config, links: list[tuple[str, dict[str, str]]], loop: str) -> SystemResult:
+def bench_hmac(cfg: Config, links: list[tuple[str, dict[str, str]]], loop: str,
+               lowlevel: bool = False) -> SystemResult:
     port = free_port()
-    proc = Proc(f"hmac-{loop}", [PY, str(BENCH / "baselines.py"), "hmac", "--port", str(port),
-                                 "--loop", loop],
-                cfg.out / f"hmac-{loop}.log", env={"LINK_KEYS": LINK_KEYS})
+    kind = "hmac-lowlevel" if lowlevel else "hmac"
+    tag = f"{kind}-{loop}"
+    proc = Proc(tag, [PY, str(BENCH / "baselines.py"), kind, "--port", str(port),
+                      "--loop", loop],
+                cfg.out / f"{tag}.log", env={"LINK_KEYS": LINK_KEYS})
     try:
         proc.wait_for("listening")
         check_redirects(port, links[0][0], links[0][1]["url"])
-        runs = measure(cfg, f"hmac-{loop}", port, {"server": proc.pid})
+        runs = measure(cfg, tag, port, {"server": proc.pid})
+        if lowlevel:
+            return SystemResult(
+                "hmac_lowlevel", f"bare aiohttp low-level server (web.Server) + HMAC, {loop}",
+                [proc.command().replace(LINK_KEYS, "$LINK_KEYS")
+                 .replace(f"--port {port}", "--port $PORT")], runs)
         paced = None
         if loop == "uvloop":
             cfg.pace_ms = pace_for(cfg, statistics.median(r.rps for r in runs))
@@ -1152,6 +1160,11 @@ def report(cfg: Config, systems: dict[str, SystemResult], logger: dict[str, Any]
             if "nginx" in systems:
                 rows.append(("redirector / nginx return 302",
                              f"{redirector.rps / systems['nginx'].rps:.1%}", "(reported)", None))
+            if "hmac_lowlevel" in systems:
+                rows.append(("redirector / bare low-level aiohttp server + HMAC (uvloop; the "
+                             "server the redirector runs on)",
+                             f"{redirector.rps / systems['hmac_lowlevel'].rps:.0%}",
+                             "(reported)", None))
             if "hmac_asyncio" in systems:
                 rows.append(("redirector / bare aiohttp+HMAC (asyncio)",
                              f"{redirector.rps / systems['hmac_asyncio'].rps:.0%}", "(reported)",
@@ -1253,7 +1266,8 @@ def write_doc(body: str) -> None:
 # --- main ------------------------------------------------------------------------------
 
 T0 = time.monotonic()
-SYSTEMS = ("nginx", "hmac_uvloop", "hmac_asyncio", "naive", "redirector", "logger")
+SYSTEMS = ("nginx", "hmac_uvloop", "hmac_lowlevel", "hmac_asyncio", "naive", "redirector",
+           "logger")
 
 
 def main() -> None:
@@ -1308,6 +1322,7 @@ def main() -> None:
         steps: list[tuple[str, Callable[[], Any]]] = [
             ("nginx", lambda: bench_nginx(cfg)),  # also gives "nginx_static"
             ("hmac_uvloop", lambda: bench_hmac(cfg, links, "uvloop")),
+            ("hmac_lowlevel", lambda: bench_hmac(cfg, links, "uvloop", lowlevel=True)),
             ("hmac_asyncio", lambda: bench_hmac(cfg, links, "asyncio")),
             ("naive", lambda: bench_naive(cfg, links)),
             ("redirector", lambda: bench_redirector(cfg, links)),

@@ -13,7 +13,7 @@ from services.redirector import settings as redirector_settings
 from services.redirector.clients import ClientAddress
 from services.redirector.domains import DomainDirectory, load_active, refresh_forever
 from services.redirector.forwarder import Forwarder
-from services.redirector.handlers import Redirector, build_app
+from services.redirector.handlers import Redirector, build_server
 from services.redirector.settings import RedirectorSettings
 from services.redirector.spool import Spool, adopt_orphans_forever
 from shared.broker import topology as broker_topology
@@ -71,8 +71,8 @@ async def serve(settings: RedirectorSettings, stop: asyncio.Event) -> None:
         access_log=settings.access_log, challenge_dir=settings.challenge_dir,
         metrics=metrics,
     )
-    runner = web.AppRunner(build_app(redirector), access_log=None, handle_signals=False,
-                           shutdown_timeout=10)
+    runner = web.ServerRunner(build_server(redirector), handle_signals=False,
+                              shutdown_timeout=10)
     await runner.setup()
     host, port = settings.bind
     site = web.TCPSite(runner, host, port, reuse_port=True, backlog=1024)

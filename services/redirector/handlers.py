@@ -1,4 +1,10 @@
-"""HTTP handlers: verify the link, spool the click, answer 302. Nothing else on the hot path."""
+"""HTTP handlers: verify the link, spool the click, answer 302. Nothing else on the hot path.
+
+The redirector answers five kinds of request, so it runs on aiohttp's low-level server
+(`web.Server`) with one dispatcher (`Redirector.handle`) choosing by path prefix, not on
+`web.Application`: the router's resolution, match info, signals and request wrapper
+cost about a sixth of the CPU of a click here (bench/run.py measures both servers).
+"""
 
 from __future__ import annotations
 
@@ -33,6 +39,9 @@ NOT_FOUND_PAGE = (
 _NOT_FOUND_HEADERS = {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"}
 _MAX_UA = 1024
 _CHALLENGE_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+TRACK_PREFIX = "/t/"
+CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
+_READ_METHODS = frozenset({"GET", "HEAD"})
 # LinkSigner.verify's reasons, by the class of fault they are counted under
 # (tests/unit/test_metrics.py keeps this in step with shared/links.py).
 REFUSAL_CLASSES = {
@@ -64,10 +73,24 @@ class Redirector:
     metrics: RedirectorMetrics = field(
         default_factory=lambda: RedirectorMetrics(CollectorRegistry()))
 
-    async def track(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.BaseRequest) -> web.Response:
+        """Every request: a click, an ACME challenge, a health probe, or a 404."""
+        path = request.path
+        if request.method in _READ_METHODS:
+            if path.startswith(TRACK_PREFIX):
+                return self.track(request, path[len(TRACK_PREFIX):])
+            if path.startswith(CHALLENGE_PREFIX):
+                return self.acme_challenge(request, path[len(CHALLENGE_PREFIX):])
+            if path == "/healthz":
+                return self.healthz()
+            if path == "/readyz":
+                return self.readyz()
+        return not_found(request, "no such path")
+
+    def track(self, request: web.BaseRequest, token: str) -> web.Response:
         started = perf_counter()
         try:
-            link = self.signer.verify(request.match_info["token"])
+            link = self.signer.verify(token)
         except LinkError as exc:
             reason = str(exc)
             return self._refuse(request, REFUSAL_CLASSES.get(reason, "malformed"), reason)
@@ -107,16 +130,15 @@ class Redirector:
         metrics.redirect_seconds.observe(perf_counter() - started)
         return response
 
-    def _refuse(self, request: web.Request, refusal: str, reason: str) -> web.Response:
+    def _refuse(self, request: web.BaseRequest, refusal: str, reason: str) -> web.Response:
         self.metrics.refused[refusal].inc()
         if self.access_log:
             log.info("click.refused", domain=host_from_header(request.host), outcome="refused",
                      refusal=refusal, reason=reason)
         return not_found(request, reason)
 
-    async def acme_challenge(self, request: web.Request) -> web.Response:
+    def acme_challenge(self, request: web.BaseRequest, token: str) -> web.Response:
         """HTTP-01 answers, read from the directory the certifier writes (shared by every edge)."""
-        token = request.match_info["token"]
         if self.challenge_dir is None or not _CHALLENGE_TOKEN.match(token):
             return not_found(request, "no such challenge")
         try:
@@ -126,10 +148,10 @@ class Redirector:
         return web.Response(body=body, content_type="text/plain",
                             headers={"Cache-Control": "no-store"})
 
-    async def healthz(self, _request: web.Request) -> web.Response:
+    def healthz(self) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    async def readyz(self, _request: web.Request) -> web.Response:
+    def readyz(self) -> web.Response:
         backlog = self.spool.backlog_bytes()
         problems = []
         if not self.forwarder.connected:
@@ -141,20 +163,13 @@ class Redirector:
         return web.json_response(body, status=503 if problems else 200)
 
 
-def not_found(request: web.Request, reason: str) -> web.Response:
+def not_found(request: web.BaseRequest, reason: str) -> web.Response:
     log.debug("link.refused", reason=reason, host=request.host)
     return web.Response(status=404, body=NOT_FOUND_PAGE, headers=_NOT_FOUND_HEADERS)
 
 
-async def fallback(request: web.Request) -> web.Response:
-    return not_found(request, "no such path")
-
-
-def build_app(redirector: Redirector) -> web.Application:
-    app = web.Application(handler_args={"max_field_size": 16384}, client_max_size=1024)
-    app.router.add_get("/t/{token}", redirector.track)
-    app.router.add_get("/.well-known/acme-challenge/{token}", redirector.acme_challenge)
-    app.router.add_get("/healthz", redirector.healthz)
-    app.router.add_get("/readyz", redirector.readyz)
-    app.router.add_route("*", "/{tail:.*}", fallback)
-    return app
+def build_server(redirector: Redirector) -> web.Server:
+    """The HTTP server: no access log (REDIRECTOR_ACCESS_LOG logs clicks with their event
+    ids instead); header fields up to 16 KiB (long user agents and cookies are common).
+    The redirector never reads a request body."""
+    return web.Server(redirector.handle, access_log=None, max_field_size=16384)

@@ -195,13 +195,13 @@ async def test_the_redirector_counts_each_click_by_outcome(tmp_path: Path) -> No
     redirector, registry = make_redirector(tmp_path)
     token = LinkSigner(KEYS).mint_token(customer_id="c", campaign_id="k", recipient_id="r",
                                         url="https://example.com/")
-    assert (await redirector.track(request(token))).status == 302
-    assert (await redirector.track(request(token, method="HEAD"))).status == 302
-    assert (await redirector.track(request(token, user_agent="curl/8.0"))).status == 302
-    assert (await redirector.track(request(token + "x"))).status == 404
-    assert (await redirector.track(request("v1.nokey.abc.def"))).status == 404
-    assert (await redirector.track(request("garbage"))).status == 404
-    assert (await redirector.track(request(token, host="other.test"))).status == 404
+    assert (await redirector.handle(request(token))).status == 302
+    assert (await redirector.handle(request(token, method="HEAD"))).status == 302
+    assert (await redirector.handle(request(token, user_agent="curl/8.0"))).status == 302
+    assert (await redirector.handle(request(token + "x"))).status == 404
+    assert (await redirector.handle(request("v1.nokey.abc.def"))).status == 404
+    assert (await redirector.handle(request("garbage"))).status == 404
+    assert (await redirector.handle(request(token, host="other.test"))).status == 404
 
     assert served(registry, "redirect") == 1
     assert served(registry, "bot", "head-request") == 1
