@@ -9,6 +9,8 @@ validation is written to `acme_events`, which is what `ratelimits` counts.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,6 +102,13 @@ class Issuer:
                 certificate = await self.certbot.certonly(name, replace=current)
             except CertbotError as exc:
                 return await self._failed(name, exc.failure)
+            except asyncio.CancelledError:
+                # Abandoned mid-run (a stopping certifier's deadline): certbot may already
+                # have placed an order, so it is counted; the rate-limit ledger errs on the
+                # safe side rather than let a redelivery overshoot a CA limit.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.store.record(ORDER, name, self.clock()), 5)
+                raise
             at = self.clock()
             await self.store.record(ORDER, name, at)
             await self.store.record(CERTIFICATE, name, at)
