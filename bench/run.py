@@ -317,7 +317,8 @@ class SystemResult:
         server + logger + PostgreSQL + RabbitMQ; wrk, kernel and other jobs excluded)."""
         own, total = [], []
         for run in self.runs:
-            main = sum(run.cpu.get(k, 0.0) for k in ("server", "redirector", "nginx"))
+            main = sum(v for k, v in run.cpu.items()
+                       if k in ("server", "nginx") or k.startswith("redirector"))
             side = main + sum(run.cpu.get(k, 0.0) for k in ("logger", "postgres", "rabbitmq"))
             own.append(main / 100 / run.rps * 1e6)
             total.append(side / 100 / run.rps * 1e6)
@@ -727,7 +728,10 @@ def bench_naive(cfg: Config, links: list[tuple[str, dict[str, str]]]) -> SystemR
     return result
 
 
-def bench_redirector(cfg: Config, links: list[tuple[str, dict[str, str]]]) -> SystemResult:
+def bench_redirector(cfg: Config, links: list[tuple[str, dict[str, str]]],
+                     processes: int = 1) -> SystemResult:
+    """The redirector (`processes` of them sharing one port with SO_REUSEPORT, each with
+    its own spool slot, as docs/operations.md deploys one per core) and one logger."""
     with fresh_database("redirector") as database, fresh_namespace("redirector") as exchange:
         port = free_port()
         spool = Path(tempfile.mkdtemp(prefix="spool-", dir=cfg.out))
@@ -739,12 +743,19 @@ def bench_redirector(cfg: Config, links: list[tuple[str, dict[str, str]]]) -> Sy
                       env={k: v for k, v in env.items()
                            if k in ("AMQP_URL", "AMQP_EXCHANGE", "DATABASE_URL")})
         redirector = None
+        extra: list[Proc] = []
+        suffix = f"-x{processes}" if processes > 1 else ""
         try:
             logger.wait_for('"logger.started"')
             redirector = Proc("redirector", [PY, "-m", "services.redirector"],
-                              cfg.out / "redirector.log", env=env)
+                              cfg.out / f"redirector{suffix}.log", env=env)
             redirector.wait_for('"broker.connected"')
             wait_port(port, redirector)
+            for number in range(2, processes + 1):
+                more = Proc(f"redirector-{number}", [PY, "-m", "services.redirector"],
+                            cfg.out / f"redirector{suffix}-{number}.log", env=env)
+                extra.append(more)
+                more.wait_for('"redirector.listening"')
             check_redirects(port, links[0][0], links[0][1]["url"])
             rows, _ = wait_rows(database, 1, timeout_s=10)
             if rows != 1:
@@ -762,26 +773,29 @@ def bench_redirector(cfg: Config, links: list[tuple[str, dict[str, str]]]) -> Sy
                     f"(diff {run.extra['rows'] - run.ok:+d}); all rows in "
                     f"{f'{lag:.2f} s' if lag is not None else 'NOT reached'} after wrk ended")
 
-            pids = {"redirector": redirector.pid, "logger": logger.pid}
-            runs = measure(cfg, "redirector", port, pids, between=verify,
+            pids = {"redirector": redirector.pid, "logger": logger.pid,
+                    **{f"redirector-{n}": proc.pid for n, proc in enumerate(extra, start=2)}}
+            runs = measure(cfg, f"redirector{suffix}", port, pids, between=verify,
                            uses=("postgres", "rabbitmq"))
             paced = None
-            if cfg.pace_ms:
+            if cfg.pace_ms and processes == 1:
                 paced = run_wrk(cfg, port, cfg.duration, "redirector-paced", pids,
                                 pace_ms=cfg.pace_ms)
                 verify(paced)
-            if cfg.profile:
+            if cfg.profile and processes == 1:
                 spies = {name: start_pyspy(cfg, pid, name, cfg.duration)
                          for name, pid in pids.items()}
                 time.sleep(0.5)
                 verify(run_wrk(cfg, port, cfg.duration, "redirector-profiled", pids))
                 finish_pyspy(cfg, spies)
-            redirector.stop()
+            for proc in (*extra, redirector):
+                proc.stop()
             rows_total, _ = wait_rows(database, state["rows"], timeout_s=30)
             logger.stop()
         finally:
-            if redirector is not None:
-                redirector.stop()
+            for proc in (*extra, redirector):
+                if proc is not None:
+                    proc.stop()
             logger.stop()
             shutil.rmtree(spool, ignore_errors=True)
     commands = [
@@ -791,8 +805,14 @@ def bench_redirector(cfg: Config, links: list[tuple[str, dict[str, str]]]) -> Sy
         logger.command().replace(database, "bench_redir_<id>")
         .replace(exchange, "bench-redirector-<id>"),
     ]
-    result = SystemResult("redirector", "redirector + logger (publish w/ confirms + commit)",
-                          commands, runs, paced=paced)
+    if processes > 1:
+        commands = [f"# {processes} of these, same port and SPOOL_DIR", *commands]
+        result = SystemResult(f"redirector_x{processes}",
+                              f"{processes} redirector processes + logger (reported)",
+                              commands, runs)
+    else:
+        result = SystemResult("redirector", "redirector + logger (publish w/ confirms + "
+                              "commit)", commands, runs, paced=paced)
     result.notes.append(f"rows after the redirector stopped (drained): {rows_total:,}; 3xx "
                         f"counted by wrk incl. warm-up, plus the pre-check click: "
                         f"{state['total_ok']:,} (difference {rows_total - state['total_ok']:+d})")
@@ -1165,6 +1185,17 @@ def report(cfg: Config, systems: dict[str, SystemResult], logger: dict[str, Any]
                              "server the redirector runs on)",
                              f"{redirector.rps / systems['hmac_lowlevel'].rps:.0%}",
                              "(reported)", None))
+            if "redirector_x2" in systems:
+                x2 = systems["redirector_x2"]
+                if "naive" in systems:
+                    rows.append(("2 redirector processes (one per core) / naive",
+                                 f"{x2.rps / systems['naive'].rps:.2f}x", "(reported)", None))
+                if "hmac_uvloop" in systems:
+                    rows.append(("2 redirector processes / bare aiohttp+HMAC (one process)",
+                                 f"{x2.rps / systems['hmac_uvloop'].rps:.0%}", "(reported)",
+                                 None))
+                rows.append(("2 redirector processes: p99 at 64 connections",
+                             f"{x2.p99_ms:.2f} ms", "(reported)", None))
             if "hmac_asyncio" in systems:
                 rows.append(("redirector / bare aiohttp+HMAC (asyncio)",
                              f"{redirector.rps / systems['hmac_asyncio'].rps:.0%}", "(reported)",
@@ -1267,7 +1298,7 @@ def write_doc(body: str) -> None:
 
 T0 = time.monotonic()
 SYSTEMS = ("nginx", "hmac_uvloop", "hmac_lowlevel", "hmac_asyncio", "naive", "redirector",
-           "logger")
+           "redirector_x2", "logger")
 
 
 def main() -> None:
@@ -1326,6 +1357,7 @@ def main() -> None:
             ("hmac_asyncio", lambda: bench_hmac(cfg, links, "asyncio")),
             ("naive", lambda: bench_naive(cfg, links)),
             ("redirector", lambda: bench_redirector(cfg, links)),
+            ("redirector_x2", lambda: bench_redirector(cfg, links, processes=2)),
         ]
         for name, step in steps:
             if name in only:
