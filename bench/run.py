@@ -1,11 +1,13 @@
 """The click-path benchmark: the redirector and the logger beside their baselines, in one run.
 
-    .venv/bin/python bench/run.py            # full run (~5 min), writes docs/performance.md
+    .venv/bin/python bench/run.py            # full run (~9 min), writes docs/performance.md
     .venv/bin/python bench/run.py --quick --no-docs   # smoke run of every step (~1 min)
 
-Measured on this machine, each wrk figure the median of `--runs` runs of
-`wrk -t1 -c64 -d<duration>s --latency -s bench/paths.lua` (one wrk thread: on 2 cores
-the load generator competes with the server):
+Measured on this machine in `--runs` rounds: each round starts every HTTP system in
+turn, warms it up, runs `wrk -t1 -c64 -d<duration>s --latency -s bench/paths.lua` once
+(one wrk thread: on 2 cores the load generator competes with the server) and stops it.
+Figures are medians over rounds; ratios are medians of the per-round ratios, so a
+machine whose speed drifts during the bench (these do) affects both sides of a ratio:
 
 1. HTTP, many distinct signed links, Host = TRACKING_HOST:
    nginx `return 302` (1 worker) · bare aiohttp + HMAC (uvloop, and plain asyncio) ·
@@ -343,6 +345,10 @@ class Config:
     paths_file: Path = field(init=False)
     # Per-connection pause for the paced runs, set from the bare handler's measured rate.
     pace_ms: int = field(init=False, default=0)
+    # The HTTP systems are measured in rounds (each system once per round, in turn), so
+    # that a machine whose speed drifts during the bench drifts under all of them alike.
+    rounds: int = field(init=False, default=1)
+    round: int = field(init=False, default=0)
 
 
 def wrk_argv(cfg: Config, port: int, duration: int, static: str | None = None,
@@ -436,7 +442,7 @@ def measure(cfg: Config, name: str, port: int, pids: dict[str, int],
     for number in range(1, 2 * cfg.runs + 1):
         if len(clean) >= cfg.runs or len(clean) + (2 * cfg.runs - number + 1) < cfg.runs:
             break
-        run = run_wrk(cfg, port, cfg.duration, f"{name}-{number}", pids)
+        run = run_wrk(cfg, port, cfg.duration, f"{name}-r{cfg.round + 1}-{number}", pids)
         served[name] += run.ok
         if between:
             between(run)
@@ -689,11 +695,11 @@ def bench_hmac(cfg: Config, links: list[tuple[str, dict[str, str]]], loop: str,
                 [proc.command().replace(LINK_KEYS, "$LINK_KEYS")
                  .replace(f"--port {port}", "--port $PORT")], runs)
         paced = None
-        if loop == "uvloop":
+        if loop == "uvloop" and cfg.round == 0:
             cfg.pace_ms = pace_for(cfg, statistics.median(r.rps for r in runs))
             paced = run_wrk(cfg, port, cfg.duration, f"hmac-{loop}-paced", {"server": proc.pid},
                             pace_ms=cfg.pace_ms)
-        if cfg.profile and loop == "uvloop":  # for comparison with the redirector's profile
+        if cfg.profile and loop == "uvloop" and cfg.round == 0:  # beside the redirector's
             spies = {"hmac-uvloop": start_pyspy(cfg, proc.pid, "hmac-uvloop", cfg.duration)}
             time.sleep(0.5)
             run_wrk(cfg, port, cfg.duration, "hmac-uvloop-profiled", {"server": proc.pid})
@@ -778,11 +784,11 @@ def bench_redirector(cfg: Config, links: list[tuple[str, dict[str, str]]],
             runs = measure(cfg, f"redirector{suffix}", port, pids, between=verify,
                            uses=("postgres", "rabbitmq"))
             paced = None
-            if cfg.pace_ms and processes == 1:
+            if cfg.pace_ms and processes == 1 and cfg.round == 0:
                 paced = run_wrk(cfg, port, cfg.duration, "redirector-paced", pids,
                                 pace_ms=cfg.pace_ms)
                 verify(paced)
-            if cfg.profile and processes == 1:
+            if cfg.profile and processes == 1 and cfg.round == 0:
                 spies = {name: start_pyspy(cfg, pid, name, cfg.duration)
                          for name, pid in pids.items()}
                 time.sleep(0.5)
@@ -817,6 +823,27 @@ def bench_redirector(cfg: Config, links: list[tuple[str, dict[str, str]]],
                         f"counted by wrk incl. warm-up, plus the pre-check click: "
                         f"{state['total_ok']:,} (difference {rows_total - state['total_ok']:+d})")
     return result
+
+
+def merge(systems: dict[str, SystemResult], name: str, result: SystemResult,
+          number: int) -> None:
+    """Add one round's result of a system to what the earlier rounds gave."""
+    notes = [f"round {number + 1}: {note}" for note in result.notes]
+    found = systems.get(name)
+    if found is None:
+        result.notes = notes
+        systems[name] = result
+        return
+    found.runs.extend(result.runs)
+    found.notes.extend(notes)
+    found.paced = found.paced or result.paced
+
+
+def paired_ratio(a: SystemResult, b: SystemResult) -> tuple[float, list[float]]:
+    """The median of a/b over rounds, with each round's ratio: both were measured within
+    minutes of each other in a round, so the machine's drift cancels out."""
+    ratios = [x.rps / y.rps for x, y in zip(a.runs, b.runs, strict=False)]
+    return statistics.median(ratios), ratios
 
 
 def paced_table(cfg: Config, systems: dict[str, SystemResult],
@@ -1105,8 +1132,9 @@ def report(cfg: Config, systems: dict[str, SystemResult], logger: dict[str, Any]
     add("")
     verdicts: list[tuple[str, str, bool]] = []
     if systems:
-        add(f"## HTTP: wrk -t1 -c{cfg.connections}, {cfg.duration} s runs, median of {cfg.runs} "
-            f"(after a {cfg.warmup} s warm-up), {cfg.links:,} distinct signed links")
+        add(f"## HTTP: wrk -t1 -c{cfg.connections}, {cfg.duration} s runs, {cfg.rounds} rounds "
+            f"(every system once per round, in turn; a {cfg.warmup} s warm-up before each "
+            f"run), {cfg.links:,} distinct signed links")
         add("")
         add("| system | req/s (median) | p50 ms | p99 ms | runs: req/s, p99 ms | non-2xx/3xx | "
             "socket errors | CPU µs/request: server, all server-side | CPU % of one core "
@@ -1159,51 +1187,51 @@ def report(cfg: Config, systems: dict[str, SystemResult], logger: dict[str, Any]
             for note in redirector.notes:
                 add(f"- {note}")
             add("")
-            add("Ratios and targets:")
+            add("Ratios and targets (each ratio is the median over rounds of the two "
+                "systems' rates in the same round, measured minutes apart):")
             add("")
             add("| comparison | value | target | |")
             add("|---|---:|---:|---|")
             rows = []
-            if "naive" in systems:
-                ratio = redirector.rps / systems["naive"].rps
-                rows.append(("redirector / naive insert-per-click", f"{ratio:.2f}x",
-                             f">= {TARGETS['redirector_vs_naive']:.0f}x",
-                             ratio >= TARGETS["redirector_vs_naive"]))
-            if "hmac_uvloop" in systems:
-                ratio = redirector.rps / systems["hmac_uvloop"].rps
-                rows.append(("redirector / bare aiohttp+HMAC (uvloop)", f"{ratio:.0%}",
-                             f">= {TARGETS['redirector_vs_hmac']:.0%}",
-                             ratio >= TARGETS["redirector_vs_hmac"]))
+
+            def compare(label: str, a: SystemResult, b: str, style: str,
+                        target: float | None = None) -> None:
+                if b not in systems:
+                    return
+                ratio, per_round = paired_ratio(a, systems[b])
+                shown = f"{ratio:{style}}" + ("x" if style.endswith("f") else "")
+                if len(per_round) > 1:
+                    shown += " (rounds: " + " / ".join(
+                        f"{r:{style}}" + ("x" if style.endswith("f") else "")
+                        for r in per_round) + ")"
+                if target is None:
+                    rows.append((label, shown, "(reported)", None))
+                else:
+                    wanted = f">= {target:.0f}x" if style.endswith("f") else f">= {target:.0%}"
+                    rows.append((label, shown, wanted, ratio >= target))
+
+            compare("redirector / naive insert-per-click", redirector, "naive", ".2f",
+                    TARGETS["redirector_vs_naive"])
+            compare("redirector / bare aiohttp+HMAC (uvloop)", redirector, "hmac_uvloop", ".0%",
+                    TARGETS["redirector_vs_hmac"])
             rows.append(("redirector p99 at 64 connections", f"{redirector.p99_ms:.2f} ms",
                          f"< {TARGETS['redirector_p99_ms']:.0f} ms",
                          redirector.p99_ms < TARGETS["redirector_p99_ms"]))
-            if "nginx" in systems:
-                rows.append(("redirector / nginx return 302",
-                             f"{redirector.rps / systems['nginx'].rps:.1%}", "(reported)", None))
-            if "hmac_lowlevel" in systems:
-                rows.append(("redirector / bare low-level aiohttp server + HMAC (uvloop; the "
-                             "server the redirector runs on)",
-                             f"{redirector.rps / systems['hmac_lowlevel'].rps:.0%}",
-                             "(reported)", None))
+            compare("redirector / nginx return 302", redirector, "nginx", ".1%")
+            compare("redirector / bare low-level aiohttp server + HMAC (uvloop; the server the "
+                    "redirector runs on)", redirector, "hmac_lowlevel", ".0%")
             if "redirector_x2" in systems:
                 x2 = systems["redirector_x2"]
-                if "naive" in systems:
-                    rows.append(("2 redirector processes (one per core) / naive",
-                                 f"{x2.rps / systems['naive'].rps:.2f}x", "(reported)", None))
-                if "hmac_uvloop" in systems:
-                    rows.append(("2 redirector processes / bare aiohttp+HMAC (one process)",
-                                 f"{x2.rps / systems['hmac_uvloop'].rps:.0%}", "(reported)",
-                                 None))
+                compare("2 redirector processes (one per core) / naive", x2, "naive", ".2f")
+                compare("2 redirector processes / bare aiohttp+HMAC (one process)", x2,
+                        "hmac_uvloop", ".0%")
                 rows.append(("2 redirector processes: p99 at 64 connections",
                              f"{x2.p99_ms:.2f} ms", "(reported)", None))
-            if "hmac_asyncio" in systems:
-                rows.append(("redirector / bare aiohttp+HMAC (asyncio)",
-                             f"{redirector.rps / systems['hmac_asyncio'].rps:.0%}", "(reported)",
-                             None))
-            if "hmac_uvloop" in systems and "hmac_asyncio" in systems:
-                rows.append(("bare aiohttp+HMAC uvloop / asyncio",
-                             f"{systems['hmac_uvloop'].rps / systems['hmac_asyncio'].rps:.2f}x",
-                             "(reported)", None))
+            compare("redirector / bare aiohttp+HMAC (asyncio)", redirector, "hmac_asyncio",
+                    ".0%")
+            if "hmac_uvloop" in systems:
+                compare("bare aiohttp+HMAC uvloop / asyncio", systems["hmac_uvloop"],
+                        "hmac_asyncio", ".2f")
             for name, value, target, ok in rows:
                 add(f"| {name} | {value} | {target} | {'' if ok is None else verdict(ok)} |")
                 if ok is not None:
@@ -1304,7 +1332,7 @@ SYSTEMS = ("nginx", "hmac_uvloop", "hmac_lowlevel", "hmac_asyncio", "naive", "re
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=3, help="rounds of every HTTP system")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--links", type=int, default=50_000, help="distinct signed links")
@@ -1359,14 +1387,18 @@ def main() -> None:
             ("redirector", lambda: bench_redirector(cfg, links)),
             ("redirector_x2", lambda: bench_redirector(cfg, links, processes=2)),
         ]
-        for name, step in steps:
-            if name in only:
-                say(f"bench: {name}")
-                result = step()
-                if isinstance(result, tuple):
-                    systems[name], systems[f"{name}_static"] = result
-                else:
-                    systems[name] = result
+        cfg.rounds, cfg.runs = cfg.runs, 1
+        for number in range(cfg.rounds):
+            cfg.round = number
+            for name, step in steps:
+                if name in only:
+                    say(f"bench: {name}, round {cfg.round + 1} of {cfg.rounds}")
+                    result = step()
+                    if isinstance(result, tuple):
+                        merge(systems, name, result[0], cfg.round)
+                        merge(systems, f"{name}_static", result[1], cfg.round)
+                    else:
+                        merge(systems, name, result, cfg.round)
         if "logger" in only:
             say("bench: logger")
             logger = bench_logger(cfg, links)
