@@ -57,6 +57,7 @@ sys.path.insert(0, str(ROOT))
 import aio_pika  # noqa: E402
 import asyncpg  # noqa: E402
 
+from demo.scratch import delete_namespace  # noqa: E402
 from services.logger.database import COLUMNS  # noqa: E402
 from services.logger.handlers import to_row  # noqa: E402
 from shared.broker import topology as broker_topology  # noqa: E402
@@ -528,13 +529,6 @@ def fresh_database(tag: str) -> Iterator[str]:
         asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-async def _delete_namespace(exchange: str) -> None:
-    connection = await aio_pika.connect(AMQP_URL, timeout=10)
-    async with connection:
-        channel = await connection.channel()
-        await broker_topology.delete(channel, broker_topology.Topology(exchange))
-
-
 @contextlib.contextmanager
 def fresh_namespace(tag: str) -> Iterator[str]:
     exchange = f"bench-{tag}-{uuid.uuid4().hex[:8]}"
@@ -542,7 +536,7 @@ def fresh_namespace(tag: str) -> Iterator[str]:
         yield exchange
     finally:
         try:
-            asyncio.run(asyncio.wait_for(_delete_namespace(exchange), timeout=60))
+            asyncio.run(asyncio.wait_for(delete_namespace(AMQP_URL, exchange), timeout=60))
         except Exception as exc:
             say(f"  WARNING: could not delete the AMQP namespace {exchange!r} "
                 f"({type(exc).__name__}: {exc}); delete its queues by hand")
