@@ -48,7 +48,7 @@ async def link_broker(settings: RedirectorSettings, forwarder: Forwarder, source
 
 async def serve(settings: RedirectorSettings, stop: asyncio.Event) -> None:
     source = event_source("redirector")
-    spool = Spool(settings.spool_dir)
+    spool = Spool(settings.spool_dir, defer_unlinks=True)
     slot = spool.open()
     registry = new_registry()
     metrics = RedirectorMetrics(registry)

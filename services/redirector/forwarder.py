@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from prometheus_client import CollectorRegistry
 
-from services.redirector.spool import Batch, Spool
+from services.redirector.spool import Batch, Spool, fsync_all, unlink_all
 from shared.broker.names import CLICK_TRACKED
 from shared.events import encode_batch
 from shared.metrics import RedirectorMetrics
@@ -69,11 +69,17 @@ class Forwarder:
             if self._backoff_s:
                 await asyncio.sleep(self._backoff_s)
             await self._send_available()
+            if unlinks := self._spool.take_unlinks():
+                # Shielded: once taken from the spool, the paths must be deleted even
+                # if this task is cancelled (a leftover segment would be sent again).
+                await asyncio.shield(asyncio.get_running_loop().run_in_executor(
+                    None, unlink_all, unlinks))
             now = time.monotonic()
             if now - last_sync >= self._sync_interval_s:
                 last_sync = now
                 if self._behind():
-                    await asyncio.get_running_loop().run_in_executor(None, self._spool.sync)
+                    await asyncio.shield(asyncio.get_running_loop().run_in_executor(
+                        None, fsync_all, self._spool.unsynced()))
 
     def _behind(self) -> bool:
         """True when clicks may sit in the spool for longer than a sync interval.

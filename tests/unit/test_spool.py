@@ -18,6 +18,8 @@ from services.redirector.spool import (
     Spool,
     SpoolError,
     adopt_orphans_forever,
+    fsync_all,
+    unlink_all,
 )
 
 
@@ -30,7 +32,7 @@ def opened() -> Iterator[list[Spool]]:
         crash(spool)
 
 
-def open_spool(root: Path, opened: list[Spool], **kwargs: int) -> Spool:
+def open_spool(root: Path, opened: list[Spool], **kwargs: int | bool) -> Spool:
     spool = Spool(root, **kwargs)
     spool.open()
     opened.append(spool)
@@ -39,13 +41,14 @@ def open_spool(root: Path, opened: list[Spool], **kwargs: int) -> Spool:
 
 def crash(spool: Spool) -> None:
     """What the kernel does when the process dies: close every descriptor, touch no file."""
-    fds = [spool._lock_fd, spool._write_fd, *(s.fd for s in spool._segments.values())]
+    fds = [spool._lock_fd, spool._write_fd, *(s.fd for s in spool._segments.values()),
+           *(s.write_fd for s in spool._segments.values())]
     for fd in fds:
         if fd is not None:
             os.close(fd)
     spool._lock_fd = spool._write_fd = None
     for segment in spool._segments.values():
-        segment.fd = None
+        segment.fd = segment.write_fd = None
 
 
 def line(n: int) -> bytes:
@@ -430,3 +433,124 @@ async def test_adoption_runs_periodically_and_wakes_the_forwarder(
     finally:
         task.cancel()
     assert drain(survivor) == [line(7)]
+
+
+# --- fsync and unlink stay off the request path ---------------------------------------------
+
+@pytest.fixture
+def fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Records the inode of every descriptor the spool fsyncs (and still fsyncs it)."""
+    seen: list[int] = []
+    real = os.fsync
+
+    def recording(fd: int) -> None:
+        seen.append(os.fstat(fd).st_ino)
+        real(fd)
+
+    monkeypatch.setattr(spool_module.os, "fsync", recording)
+    return seen
+
+
+def test_rotating_never_fsyncs_and_a_later_sync_covers_the_rotated_segment(
+        tmp_path: Path, opened: list[Spool], fsyncs: list[int]) -> None:
+    size = len(line(0)) + 1
+    spool = open_spool(tmp_path, opened, segment_bytes=2 * size)
+    for n in range(5):
+        spool.append(line(n))  # rotates twice: on the 2nd and 4th line
+    assert len(segments(tmp_path / "0")) == 3
+    assert fsyncs == []  # the appends (the request path) never waited on the disk
+    fds = spool.unsynced()
+    assert len(fds) == 3  # both rotated segments (unconfirmed) and the active one
+    fsync_all(fds)
+    assert sorted(fsyncs) == sorted(p.stat().st_ino for p in segments(tmp_path / "0"))
+    assert spool.unsynced() == []  # nothing written since
+    spool.append(line(5))
+    fds = spool.unsynced()
+    assert len(fds) == 1  # only the active segment was written since
+    fsync_all(fds)
+
+
+def test_a_confirmed_rotated_segment_is_never_fsynced(
+        tmp_path: Path, opened: list[Spool], fsyncs: list[int]) -> None:
+    size = len(line(0)) + 1
+    spool = open_spool(tmp_path, opened, segment_bytes=2 * size)
+    spool.append(line(0))
+    spool.append(line(1))  # rotated
+    assert drain(spool) == [line(0), line(1)]
+    assert len(segments(tmp_path / "0")) == 1  # the rotated one is deleted
+    fsync_all(spool.unsynced())
+    assert fsyncs == []  # nothing left that the broker does not already hold
+
+
+def test_deferred_unlinks_wait_for_the_caller_and_close(
+        tmp_path: Path, opened: list[Spool]) -> None:
+    size = len(line(0)) + 1
+    spool = open_spool(tmp_path, opened, segment_bytes=2 * size, defer_unlinks=True)
+    for n in range(4):
+        spool.append(line(n))
+    rotated = segments(tmp_path / "0")[:2]
+    assert drain(spool) == [line(n) for n in range(4)]
+    assert all(p.exists() for p in rotated)  # confirmed, deletion left to the caller
+    pending = spool.take_unlinks()
+    assert sorted(pending) == rotated
+    assert spool.take_unlinks() == []
+    unlink_all(pending)
+    assert not any(p.exists() for p in rotated)
+    # A segment confirmed after the last take is deleted by close().
+    for n in range(4, 6):
+        spool.append(line(n))
+    assert drain(spool) == [line(4), line(5)]
+    left = [p for p in segments(tmp_path / "0")]
+    spool.close()
+    opened.remove(spool)
+    assert not any(p.exists() for p in left)
+
+
+def test_a_new_segment_never_takes_the_name_of_one_awaiting_its_unlink(
+        tmp_path: Path, opened: list[Spool]) -> None:
+    size = len(line(0)) + 1
+    spool = open_spool(tmp_path, opened, segment_bytes=2 * size, defer_unlinks=True)
+    gone = open_spool(tmp_path, opened)
+    gone.append(line(100))
+    crash(gone)
+    opened.remove(gone)
+    assert spool.adopt_orphans() == 1  # numbered after the active segment
+    assert drain(spool) == [line(100)]
+    pending = spool.take_unlinks()
+    assert len(pending) == 1
+    spool.append(line(0))
+    spool.append(line(1))  # rotates: the new active segment needs a fresh name
+    assert spool._active is not None
+    assert spool._active.path not in pending
+    unlink_all(pending)
+    spool.append(line(2))
+    assert spool._active.path.exists()
+    assert drain(spool) == [line(0), line(1), line(2)]
+
+
+async def test_the_forwarder_deletes_confirmed_segments_in_a_thread(
+        tmp_path: Path, opened: list[Spool]) -> None:
+    from services.redirector.forwarder import Forwarder
+
+    size = len(line(0)) + 1
+    spool = open_spool(tmp_path, opened, segment_bytes=2 * size, defer_unlinks=True)
+    for n in range(6):
+        spool.append(line(n))
+    sent: list[bytes] = []
+
+    async def publish(routing_key: str, body: bytes) -> None:
+        sent.append(body)
+
+    forwarder = Forwarder(spool, linger_s=0)
+    forwarder.attach(publish)
+    task = asyncio.create_task(forwarder.run())
+    try:
+        for _ in range(200):
+            if len(segments(tmp_path / "0")) == 1 and not spool.has_pending():
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+    assert len(segments(tmp_path / "0")) == 1  # only the active segment is left
+    assert spool._unlinks == []
+    assert b"".join(sent).count(b"click-") == 6
