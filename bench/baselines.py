@@ -98,7 +98,9 @@ async def serve(args: argparse.Namespace) -> None:
         runner = web.AppRunner(build(args.kind, signer, pool), access_log=None,
                                handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", args.port, backlog=1024)
+    # reuse_port: bench/run.py can start two naive processes on one port, one per core,
+    # as it does with the redirector.
+    site = web.TCPSite(runner, "127.0.0.1", args.port, backlog=1024, reuse_port=True)
     await site.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

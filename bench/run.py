@@ -705,24 +705,41 @@ def bench_hmac(cfg: Config, links: list[tuple[str, dict[str, str]]], loop: str,
                          .replace(f"--port {port}", "--port $PORT")], runs, paced=paced)
 
 
-def bench_naive(cfg: Config, links: list[tuple[str, dict[str, str]]]) -> SystemResult:
-    with fresh_database("naive") as database:
+def bench_naive(cfg: Config, links: list[tuple[str, dict[str, str]]],
+                processes: int = 1) -> SystemResult:
+    """The naive handler; with `processes` > 1, that many on one port (SO_REUSEPORT),
+    each with its own pool of 20: the like-for-like baseline for the redirector's
+    one-process-per-core row."""
+    suffix = f"_x{processes}" if processes > 1 else ""
+    with fresh_database(f"naive{suffix}") as database:
         port = free_port()
-        proc = Proc("naive", [PY, str(BENCH / "baselines.py"), "naive", "--port", str(port),
-                              "--loop", "uvloop", "--dsn", dsn(database)],
-                    cfg.out / "naive.log", env={"LINK_KEYS": LINK_KEYS})
+        procs = [Proc(f"naive-{n}" if n > 1 else "naive",
+                      [PY, str(BENCH / "baselines.py"), "naive", "--port", str(port),
+                       "--loop", "uvloop", "--dsn", dsn(database)],
+                      cfg.out / f"naive{suffix}-{n}.log", env={"LINK_KEYS": LINK_KEYS})
+                 for n in range(1, processes + 1)]
         try:
-            proc.wait_for("listening")
+            for proc in procs:
+                proc.wait_for("listening")
             check_redirects(port, links[0][0], links[0][1]["url"])
-            runs = measure(cfg, "naive", port, {"server": proc.pid}, uses=("postgres",))
+            pids = {("server" if n == 1 else f"server-{n}"): proc.pid
+                    for n, proc in enumerate(procs, start=1)}
+            runs = measure(cfg, f"naive{suffix}", port, pids, uses=("postgres",))
         finally:
-            proc.stop()
+            for proc in procs:
+                proc.stop()
         rows = count_rows(database)
-    total = served["naive"] + 1  # + the pre-check's click
-    result = SystemResult("naive", "naive: aiohttp + HMAC + awaited INSERT per click (uvloop)",
-                          [proc.command().replace(LINK_KEYS, "$LINK_KEYS")
-                           .replace(database, "bench_naive_<id>")
-                           .replace(f"--port {port}", "--port $PORT")], runs)
+    total = served[f"naive{suffix}"] + 1  # + the pre-check's click
+    command = (procs[0].command().replace(LINK_KEYS, "$LINK_KEYS")
+               .replace(database, f"bench_naive{suffix}_<id>")
+               .replace(f"--port {port}", "--port $PORT"))
+    if processes > 1:
+        result = SystemResult(f"naive_x{processes}", f"{processes} naive processes, one port "
+                              "(reported)", [f"# {processes} of these, same port", command],
+                              runs)
+    else:
+        result = SystemResult("naive", "naive: aiohttp + HMAC + awaited INSERT per click "
+                              "(uvloop)", [command], runs)
     result.notes.append(f"rows {rows:,} vs 3xx counted by wrk incl. warm-up and the pre-check "
                         f"{total:,} (difference {rows - total:+d})")
     return result
@@ -1217,6 +1234,8 @@ def report(cfg: Config, systems: dict[str, SystemResult], logger: dict[str, Any]
             if "redirector_x2" in systems:
                 x2 = systems["redirector_x2"]
                 compare("2 redirector processes (one per core) / naive", x2, "naive", ".2f")
+                compare("2 redirector processes / 2 naive processes (like for like)", x2,
+                        "naive_x2", ".2f")
                 compare("2 redirector processes / bare aiohttp+HMAC (one process)", x2,
                         "hmac_uvloop", ".0%")
                 rows.append(("2 redirector processes: p99 at 64 connections",
@@ -1320,7 +1339,7 @@ def write_doc(body: str) -> None:
 
 T0 = time.monotonic()
 SYSTEMS = ("nginx", "hmac_uvloop", "hmac_lowlevel", "hmac_asyncio", "naive", "redirector",
-           "redirector_x2", "logger")
+           "naive_x2", "redirector_x2", "logger")
 
 
 def main() -> None:
@@ -1379,6 +1398,7 @@ def main() -> None:
             ("hmac_asyncio", lambda: bench_hmac(cfg, links, "asyncio")),
             ("naive", lambda: bench_naive(cfg, links)),
             ("redirector", lambda: bench_redirector(cfg, links)),
+            ("naive_x2", lambda: bench_naive(cfg, links, processes=2)),
             ("redirector_x2", lambda: bench_redirector(cfg, links, processes=2)),
         ]
         cfg.rounds, cfg.runs = cfg.runs, 1
