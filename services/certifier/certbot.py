@@ -350,7 +350,8 @@ class Certbot:
             start_new_session=True,
         )
         try:
-            _, stderr = await asyncio.wait_for(process.communicate(), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):
+                _, stderr = await process.communicate()
         except TimeoutError:
             _kill(process)
             await process.wait()
@@ -362,7 +363,8 @@ class Certbot:
             # running, and holding its locks, behind us.
             _kill(process)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(process.wait(), 5)
+                async with asyncio.timeout(5):
+                    await process.wait()
             raise
         assert process.returncode is not None
         return process.returncode, stderr.decode(errors="replace")

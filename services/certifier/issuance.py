@@ -107,7 +107,8 @@ class Issuer:
                 # have placed an order, so it is counted; the rate-limit ledger errs on the
                 # safe side rather than let a redelivery overshoot a CA limit.
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self.store.record(ORDER, name, self.clock()), 5)
+                    async with asyncio.timeout(5):
+                        await self.store.record(ORDER, name, self.clock())
                 raise
             at = self.clock()
             await self.store.record(ORDER, name, at)

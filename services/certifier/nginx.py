@@ -263,7 +263,8 @@ class NginxSites:
         except OSError as exc:
             return f"cannot run {self.reload_command[0]}: {exc}"
         try:
-            output, _ = await asyncio.wait_for(process.communicate(), self._timeout_s)
+            async with asyncio.timeout(self._timeout_s):
+                output, _ = await process.communicate()
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
@@ -281,8 +282,9 @@ async def presented_serial(host: str, port: int, name: str) -> str | None:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # we compare serials; trust is not the question
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(
-            host, port, ssl=context, server_hostname=name), timeout=2)
+        async with asyncio.timeout(2):
+            _, writer = await asyncio.open_connection(
+                host, port, ssl=context, server_hostname=name)
     except (OSError, ssl.SSLError, TimeoutError):
         return None
     try:

@@ -142,4 +142,5 @@ async def renew_forever(stop: asyncio.Event, *, interval_s: float, store: Domain
         except Exception as exc:  # the database may be down; try again next round
             log.warning("certificate.renewal_pass_failed", error=str(exc) or type(exc).__name__)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval_s * (0.9 + 0.2 * rng.random()))
+            async with asyncio.timeout(interval_s * (0.9 + 0.2 * rng.random())):
+                await stop.wait()

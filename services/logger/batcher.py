@@ -97,7 +97,8 @@ class BatchWriter:
             if self._pending_rows < self._max_rows and not self._stopping:
                 self._full.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), timeout=self._flush_s)
+                    async with asyncio.timeout(self._flush_s):
+                        await self._full.wait()
             taken, count = 0, 0
             while taken < len(self._pending) and count < self._max_rows:
                 count += len(self._pending[taken][0])

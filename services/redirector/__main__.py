@@ -61,7 +61,8 @@ async def serve(settings: RedirectorSettings, stop: asyncio.Event) -> None:
     directory = DomainDirectory(settings.tracking_host, settings.tracking_host_aliases)
     engine = create_engine(settings.database, pool_size=1)
     try:
-        directory.replace(await asyncio.wait_for(load_active(engine), timeout=5))
+        async with asyncio.timeout(5):
+            directory.replace(await load_active(engine))
     except Exception as exc:  # serve the shared host now; custom domains once the DB answers
         log.warning("domains.initial_load_failed", error=str(exc) or type(exc).__name__)
     redirector = Redirector(
@@ -97,9 +98,15 @@ async def serve(settings: RedirectorSettings, stop: asyncio.Event) -> None:
     drained = await forwarder.drain(settings.drain_timeout_s)
     for task in tasks:
         task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    # Bounded: a task that ignored its cancellation must not keep the process from
+    # exiting (and the spool from being closed and synced).
+    done, stuck = await asyncio.wait(tasks, timeout=5)
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("redirector.task_failed", task=task.get_name(),
+                        error=repr(task.exception()))
+    if stuck:
+        log.warning("redirector.tasks_still_running", tasks=sorted(t.get_name() for t in stuck))
     spool.close()
     for connection in held:
         with contextlib.suppress(Exception):

@@ -53,7 +53,8 @@ async def refresh_forever(directory: DomainDirectory, engine: AsyncEngine,
     failing = False
     while True:
         try:
-            owners = await asyncio.wait_for(load_active(engine), timeout=max(refresh_s, 5.0))
+            async with asyncio.timeout(max(refresh_s, 5.0)):
+                owners = await load_active(engine)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

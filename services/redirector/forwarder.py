@@ -63,7 +63,8 @@ class Forwarder:
             if not self._spool.has_pending() or self._publish is None:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._sync_interval_s)
+                    async with asyncio.timeout(self._sync_interval_s):
+                        await self._wake.wait()
             elif self._linger_s and self._spool.backlog_bytes() < self._batch_size * 400:
                 await asyncio.sleep(self._linger_s)  # let a small batch fill up
             if self._backoff_s:

@@ -76,7 +76,8 @@ async def serve(settings: VerifierSettings, stop: asyncio.Event) -> None:
     log.info("verifier.stopping")
     await consumer.stop()
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(schedule, timeout=30)
+        async with asyncio.timeout(30):
+            await schedule
     census.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await census

@@ -54,4 +54,5 @@ async def census_forever(stop: asyncio.Event, engine: AsyncEngine, metrics: Veri
         except Exception as exc:  # the database may be down: the timestamp shows how stale
             log.warning("domains.census_failed", error=str(exc) or type(exc).__name__)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval_s)
+            async with asyncio.timeout(interval_s):
+                await stop.wait()

@@ -138,7 +138,8 @@ class Rechecker:
                 log.warning("recheck.pass_failed", error=str(exc) or type(exc).__name__)
             wait = self._poll_s * (0.8 + 0.4 * self._policy.rng.random())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=wait)
+                async with asyncio.timeout(wait):
+                    await stop.wait()
 
     async def run_once(self) -> int:
         """One pass: purge tombstones, claim what is due, check it; returns how many."""

@@ -252,16 +252,17 @@ def client_context(ca_bundle: Path | None, *, verify: bool = True) -> ssl.SSLCon
 
 async def _handshake(address: str, port: int, name: str, context: ssl.SSLContext,
                      timeout_s: float) -> bytes | None:
-    _reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(address, port, ssl=context, server_hostname=name,
-                                ssl_handshake_timeout=timeout_s), timeout_s)
+    async with asyncio.timeout(timeout_s):
+        _reader, writer = await asyncio.open_connection(
+            address, port, ssl=context, server_hostname=name, ssl_handshake_timeout=timeout_s)
     try:
         ssl_object = writer.get_extra_info("ssl_object")
         return ssl_object.getpeercert(binary_form=True) if ssl_object else None
     finally:
         writer.close()
         with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
-            await asyncio.wait_for(writer.wait_closed(), 1)
+            async with asyncio.timeout(1):
+                await writer.wait_closed()
 
 
 async def tls_probe(address: str, port: int, name: str, *, ca_bundle: Path | None,
@@ -464,7 +465,8 @@ async def http_get(address: str, port: int, *, path: str, host_header: str,
         finally:
             writer.close()
 
-    status, headers = await asyncio.wait_for(_exchange(), timeout_s)
+    async with asyncio.timeout(timeout_s):
+        status, headers = await _exchange()
     return HttpAnswer(status, headers, (time.perf_counter() - started) * 1000)
 
 
