@@ -554,3 +554,34 @@ async def test_the_forwarder_deletes_confirmed_segments_in_a_thread(
     assert len(segments(tmp_path / "0")) == 1  # only the active segment is left
     assert spool._unlinks == []
     assert b"".join(sent).count(b"click-") == 6
+
+
+async def test_clicks_after_an_idle_moment_wait_for_the_linger_and_share_a_message(
+        tmp_path: Path, opened: list[Spool]) -> None:
+    from services.redirector.forwarder import Forwarder
+
+    spool = open_spool(tmp_path, opened)
+    sent: list[bytes] = []
+
+    async def publish(routing_key: str, body: bytes) -> None:
+        sent.append(body)
+
+    forwarder = Forwarder(spool, linger_s=0.2)
+    forwarder.attach(publish)
+    task = asyncio.create_task(forwarder.run())
+    try:
+        await asyncio.sleep(0.05)  # idle: nothing spooled yet
+        spool.append(line(0))
+        forwarder.notify()  # wakes the forwarder, which now lingers
+        await asyncio.sleep(0.05)
+        for n in range(1, 10):
+            spool.append(line(n))
+            forwarder.notify()
+        for _ in range(100):
+            if not spool.has_pending() and sent:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+    assert len(sent) == 1, f"{len(sent)} messages for 10 clicks within one linger"
+    assert sent[0].count(b"click-") == 10
