@@ -2,8 +2,10 @@
 -- Usage: wrk -t1 -c64 -d10s --latency -H 'Host: ...' -s bench/paths.lua URL -- PATHS_FILE
 -- PATHS_FILE holds one request path per line (/t/<token>); requests walk it in order,
 -- starting at a random line, so consecutive requests never repeat a link.
--- An optional second argument PACE_MS makes each connection wait that many milliseconds
--- after a response before its next request: a fixed offered load instead of saturation.
+-- An optional second argument PACE_MS makes each connection wait after a response before
+-- its next request: a fixed offered load instead of saturation. The wait is random
+-- (exponential, mean PACE_MS): with one fixed pause the connections fall into step and
+-- requests arrive in waves of all of them at once, which measures the wave, not the server.
 local paths, n, i = {}, 0, 0
 
 function init(args)
@@ -15,7 +17,7 @@ function init(args)
   i = math.random(n)
   local pace = tonumber(args[2] or "0")
   if pace > 0 then
-    delay = function() return pace end
+    delay = function() return math.floor(-pace * math.log(1 - math.random()) + 0.5) end
   end
 end
 

@@ -867,8 +867,9 @@ def paced_table(cfg: Config, systems: dict[str, SystemResult],
              if name in systems and systems[name].paced is not None}
     if len(paced) < 2:
         return
-    add(f"Latency at a fixed offered load (not saturation): every connection waits "
-        f"{cfg.pace_ms} ms after each response before its next request, a pause chosen so "
+    add(f"Latency at a fixed offered load (not saturation): every connection waits a random "
+        f"time (exponential, mean {cfg.pace_ms} ms; a fixed pause puts the connections in "
+        f"step) after each response before its next request, a mean chosen so "
         f"the {cfg.connections} connections offer about {PACE_SHARE:.0%} of what the bare "
         f"handler sustained in this run; one {cfg.duration} s run each:")
     add("")
