@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 import services.redirector.spool as spool_module
+from services.redirector.forwarder import Forwarder
 from services.redirector.spool import (
     LOCK_NAME,
     SEGMENT_SUFFIX,
@@ -528,29 +530,34 @@ def test_a_new_segment_never_takes_the_name_of_one_awaiting_its_unlink(
     assert drain(spool) == [line(0), line(1), line(2)]
 
 
-async def test_the_forwarder_deletes_confirmed_segments_in_a_thread(
-        tmp_path: Path, opened: list[Spool]) -> None:
-    from services.redirector.forwarder import Forwarder
-
-    size = len(line(0)) + 1
-    spool = open_spool(tmp_path, opened, segment_bytes=2 * size, defer_unlinks=True)
-    for n in range(6):
-        spool.append(line(n))
+@contextlib.asynccontextmanager
+async def forwarding(spool: Spool, linger_s: float) -> AsyncIterator[tuple[Forwarder, list[bytes]]]:
+    """A running forwarder whose 'broker' keeps every message body it is given."""
     sent: list[bytes] = []
 
     async def publish(routing_key: str, body: bytes) -> None:
         sent.append(body)
 
-    forwarder = Forwarder(spool, linger_s=0)
+    forwarder = Forwarder(spool, linger_s=linger_s)
     forwarder.attach(publish)
     task = asyncio.create_task(forwarder.run())
     try:
+        yield forwarder, sent
+    finally:
+        task.cancel()
+
+
+async def test_the_forwarder_deletes_confirmed_segments_in_a_thread(
+        tmp_path: Path, opened: list[Spool]) -> None:
+    size = len(line(0)) + 1
+    spool = open_spool(tmp_path, opened, segment_bytes=2 * size, defer_unlinks=True)
+    for n in range(6):
+        spool.append(line(n))
+    async with forwarding(spool, linger_s=0) as (_, sent):
         for _ in range(200):
             if len(segments(tmp_path / "0")) == 1 and not spool.has_pending():
                 break
             await asyncio.sleep(0.01)
-    finally:
-        task.cancel()
     assert len(segments(tmp_path / "0")) == 1  # only the active segment is left
     assert spool._unlinks == []
     assert b"".join(sent).count(b"click-") == 6
@@ -558,18 +565,8 @@ async def test_the_forwarder_deletes_confirmed_segments_in_a_thread(
 
 async def test_clicks_after_an_idle_moment_wait_for_the_linger_and_share_a_message(
         tmp_path: Path, opened: list[Spool]) -> None:
-    from services.redirector.forwarder import Forwarder
-
     spool = open_spool(tmp_path, opened)
-    sent: list[bytes] = []
-
-    async def publish(routing_key: str, body: bytes) -> None:
-        sent.append(body)
-
-    forwarder = Forwarder(spool, linger_s=0.2)
-    forwarder.attach(publish)
-    task = asyncio.create_task(forwarder.run())
-    try:
+    async with forwarding(spool, linger_s=0.2) as (forwarder, sent):
         await asyncio.sleep(0.05)  # idle: nothing spooled yet
         spool.append(line(0))
         forwarder.notify()  # wakes the forwarder, which now lingers
@@ -581,7 +578,5 @@ async def test_clicks_after_an_idle_moment_wait_for_the_linger_and_share_a_messa
             if not spool.has_pending() and sent:
                 break
             await asyncio.sleep(0.02)
-    finally:
-        task.cancel()
     assert len(sent) == 1, f"{len(sent)} messages for 10 clicks within one linger"
     assert sent[0].count(b"click-") == 10
