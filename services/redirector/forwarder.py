@@ -43,6 +43,7 @@ class Forwarder:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self._backoff_s = 0.0
+        self._failures = 0
         self.connected = False
         self.published = 0
 
@@ -114,9 +115,15 @@ class Forwarder:
         return False
 
     async def _send_available(self) -> None:
-        while self._publish is not None and self._spool.has_pending():
+        # One round per call: once a publish fails, the rest waits for the backoff in
+        # the caller. Without this stop, batches that failed went straight back out as
+        # slots freed, thousands of attempts a second while the broker was down.
+        failures = self._failures
+        while (self._publish is not None and self._spool.has_pending()
+               and self._failures == failures):
             await self._slots.acquire()
-            batch = self._spool.next_batch(self._batch_size)
+            batch = self._spool.next_batch(self._batch_size) \
+                if self._failures == failures else None  # one failed while we waited
             if batch is None:
                 self._slots.release()
                 return
@@ -137,6 +144,7 @@ class Forwarder:
             raise
         except Exception as exc:
             self._spool.failed(batch)
+            self._failures += 1
             self._metrics.publish_failures.inc()
             self._backoff_s = min(max(self._backoff_s * 2, 0.1), 5.0)
             log.warning("clicks.publish_failed", clicks=len(batch.lines),

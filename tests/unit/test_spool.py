@@ -580,3 +580,26 @@ async def test_clicks_after_an_idle_moment_wait_for_the_linger_and_share_a_messa
             await asyncio.sleep(0.02)
     assert len(sent) == 1, f"{len(sent)} messages for 10 clicks within one linger"
     assert sent[0].count(b"click-") == 10
+
+
+async def test_a_failing_broker_gets_one_round_of_batches_per_backoff_not_a_hot_loop(
+        tmp_path: Path, opened: list[Spool]) -> None:
+    spool = open_spool(tmp_path, opened)
+    for n in range(40):
+        spool.append(line(n))
+    calls = 0
+
+    async def publish(routing_key: str, body: bytes) -> None:
+        nonlocal calls
+        calls += 1
+        raise ConnectionError("channel closed")
+
+    forwarder = Forwarder(spool, batch_size=2, linger_s=0, max_in_flight=4)
+    forwarder.attach(publish)
+    task = asyncio.create_task(forwarder.run())
+    try:
+        await asyncio.sleep(0.5)  # backoff 0.1, 0.2: at most three rounds
+    finally:
+        task.cancel()
+    assert 1 <= calls <= 3 * 4, f"{calls} publish attempts in 0.5 s against a failing broker"
+    assert spool.unconfirmed_lines() == 40
