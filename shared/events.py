@@ -13,12 +13,13 @@ docs/events.md documents each type for the upstream platform.
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, TypeVar, Union
 
 import msgspec
 
@@ -148,9 +149,12 @@ EVENT_TYPES: dict[str, type[EventData]] = {
 D = TypeVar("D", bound=EventData)
 
 
-@dataclass(frozen=True, slots=True)
-class Event(Generic[D]):
-    """A decoded CloudEvent with typed data. `raw` is the event's own JSON, for dead letters."""
+class Event(msgspec.Struct, Generic[D], frozen=True):
+    """A decoded CloudEvent with typed data. `raw` is the event's own JSON, for dead letters.
+
+    A Struct, not a frozen dataclass: the logger makes one per click, and a frozen
+    dataclass's `__init__` was about a quarter of the time it spent decoding.
+    """
 
     id: str
     type: str
@@ -198,6 +202,22 @@ _batch_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 _data_decoders = {name: msgspec.json.Decoder(cls) for name, cls in EVENT_TYPES.items()}
 
 
+def _typed_envelope(cls: type[EventData]) -> type[msgspec.Struct]:
+    """`_Envelope` with `data` typed as `cls`, told apart by `type`: for `_typed_batch`."""
+    return msgspec.defstruct(
+        f"_{cls.__name__}Envelope",
+        [("specversion", str), ("id", str), ("source", str),
+         ("time", datetime | None, None), ("dataschema", str | None, None), ("data", cls)],
+        tag_field="type", tag=cls.TYPE, kw_only=True)
+
+
+# A whole well-formed batch decodes in one call (about a third of the logger's CPU went
+# to decoding its clicks one by one); any problem falls back to `decode_event` per element,
+# which gives each bad one its reason.
+_typed_batch = msgspec.json.Decoder(list[Union[tuple(  # noqa: UP007
+    _typed_envelope(cls) for cls in EVENT_TYPES.values())]])  # type: ignore[misc]
+
+
 def schema_of(cls: type[EventData]) -> str:
     return f"{SCHEMA_PREFIX}{cls.TYPE}:{cls.VERSION}"
 
@@ -238,6 +258,14 @@ def decode_message(body: bytes, content_type: str | None) -> list[Event[Any] | I
             elements = _batch_decoder.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return [InvalidEvent(f"batch is not a JSON array: {exc}", body)]
+        if b"\\u0000" not in body:
+            try:
+                typed = _typed_batch.decode(body)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                pass
+            else:
+                return [_checked(envelope, bytes(element))
+                        for envelope, element in zip(typed, elements, strict=True)]
         return [decode_event(bytes(element)) for element in elements]
     if mode in (STRUCTURED, "application/json", ""):
         return [decode_event(body)]
@@ -256,18 +284,9 @@ def decode_event(raw: bytes) -> Event[Any] | InvalidEvent:
         return InvalidEvent(f"not a CloudEvent: {exc}", raw)
     except msgspec.DecodeError as exc:
         return InvalidEvent(f"not JSON: {exc}", raw)
-    if envelope.specversion != SPEC_VERSION:
-        return InvalidEvent(f"specversion {envelope.specversion!r} is not {SPEC_VERSION}", raw)
-    if not envelope.id or len(envelope.id) > MAX_ID_LENGTH:
-        return InvalidEvent("id must be a non-empty string of at most 256 characters", raw)
-    if envelope.time is None:
-        return InvalidEvent("time is required", raw)
-    if envelope.time.tzinfo is None:
-        return InvalidEvent("time must carry a UTC offset (RFC 3339)", raw)
-    try:
-        envelope.time.astimezone(UTC)
-    except OverflowError:
-        return InvalidEvent("time is outside years 1-9999 once converted to UTC", raw)
+    problem = _header_problem(envelope)
+    if problem:
+        return InvalidEvent(problem, raw)
     cls = EVENT_TYPES.get(envelope.type)
     if cls is None:
         return InvalidEvent(f"unknown event type {envelope.type!r}", raw)
@@ -285,6 +304,37 @@ def decode_event(raw: bytes) -> Event[Any] | InvalidEvent:
                  time=envelope.time, data=data, raw=raw)
 
 
+def _checked(envelope: Any, raw: bytes) -> Event[Any] | InvalidEvent:
+    """An element of `_typed_batch`, held to the same rules as `decode_event`."""
+    cls = type(envelope.data)
+    problem = _header_problem(envelope)
+    if not problem and envelope.dataschema is not None:
+        problem = _check_schema(envelope.dataschema, cls)
+    if problem:
+        return InvalidEvent(problem, raw)
+    return Event(id=envelope.id, type=cls.TYPE, source=envelope.source, time=envelope.time,
+                 data=envelope.data, raw=raw)
+
+
+def _header_problem(envelope: Any) -> str | None:
+    """What is wrong with an envelope's specversion, id or time, if anything."""
+    if envelope.specversion != SPEC_VERSION:
+        return f"specversion {envelope.specversion!r} is not {SPEC_VERSION}"
+    if not envelope.id or len(envelope.id) > MAX_ID_LENGTH:
+        return "id must be a non-empty string of at most 256 characters"
+    time = envelope.time
+    if time is None:
+        return "time is required"
+    if time.tzinfo is None:
+        return "time must carry a UTC offset (RFC 3339)"
+    try:
+        time.astimezone(UTC)
+    except OverflowError:
+        return "time is outside years 1-9999 once converted to UTC"
+    return None
+
+
+@functools.lru_cache(maxsize=256)  # every event of a batch carries the same one
 def _check_schema(dataschema: str, cls: type[EventData]) -> str | None:
     prefix = f"{SCHEMA_PREFIX}{cls.TYPE}:"
     if not dataschema.startswith(prefix):

@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 
+import shared.events as events_module
 from shared.events import (
     BATCH,
     EVENT_TYPES,
@@ -384,3 +385,39 @@ def test_literal_backslash_u0000_text_is_not_nul() -> None:
     event = only(decode_message(body, STRUCTURED))
     assert isinstance(event, Event), getattr(event, "reason", None)
     assert event.data == data
+
+
+# --- batches decoded whole ------------------------------------------------------------------
+
+_ELEMENTS = [
+    raw(), raw(id="evt-2", unknown_field=1), raw(specversion="0.3"), raw(id=""),
+    raw(id="x" * 257), raw(time=...), raw(time=None), raw(time="2026-03-01T12:00:00"),
+    raw(time="0001-01-01T00:00:00+01:00"), raw(time="yesterday"), raw(type="domain.exploded"),
+    raw(dataschema="urn:tracking-domains:domain.created:2"),
+    raw(dataschema="urn:tracking-domains:domain.created:v1"), raw(dataschema="urn:other:x"),
+    raw(dataschema=None), raw(data=...), raw(data=None), raw(data={"domain": "a.b"}),
+    raw(source=...), raw(source=1), raw(data={"domain": "a.b", "customer_id": "c\x00"}),
+    raw(type="domain.verified", dataschema="urn:tracking-domains:domain.verified:1",
+        data={"domain": "a.b", "customer_id": "c", "cname_target": "t.example"}),
+    encode_event(ClickTracked(**click()), source="/r"), b"42", b"[]", b"null",
+]
+
+
+@pytest.mark.parametrize("element", _ELEMENTS)
+def test_a_batch_decodes_each_element_as_it_would_alone(element: bytes) -> None:
+    # Well-formed batches are decoded in one call; every element must still come out
+    # exactly as `decode_event` makes it, valid or not, with the same reason.
+    good = raw(id="good")
+    decoded = decode_message(encode_batch([good, element, good]), BATCH)
+    assert decoded == [decode_event(good), decode_event(element), decode_event(good)]
+
+
+def test_a_well_formed_batch_is_decoded_in_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    elements = [raw(id=f"e{n}") for n in range(3)] + [raw(id="old", specversion="0.3")]
+    expected = [decode_event(element) for element in elements]
+
+    def not_per_element(raw: bytes) -> None:
+        raise AssertionError("decoded element by element")
+
+    monkeypatch.setattr(events_module, "decode_event", not_per_element)
+    assert decode_message(encode_batch(elements), BATCH) == expected
