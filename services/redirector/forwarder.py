@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from prometheus_client import CollectorRegistry
 
-from services.redirector.spool import Batch, Spool, fsync_all, unlink_all
+from services.redirector.spool import Batch, Spool, fsync_all, unlink_all, unmap_all
 from shared.broker.names import CLICK_TRACKED
 from shared.events import encode_batch
 from shared.metrics import RedirectorMetrics
@@ -76,6 +76,9 @@ class Forwarder:
             if self._backoff_s:
                 await asyncio.sleep(self._backoff_s)
             await self._send_available()
+            if unmaps := self._spool.take_unmaps():
+                await asyncio.shield(asyncio.get_running_loop().run_in_executor(
+                    None, unmap_all, unmaps))
             if unlinks := self._spool.take_unlinks():
                 # Shielded: once taken from the spool, the paths must be deleted even
                 # if this task is cancelled (a leftover segment would be sent again).

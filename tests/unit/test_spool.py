@@ -6,6 +6,9 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from services.redirector.spool import (
     adopt_orphans_forever,
     fsync_all,
     unlink_all,
+    unmap_all,
 )
 
 
@@ -42,7 +46,11 @@ def open_spool(root: Path, opened: list[Spool], **kwargs: int | bool) -> Spool:
 
 
 def crash(spool: Spool) -> None:
-    """What the kernel does when the process dies: close every descriptor, touch no file."""
+    """What the kernel does when the process dies: unmap, close every descriptor, touch
+    no file (the mapped pages stay in the page cache)."""
+    if spool._map is not None:
+        spool._map.close()
+        spool._map = None
     fds = [spool._lock_fd, spool._write_fd, *(s.fd for s in spool._segments.values()),
            *(s.write_fd for s in spool._segments.values())]
     for fd in fds:
@@ -88,7 +96,10 @@ def test_lines_are_on_disk_when_append_returns(tmp_path: Path, opened: list[Spoo
     spool.append(line(1))
     spool.append(line(2))
     (segment,) = segments(tmp_path / "0")
-    assert segment.read_bytes() == line(1) + b"\n" + line(2) + b"\n"
+    written = line(1) + b"\n" + line(2) + b"\n"
+    data = segment.read_bytes()  # another reader sees the page cache the mapping wrote
+    assert data[:len(written)] == written
+    assert data[len(written):].count(0) == len(data) - len(written)  # the preallocated tail
 
 
 def test_batch_limits(tmp_path: Path, opened: list[Spool]) -> None:
@@ -203,6 +214,48 @@ def test_sync_and_close(tmp_path: Path, opened: list[Spool]) -> None:
     assert len(segments(tmp_path / "0")) == 1
 
 
+def test_close_leaves_a_segment_holding_only_its_lines(tmp_path: Path,
+                                                      opened: list[Spool]) -> None:
+    spool = open_spool(tmp_path, opened)
+    spool.append(line(1))
+    spool.close()
+    opened.remove(spool)
+    (segment,) = segments(tmp_path / "0")
+    assert segment.read_bytes() == line(1) + b"\n"  # the preallocated tail is gone
+
+
+def test_a_line_bigger_than_a_segment_gets_a_segment_of_its_own(
+        tmp_path: Path, opened: list[Spool]) -> None:
+    spool = open_spool(tmp_path, opened, segment_bytes=64)
+    big = b'{"id":"' + b"x" * 200 + b'"}'
+    spool.append(line(1))
+    spool.append(big)
+    spool.append(line(2))
+    assert drain(spool, max_lines=1) == [line(1), big, line(2)]
+
+
+def test_a_full_disk_fails_the_append_that_needs_a_segment_and_loses_nothing(
+        tmp_path: Path, opened: list[Spool], monkeypatch: pytest.MonkeyPatch) -> None:
+    size = len(line(0)) + 1
+    spool = open_spool(tmp_path, opened, segment_bytes=2 * size)
+    spool.append(line(0))
+
+    def disk_full(fd: int, size: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(spool_module, "preallocate", disk_full)
+    spool.append(line(1))  # fills the segment: kept, though the next one cannot start
+    with pytest.raises(OSError):
+        spool.append(line(2))  # no room: refused, so its request gets no 302
+    assert len(segments(tmp_path / "0")) == 1  # no half-made segment left behind
+    batch = spool.next_batch(10)
+    assert batch is not None and batch.lines == [line(0), line(1)]
+    spool.confirmed(batch)  # would rotate the confirmed segment: tolerated
+    monkeypatch.undo()
+    spool.append(line(3))
+    assert drain(spool) == [line(3)]
+
+
 def test_close_removes_an_empty_active_segment(tmp_path: Path, opened: list[Spool]) -> None:
     spool = open_spool(tmp_path, opened)
     spool.close()
@@ -264,6 +317,43 @@ def test_crash_recovery_finds_every_unconfirmed_line(tmp_path: Path, opened: lis
     # New clicks come after the recovered ones.
     after.append(line(99))
     assert drain(after) == [line(99)]
+
+
+def test_a_killed_process_leaves_its_lines_and_recovery_drops_the_preallocated_tail(
+        tmp_path: Path) -> None:
+    # A real process, killed with SIGKILL: what it copied into the mapping is in the page
+    # cache, though it never closed, synced or unmapped anything.
+    script = (
+        "import sys, os, signal; from pathlib import Path\n"
+        "from services.redirector.spool import Spool\n"
+        "spool = Spool(Path(sys.argv[1])); spool.open()\n"
+        "for n in range(1000): spool.append(b'{\"id\":\"click-%06d\"}' % n)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    child = subprocess.run([sys.executable, "-c", script, str(tmp_path)], timeout=60,
+                           cwd=Path(__file__).resolve().parents[2])
+    assert child.returncode == -signal.SIGKILL
+    (segment,) = segments(tmp_path / "0")
+    assert segment.stat().st_size == 8 << 20  # preallocated, mostly zeros
+    spool = Spool(tmp_path)
+    spool.open()
+    try:
+        assert spool.recovered == 1000
+        assert drain(spool) == [line(n) for n in range(1000)]
+    finally:
+        spool.close()
+
+
+def test_a_line_cut_short_by_a_kill_is_dropped_before_the_zero_tail(
+        tmp_path: Path, opened: list[Spool]) -> None:
+    slot = tmp_path / "0"
+    slot.mkdir(parents=True)
+    segment = slot / f"{1:012d}{SEGMENT_SUFFIX}"
+    segment.write_bytes(line(1) + b"\n" + b'{"id":"cli' + bytes(4096))
+    spool = open_spool(tmp_path, opened)
+    assert spool.recovered == 1
+    assert segment.read_bytes() == line(1) + b"\n"
+    assert drain(spool) == [line(1)]
 
 
 def test_torn_last_line_is_dropped(tmp_path: Path, opened: list[Spool]) -> None:
@@ -496,6 +586,10 @@ def test_deferred_unlinks_wait_for_the_caller_and_close(
     pending = spool.take_unlinks()
     assert sorted(pending) == rotated
     assert spool.take_unlinks() == []
+    maps = spool.take_unmaps()  # rotated segments' mappings: closing them is left too
+    assert len(maps) == 2 and not any(m.closed for m in maps)
+    unmap_all(maps)
+    assert all(m.closed for m in maps)
     unlink_all(pending)
     assert not any(p.exists() for p in rotated)
     # A segment confirmed after the last take is deleted by close().
@@ -560,6 +654,7 @@ async def test_the_forwarder_deletes_confirmed_segments_in_a_thread(
             await asyncio.sleep(0.01)
     assert len(segments(tmp_path / "0")) == 1  # only the active segment is left
     assert spool._unlinks == []
+    assert spool._unmaps == []
     assert b"".join(sent).count(b"click-") == 6
 
 
