@@ -15,7 +15,7 @@ from services.redirector.domains import DomainDirectory, load_active, refresh_fo
 from services.redirector.forwarder import Forwarder
 from services.redirector.handlers import Redirector, build_server
 from services.redirector.settings import RedirectorSettings
-from services.redirector.spool import Spool, adopt_orphans_forever
+from services.redirector.spool import Spool, SpoolError, adopt_orphans_forever
 from shared.broker import topology as broker_topology
 from shared.broker.connection import connect, open_channel
 from shared.broker.publisher import Publisher
@@ -49,7 +49,12 @@ async def link_broker(settings: RedirectorSettings, forwarder: Forwarder, source
 async def serve(settings: RedirectorSettings, stop: asyncio.Event) -> None:
     source = event_source("redirector")
     spool = Spool(settings.spool_dir, defer_unlinks=True)
-    slot = spool.open()
+    try:
+        slot = spool.open()
+    except (OSError, SpoolError) as exc:
+        # One line an operator can act on (a missing mount, permissions, a full disk).
+        raise SystemExit(f"redirector: SPOOL_DIR {settings.spool_dir} cannot be used: "
+                         f"{exc}") from None
     registry = new_registry()
     metrics = RedirectorMetrics(registry)
     forwarder = Forwarder(spool, batch_size=settings.batch_size,
