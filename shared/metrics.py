@@ -226,8 +226,9 @@ class _ClickCollector:
     def _families(self, *, empty: bool) -> list[Metric]:
         served = CounterMetricFamily(
             "tracking_clicks_served", "Requests for /t/<token>, by outcome: redirect (a "
-            "person), bot (redirected, flagged automated; reason says why) or refused (404; "
-            "reason is the class of fault).", labels=["outcome", "reason"])
+            "person), bot (redirected, flagged automated; reason says why), refused (404; "
+            "reason is the class of fault) or unavailable (503: the click could not be "
+            "spooled).", labels=["outcome", "reason"])
         timings = HistogramMetricFamily(
             "tracking_redirect_duration_seconds", "Time the redirector's handler spends on "
             "one click it redirects (verify, spool, build the 302); excludes HTTP parsing and "
@@ -256,11 +257,13 @@ class RedirectorMetrics:
         self.served_redirect = Tally()
         self.served_bot = {reason: Tally() for reason in self.BOT_REASONS}
         self.refused = {reason: Tally() for reason in self.REFUSALS}
+        self.unavailable = Tally()  # 503: the spool could not be written
         self.redirect_seconds = Timings(REDIRECT_BUCKETS)
         self._tallies: dict[tuple[str, str], Tally] = {
             ("redirect", ""): self.served_redirect,
             **{("bot", reason): t for reason, t in self.served_bot.items()},
             **{("refused", reason): t for reason, t in self.refused.items()},
+            ("unavailable", "spool"): self.unavailable,
         }
         registry.register(_ClickCollector(self._tallies, self.redirect_seconds))
         self.published = Counter(

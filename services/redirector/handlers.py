@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from time import perf_counter
+from time import monotonic, perf_counter
 
 import structlog
 from aiohttp import web
@@ -37,6 +37,14 @@ NOT_FOUND_PAGE = (
     b"email, the link may have been altered or cut short.</p></body></html>"
 )
 _NOT_FOUND_HEADERS = {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"}
+UNAVAILABLE_PAGE = (
+    b"<!doctype html><html><head><meta charset=utf-8><title>Try again</title></head>"
+    b"<body><h1>Try again in a moment</h1><p>This link works, but it cannot be followed "
+    b"right now. Please try again shortly.</p></body></html>"
+)
+_UNAVAILABLE_HEADERS = {**_NOT_FOUND_HEADERS, "Retry-After": "30"}
+# How long a failed spool append keeps /readyz failing, and how often it is logged.
+SPOOL_FAILURE_WINDOW_S = 10.0
 _MAX_UA = 1024
 _CHALLENGE_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 TRACK_PREFIX = "/t/"
@@ -70,6 +78,8 @@ class Redirector:
     access_log: bool = False
     challenge_dir: Path | None = None
     event_ids: EventIds = field(default_factory=EventIds)
+    spool_failed_at: float | None = None  # monotonic time of the last failed append
+    spool_failure_logged_at: float | None = None
     metrics: RedirectorMetrics = field(
         default_factory=lambda: RedirectorMetrics(CollectorRegistry()))
 
@@ -104,16 +114,21 @@ class Redirector:
             user_agent = user_agent[:_MAX_UA]
         bot_reason = classify(method, user_agent)
         event_id = self.event_ids.next()
-        self.spool.append(encode_event(
-            ClickTracked(
-                customer_id=link.customer_id, campaign_id=link.campaign_id,
-                recipient_id=link.recipient_id, domain=host, url=link.url,
-                ip=self.clients.resolve(request.remote, request.headers.get("X-Forwarded-For")),
-                user_agent=user_agent, method=method, bot=bot_reason is not None,
-                bot_reason=bot_reason,
-            ),
-            source=self.source, event_id=event_id, time=datetime.now(UTC),
-        ))
+        try:
+            self.spool.append(encode_event(
+                ClickTracked(
+                    customer_id=link.customer_id, campaign_id=link.campaign_id,
+                    recipient_id=link.recipient_id, domain=host, url=link.url,
+                    ip=self.clients.resolve(request.remote,
+                                            request.headers.get("X-Forwarded-For")),
+                    user_agent=user_agent, method=method, bot=bot_reason is not None,
+                    bot_reason=bot_reason,
+                ),
+                source=self.source, event_id=event_id, time=datetime.now(UTC),
+            ))
+        except OSError as exc:
+            # A click that cannot be recorded is not redirected (a 302 would lose it).
+            return self._spool_failed(exc)
         self.forwarder.notify()
         metrics = self.metrics
         if bot_reason is None:
@@ -129,6 +144,18 @@ class Redirector:
         })
         metrics.redirect_seconds.observe(perf_counter() - started)
         return response
+
+    def _spool_failed(self, exc: OSError) -> web.Response:
+        now = monotonic()
+        logged = self.spool_failure_logged_at
+        if logged is None or now - logged >= SPOOL_FAILURE_WINDOW_S:
+            # Once per window, not once per click: a full disk would flood the log.
+            self.spool_failure_logged_at = now
+            log.error("spool.append_failed", error=str(exc),
+                      hint="free disk space under SPOOL_DIR; /readyz fails meanwhile")
+        self.spool_failed_at = now
+        self.metrics.unavailable.inc()
+        return web.Response(status=503, body=UNAVAILABLE_PAGE, headers=_UNAVAILABLE_HEADERS)
 
     def _refuse(self, request: web.BaseRequest, refusal: str, reason: str) -> web.Response:
         self.metrics.refused[refusal].inc()
@@ -158,6 +185,9 @@ class Redirector:
             problems.append("broker not connected")
         if backlog > self.spool_max_bytes:
             problems.append(f"click spool holds {backlog} bytes (limit {self.spool_max_bytes})")
+        failed = self.spool_failed_at
+        if failed is not None and monotonic() - failed < SPOOL_FAILURE_WINDOW_S:
+            problems.append("the click spool cannot be written (disk full?): clicks get 503")
         body = {"status": "ready" if not problems else "not ready", "problems": problems,
                 "spool_backlog_bytes": backlog, "active_domains": len(self.domains)}
         return web.json_response(body, status=503 if problems else 200)

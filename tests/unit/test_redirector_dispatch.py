@@ -84,3 +84,22 @@ async def test_challenges_and_probes(redirector: Redirector) -> None:
     ready = await redirector.handle(get("/readyz"))
     assert ready.status == 503  # no broker attached in a unit test
     assert json.loads(ready.body)["problems"] == ["broker not connected"]
+
+
+async def test_a_click_the_spool_cannot_take_is_a_503_never_a_302(
+        redirector: Redirector, monkeypatch: pytest.MonkeyPatch) -> None:
+    def disk_full(line: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(redirector.spool, "append", disk_full)
+    response = await redirector.handle(get(f"/t/{token()}"))
+    assert response.status == 503
+    assert "Location" not in response.headers
+    assert response.headers["Retry-After"] == "30"
+    assert redirector.metrics.unavailable.value == 1
+    ready = await redirector.handle(get("/readyz"))
+    assert ready.status == 503
+    assert any("cannot be written" in p for p in json.loads(ready.body)["problems"])
+    monkeypatch.undo()
+    again = await redirector.handle(get(f"/t/{token()}"))
+    assert again.status == 302  # the disk has room again: clicks are redirected at once
