@@ -63,6 +63,7 @@ import asyncpg  # noqa: E402
 from demo.scratch import delete_namespace  # noqa: E402
 from services.logger.database import COLUMNS  # noqa: E402
 from services.logger.handlers import to_row  # noqa: E402
+from services.redirector.event_ids import EventIds  # noqa: E402
 from shared.broker import topology as broker_topology  # noqa: E402
 from shared.broker.names import CLICK_TRACKED, LOGGER_QUEUE  # noqa: E402
 from shared.broker.publisher import Publisher  # noqa: E402
@@ -892,6 +893,7 @@ def paced_table(cfg: Config, systems: dict[str, SystemResult],
 
 def make_events(links: list[tuple[str, dict[str, str]]], count: int) -> list[bytes]:
     source = f"/redirector/{socket.gethostname()}/{os.getpid()}"
+    ids = EventIds()  # the redirector's own (time-ordered) click ids
     events = []
     for i in range(count):
         _token, fields = links[i % len(links)]
@@ -900,7 +902,7 @@ def make_events(links: list[tuple[str, dict[str, str]]], count: int) -> list[byt
                          recipient_id=fields["recipient_id"], domain=TRACKING_HOST,
                          url=fields["url"], ip="127.0.0.1", user_agent=USER_AGENT,
                          method="GET", bot=False, bot_reason=None),
-            source=source, event_id=str(uuid.uuid4()), time=datetime.now(UTC)))
+            source=source, event_id=ids.next(), time=datetime.now(UTC)))
     return events
 
 
