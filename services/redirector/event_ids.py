@@ -3,10 +3,10 @@ pooled read of the kernel's CSPRNG.
 
 Why version 7: every click id goes into the unique index on `tracking_logs.event_id`.
 Random (version 4) ids land all over that index, so each insert touches a different
-page, and the cost grows with the table: PostgreSQL's CPU per row copied in was 12 µs
-into an empty table, 17.6 µs with 2 million rows and 21.5 µs with 6 million, here. Ids
-that start with the time land at the right-hand edge: 8.8-9.8 µs a row at every size
-(bench/event_ids.py). On a table bigger than memory, random ids also mean a disk read
+page, and the cost grows with the table. With 2 million rows already in it, PostgreSQL
+used 16-23 µs of CPU per row copied in with random ids and 10-13 µs with time-ordered
+ones, which land at the index's right-hand edge (bench/event_ids.py); at 6 million rows,
+21.5 against 8.8 µs. On a table bigger than memory, random ids also mean a disk read
 per insert.
 
 Layout: 48 bits of Unix time in milliseconds, the version (7), 12 random bits, the
