@@ -2,6 +2,7 @@
 
     git worktree add /tmp/base main              # the tree to compare against
     .venv/bin/python bench/paired.py /tmp/base   # this tree (B) against that one (A)
+    .venv/bin/python bench/paired.py . --env-b CLICK_BATCH_SIZE=2000   # a setting, same tree
 
 This machine's speed drifts by tens of percent within minutes, so runs of A and then B
 measure the drift as much as the code. Here both redirectors run at once, each with its
@@ -77,18 +78,26 @@ def cpu_seconds(pid: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("other", type=Path, help="the tree to compare against (A)")
+    parser.add_argument("other", type=Path, help="the tree to compare against (A); this "
+                        "tree again to compare settings")
+    parser.add_argument("--env-a", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for A's redirector only (repeatable)")
+    parser.add_argument("--env-b", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for B's redirector only (repeatable)")
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--duration", type=int, default=6, help="seconds per run")
     parser.add_argument("--connections", type=int, default=32, help="per wrk")
     args = parser.parse_args()
     trees = {"A": args.other.resolve(), "B": ROOT}
+    own_env = {side: dict(item.split("=", 1) for item in items)
+               for side, items in (("A", args.env_a), ("B", args.env_b))}
     (ROOT / "bench" / "out").mkdir(exist_ok=True)
     out = Path(tempfile.mkdtemp(prefix="paired-", dir=ROOT / "bench" / "out"))
     links = make_links(20_000)
     paths = out / "paths.txt"
     paths.write_text("".join(f"/t/{token}\n" for token, _ in links))
-    say(f"A = {trees['A']}, B = {trees['B']}; logs in {out}")
+    say(f"A = {trees['A']} {own_env['A'] or ''}, B = {trees['B']} {own_env['B'] or ''}; "
+        f"logs in {out}")
     with fresh_database("paired") as database, fresh_namespace("paired") as exchange:
         env = {"AMQP_URL": AMQP_URL, "AMQP_EXCHANGE": exchange, "DATABASE_URL": dsn(database),
                "METRICS_BIND": "off"}
@@ -107,7 +116,7 @@ def main() -> None:
                         out / f"redirector-{side}-{half}.log", cwd=trees[side], env={
                             **env, "TRACKING_HOST": TRACKING_HOST, "LINK_KEYS": LINK_KEYS,
                             "SPOOL_DIR": str(out / f"spool-{side}"),
-                            "REDIRECTOR_BIND": f"127.0.0.1:{ports[side]}"})
+                            "REDIRECTOR_BIND": f"127.0.0.1:{ports[side]}", **own_env[side]})
                     proc.wait_for('"broker.connected"')
                     wait_port(ports[side], proc)
                     check_redirects(ports[side], links[0][0], links[0][1]["url"])
