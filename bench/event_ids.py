@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 import asyncpg
-from run import dsn, fresh_database, say
+from run import _proc_cpu, dsn, fresh_database, say
 
 from services.logger.database import COLUMNS
 from services.redirector.event_ids import EventIds
@@ -31,7 +29,6 @@ from services.redirector.event_ids import EventIds
 FILL_CHUNK = 100_000
 BATCH = 800
 BATCHES = 100
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def rows(count: int, first: int, make_id: Callable[[], str]) -> list[tuple[object, ...]]:
@@ -43,8 +40,10 @@ def rows(count: int, first: int, make_id: Callable[[], str]) -> list[tuple[objec
 
 
 def backend_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    found = _proc_cpu(pid)  # the PostgreSQL backend is on this machine
+    if found is None:
+        raise RuntimeError(f"no /proc entry for the PostgreSQL backend {pid}")
+    return found[2]
 
 
 async def measure(database: str, size: int, make_id: Callable[[], str]) -> tuple[float, float]:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -77,19 +78,14 @@ class Forwarder:
                 await asyncio.sleep(self._backoff_s)
             await self._send_available()
             if unmaps := self._spool.take_unmaps():
-                await asyncio.shield(asyncio.get_running_loop().run_in_executor(
-                    None, unmap_all, unmaps))
+                await _in_thread(unmap_all, unmaps)
             if unlinks := self._spool.take_unlinks():
-                # Shielded: once taken from the spool, the paths must be deleted even
-                # if this task is cancelled (a leftover segment would be sent again).
-                await asyncio.shield(asyncio.get_running_loop().run_in_executor(
-                    None, unlink_all, unlinks))
+                await _in_thread(unlink_all, unlinks)
             now = time.monotonic()
             if now - last_sync >= self._sync_interval_s:
                 last_sync = now
                 if self._behind():
-                    await asyncio.shield(asyncio.get_running_loop().run_in_executor(
-                        None, fsync_all, self._spool.unsynced()))
+                    await _in_thread(fsync_all, self._spool.unsynced())
 
     def _behind(self) -> bool:
         """True when clicks may sit in the spool for longer than a sync interval.
@@ -169,6 +165,16 @@ class Forwarder:
         finally:
             self._slots.release()
             self._wake.set()
+
+
+T = TypeVar("T")
+
+
+async def _in_thread(work: Callable[[list[T]], None], items: list[T]) -> None:
+    """Blocking spool file work, off the event loop. Shielded: once taken from the spool,
+    the items must be handled even if this task is cancelled (a segment left undeleted
+    would be sent again; descriptors taken for an fsync would leak)."""
+    await asyncio.shield(asyncio.get_running_loop().run_in_executor(None, work, items))
 
 
 def event_id_of(line: bytes) -> str | None:
