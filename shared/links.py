@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Annotated
 
 import msgspec
@@ -46,15 +46,48 @@ class _Payload(msgspec.Struct):
     u: str
 
 
-@dataclass(frozen=True, slots=True)
-class Link:
-    """What a verified tracking link carries."""
+class Link(msgspec.Struct, frozen=True):
+    """What a verified tracking link carries.
+
+    A msgspec Struct, not a frozen dataclass: one is made per click, and the
+    dataclass's `__init__` (0.55 µs) cost four times as much.
+    """
 
     customer_id: str
     campaign_id: str
     recipient_id: str
     url: str
     kid: str
+
+
+_BLOCK = 64  # SHA-256's block size: what HMAC pads the key to
+_IPAD = bytes(b ^ 0x36 for b in range(256))
+_OPAD = bytes(b ^ 0x5C for b in range(256))
+
+
+class _Mac:
+    """HMAC-SHA256 (RFC 2104) under one key, the key's two padded hash states made once.
+
+    `hmac.digest` sets an OpenSSL 3 HMAC context up on every call: 1.3 µs per click
+    here, against 0.55 µs for copying the two keyed states (the signature is checked
+    on every click). tests/unit/test_links.py checks it against `hmac.digest`.
+    """
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > _BLOCK:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(_BLOCK, b"\0")
+        self._inner = hashlib.sha256(key.translate(_IPAD))
+        self._outer = hashlib.sha256(key.translate(_OPAD))
+
+    def digest(self, message: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
 
 _payload_decoder = msgspec.json.Decoder(_Payload)
@@ -88,7 +121,7 @@ class LinkSigner:
         if not keys:
             raise ValueError("at least one link key is needed")
         self._signing = keys[0]
-        self._secrets = {key.kid: key.secret for key in keys}
+        self._macs = {key.kid: _Mac(key.secret) for key in keys}
 
     def mint_token(self, *, customer_id: str, campaign_id: str, recipient_id: str,
                    url: str) -> str:
@@ -105,7 +138,7 @@ class LinkSigner:
             _Payload(c=customer_id, k=campaign_id, r=recipient_id, u=url)
         )
         signed = f"{VERSION}.{self._signing.kid}.{_b64encode(payload)}"
-        signature = hmac.digest(self._signing.secret, signed.encode("ascii"), "sha256")
+        signature = self._macs[self._signing.kid].digest(signed.encode("ascii"))
         token = f"{signed}.{_b64encode(signature)}"
         if len(token) > MAX_TOKEN_LENGTH:
             raise LinkError(f"the link would be {len(token)} characters; at most "
@@ -126,8 +159,8 @@ class LinkSigner:
         if len(parts) != 4 or parts[0] != VERSION:
             raise LinkError("not a v1 token")
         _, kid, payload_b64, signature_b64 = parts
-        secret = self._secrets.get(kid)
-        if secret is None:
+        mac = self._macs.get(kid)
+        if mac is None:
             raise LinkError("unknown key id")
         try:
             signed = token[: len(token) - len(signature_b64) - 1].encode("ascii")
@@ -136,7 +169,7 @@ class LinkSigner:
             raise LinkError("malformed token") from None
         # Compare the text with the one canonical encoding of the MAC: a padded or
         # otherwise re-encoded signature is a different token and is refused.
-        expected = _b64encode(hmac.digest(secret, signed, "sha256")).encode("ascii")
+        expected = _b64encode(mac.digest(signed)).encode("ascii")
         if not hmac.compare_digest(expected, given):
             raise LinkError("bad signature")
         try:

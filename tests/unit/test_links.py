@@ -297,3 +297,14 @@ def test_verify_refuses_nul_in_ids() -> None:
     token = signed + "." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
     with pytest.raises(LinkError):
         LinkSigner([NEW]).verify(token)
+
+
+@pytest.mark.parametrize("key_length", [1, 32, 63, 64, 65, 200])
+def test_the_precomputed_mac_is_hmac_sha256(key_length: int) -> None:
+    # Keys longer than SHA-256's 64-byte block are hashed first (RFC 2104); secrets
+    # from LINK_KEYS can be any length from 32 characters up.
+    key = bytes((7 * n + key_length) % 256 for n in range(key_length))
+    mac = links._Mac(key)
+    for message in (b"", b"v1.k.payload", bytes(range(256)) * 5):
+        assert mac.digest(message) == hmac.digest(key, message, "sha256")
+    assert mac.digest(b"a") == mac.digest(b"a")  # the keyed states are copied, not consumed
