@@ -20,6 +20,7 @@ RUN mkdir shared services && touch shared/__init__.py services/__init__.py \
  && /opt/venv/bin/pip uninstall -y tracking-domains
 COPY shared ./shared
 COPY services ./services
+COPY trackctl ./trackctl
 RUN /opt/venv/bin/pip install --no-deps .
 
 # --- runtime: the interpreter, the virtualenv, an unprivileged user ----------------------

@@ -38,7 +38,7 @@ from demo.processes import ROOT
 from demo.scratch import Scratch, fetch
 from demo.world import PEBBLE_CAA_IDENTITY, World, local_world
 from shared.events import Event, decode_message
-from shared.trackctl.doctor import fix_for, split_error
+from trackctl.doctor import fix_for, split_error
 
 TRACKING_HOST = "click.platform.test"
 CUSTOMER = "customer-a"
@@ -193,7 +193,7 @@ class Story:
         fails the step, showing that output.
         """
         completed = subprocess.run(
-            [sys.executable, "-m", "shared.trackctl.main", *args], cwd=ROOT,
+            [sys.executable, "-m", "trackctl.main", *args], cwd=ROOT,
             env={**os.environ, **self.operator_env()}, capture_output=True, text=True,
             timeout=90)
         shown = [f"$ trackctl {shlex.join(args)}",

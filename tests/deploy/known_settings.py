@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-_PROJECT_PACKAGES = ("shared", "services")
+_PROJECT_PACKAGES = ("shared", "services", "trackctl")
 
 
 def _is_setting_name(value: object) -> bool:

@@ -135,7 +135,7 @@ def test_every_command_exists(config: dict[str, Any]) -> None:
         if _module_of(service):
             continue
         if command[0] in scripts:
-            assert (ROOT / "shared" / "trackctl" / f"{command[1]}.py").is_file(), command
+            assert (ROOT / "trackctl" / f"{command[1]}.py").is_file(), command
         else:  # a one-shot tool of the base image (prepare-volumes: chown)
             assert name in _one_shots(config) and not _environment(service), (name, command)
 
@@ -166,7 +166,7 @@ def test_every_variable_set_is_a_setting_the_service_reads(config: dict[str, Any
             known = service_settings(module)
         elif env:
             command = service["command"]
-            known = settings_read_by(ROOT / "shared" / "trackctl" / f"{command[1]}.py")
+            known = settings_read_by(ROOT / "trackctl" / f"{command[1]}.py")
         else:
             continue
         unknown = sorted(set(env) - known)

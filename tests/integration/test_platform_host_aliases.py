@@ -15,7 +15,7 @@ from services.verifier.checks import DomainChecker
 from services.verifier.dns import DnsResolver
 from services.verifier.judge import NotYet, Verified
 from services.verifier.settings import load
-from shared.trackctl.doctor import FAIL, PASS, check_dns
+from trackctl.doctor import FAIL, PASS, check_dns
 
 pytestmark = pytest.mark.integration
 

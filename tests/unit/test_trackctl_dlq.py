@@ -8,7 +8,7 @@ import pytest
 
 from shared.broker.topology import Topology
 from shared.events import BATCH, STRUCTURED, DomainCreated, encode_batch, encode_event
-from shared.trackctl.dlq import (
+from trackctl.dlq import (
     describe,
     matches,
     queue_for,
@@ -18,7 +18,7 @@ from shared.trackctl.dlq import (
     replay_routing_key,
     short_time,
 )
-from shared.trackctl.output import USAGE, CliError
+from trackctl.output import USAGE, CliError
 
 DEAD_HEADERS = {
     "x-dead-reason": "exhausted", "x-dead-error": "gave up after 5 attempts: timeout",

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from services.verifier import judge
-from shared.trackctl.doctor import (
+from trackctl.doctor import (
     FAIL,
     PASS,
     SKIP,
@@ -31,7 +31,7 @@ from shared.trackctl.doctor import (
     split_error,
     tls_check,
 )
-from shared.trackctl.output import USAGE, CliError
+from trackctl.output import USAGE, CliError
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)

@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from shared.trackctl.domains import (
+from trackctl.domains import (
     check_customer,
     is_tombstone,
     parse_name,
     recheck_plan,
     render_show,
 )
-from shared.trackctl.output import USAGE, CliError
+from trackctl.output import USAGE, CliError
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 

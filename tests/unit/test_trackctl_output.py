@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from shared.trackctl.output import (
+from trackctl.output import (
     USAGE,
     CliError,
     fields,

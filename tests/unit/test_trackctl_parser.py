@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.trackctl import main as trackctl_main
-from shared.trackctl.main import build_parser, main
+from trackctl import main as trackctl_main
+from trackctl.main import build_parser, main
 
 
 @pytest.fixture(autouse=True)

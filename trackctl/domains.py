@@ -30,8 +30,8 @@ from shared.domains import (
 from shared.errors import TransientError
 from shared.events import DomainCreated, DomainDeleted, EventData, encode_event, new_event_id
 from shared.settings import Env
-from shared.trackctl import connections
-from shared.trackctl.output import (
+from trackctl import connections
+from trackctl.output import (
     OK,
     USAGE,
     CliError,

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.broker.topology import Topology
 from shared.db.engine import create_engine
 from shared.settings import BrokerSettings, DatabaseSettings, Env
-from shared.trackctl.output import CliError
+from trackctl.output import CliError
 
 CONNECT_TIMEOUT_S = 10.0
 

@@ -17,8 +17,8 @@ from sqlalchemy import and_, case, distinct, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db.models import TrackingLog
-from shared.trackctl import connections
-from shared.trackctl.output import (
+from trackctl import connections
+from trackctl.output import (
     OK,
     USAGE,
     CliError,

@@ -39,8 +39,8 @@ from shared.broker.names import BINDINGS
 from shared.broker.topology import Topology
 from shared.events import Event, InvalidEvent, decode_message
 from shared.settings import Env
-from shared.trackctl import connections
-from shared.trackctl.output import (
+from trackctl import connections
+from trackctl.output import (
     FAILED,
     OK,
     USAGE,

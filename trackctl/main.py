@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from shared.errors import SettingsError
-from shared.trackctl.output import USAGE, CliError
+from trackctl.output import USAGE, CliError
 
 COMMAND_MODULES = {"db": "db", "link": "links", "domain": "domains", "dlq": "dlq",
                    "clicks": "clicks", "doctor": "doctor"}
@@ -187,11 +187,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         quiet_logs()
     try:
         if args.command == "up":
-            from shared.trackctl import up
+            from trackctl import up
 
             status = up.run(os.environ)
         else:
-            module = importlib.import_module(f"shared.trackctl.{COMMAND_MODULES[args.command]}")
+            module = importlib.import_module(f"trackctl.{COMMAND_MODULES[args.command]}")
             status = asyncio.run(module.run(args, os.environ))
     except SettingsError as exc:
         print(f"trackctl: configuration error: {exc}", file=sys.stderr)

@@ -61,10 +61,10 @@ from shared.domains import parse_host_aliases
 from shared.errors import SettingsError
 from shared.links import LinkError, LinkSigner
 from shared.settings import Env
-from shared.trackctl.clicks import DOCTOR_CAMPAIGN
-from shared.trackctl.connections import database_problem
-from shared.trackctl.domains import fetch_domain, is_tombstone
-from shared.trackctl.output import (
+from trackctl.clicks import DOCTOR_CAMPAIGN
+from trackctl.connections import database_problem
+from trackctl.domains import fetch_domain, is_tombstone
+from trackctl.output import (
     FAILED,
     OK,
     USAGE,
