@@ -4,7 +4,7 @@ The seed article's troubleshooting list, automated, in the order a click travels
 
 1. dns: does NAME lead to TRACKING_HOST (or one of TRACKING_HOST_ALIASES, named when it
    is the one reached), through which CNAME chain, from which resolver? The verifier's
-   own code answers (services/verifier: DnsResolver + DomainChecker + judge), with its
+   own code answers (shared/verification: DnsResolver + DomainChecker + judge), with its
    settings (DNS_NAMESERVERS, DNS_TIMEOUT_S, ACME_CAA_IDENTITY), so doctor and verifier
    cannot disagree.
 2. tls: does HTTPS answer on NAME with a certificate valid for NAME, and until when?
@@ -39,9 +39,16 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from sqlalchemy import select
 
-from services.verifier.checks import DomainChecker
-from services.verifier.dns import DnsResolver
-from services.verifier.judge import (
+from services.verifier.settings import DEFAULT_CAA_IDENTITY, parse_nameservers
+from shared.db.engine import create_engine
+from shared.db.models import TrackingLog
+from shared.domains import parse_host_aliases
+from shared.errors import SettingsError
+from shared.links import LinkError, LinkSigner
+from shared.settings import Env
+from shared.verification.checks import DomainChecker
+from shared.verification.dns import DnsResolver
+from shared.verification.judge import (
     CAA_FORBIDS,
     DNS_ERROR,
     DNS_SERVFAIL,
@@ -54,13 +61,6 @@ from services.verifier.judge import (
     listing,
     validate_name,
 )
-from services.verifier.settings import DEFAULT_CAA_IDENTITY, parse_nameservers
-from shared.db.engine import create_engine
-from shared.db.models import TrackingLog
-from shared.domains import parse_host_aliases
-from shared.errors import SettingsError
-from shared.links import LinkError, LinkSigner
-from shared.settings import Env
 from trackctl.clicks import DOCTOR_CAMPAIGN
 from trackctl.connections import database_problem
 from trackctl.domains import fetch_domain, is_tombstone

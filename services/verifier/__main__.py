@@ -12,8 +12,6 @@ import structlog
 from services.verifier import settings as verifier_settings
 from services.verifier.announcer import Announcer
 from services.verifier.census import census_forever
-from services.verifier.checks import DomainChecker
-from services.verifier.dns import DnsResolver
 from services.verifier.domains_repo import DomainStore
 from services.verifier.handlers import handle_domain_events
 from services.verifier.schedule import Rechecker
@@ -26,6 +24,8 @@ from shared.broker.publisher import Publisher
 from shared.db.migrate import open_migrated
 from shared.lifecycle import event_source, service_main
 from shared.metrics import MetricsServer, VerifierMetrics, new_registry
+from shared.verification.checks import DomainChecker
+from shared.verification.dns import DnsResolver
 
 log = structlog.get_logger("services.verifier")
 

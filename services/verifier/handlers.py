@@ -25,20 +25,20 @@ from typing import Any
 import structlog
 
 from services.verifier.announcer import Announces
-from services.verifier.checks import DomainChecker
 from services.verifier.domains_repo import DomainRow, DomainStore
-from services.verifier.judge import (
+from services.verifier.settings import VerifyPolicy
+from shared.domains import InvalidDomain, normalise_domain
+from shared.errors import TransientError
+from shared.events import DomainCreated, DomainDeleted, DomainRejected, DomainVerified, Event
+from shared.metrics import VerifierMetrics
+from shared.verification.checks import DomainChecker
+from shared.verification.judge import (
     Rejection,
     Verified,
     chain_of,
     owned_elsewhere,
     validate_name,
 )
-from services.verifier.settings import VerifyPolicy
-from shared.domains import InvalidDomain, normalise_domain
-from shared.errors import TransientError
-from shared.events import DomainCreated, DomainDeleted, DomainRejected, DomainVerified, Event
-from shared.metrics import VerifierMetrics
 
 log = structlog.get_logger(__name__)
 

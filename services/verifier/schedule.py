@@ -25,13 +25,13 @@ import time
 import structlog
 
 from services.verifier.announcer import Announces
-from services.verifier.checks import DomainChecker
 from services.verifier.domains_repo import DomainRow, DomainStore
 from services.verifier.handlers import Clock, utc_now
-from services.verifier.judge import CAA_FORBIDS, NotYet, Verdict, Verified
 from services.verifier.settings import VerifyPolicy
 from shared.events import DomainLapsed, DomainVerified
 from shared.metrics import VerifierMetrics
+from shared.verification.checks import DomainChecker
+from shared.verification.judge import CAA_FORBIDS, NotYet, Verdict, Verified
 
 log = structlog.get_logger(__name__)
 

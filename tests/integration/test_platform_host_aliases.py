@@ -11,10 +11,10 @@ from collections.abc import Iterator
 import pytest
 
 from demo.dns import DnsServer
-from services.verifier.checks import DomainChecker
-from services.verifier.dns import DnsResolver
-from services.verifier.judge import NotYet, Verified
 from services.verifier.settings import load
+from shared.verification.checks import DomainChecker
+from shared.verification.dns import DnsResolver
+from shared.verification.judge import NotYet, Verified
 from trackctl.doctor import FAIL, PASS, check_dns
 
 pytestmark = pytest.mark.integration

@@ -19,8 +19,6 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, 
 
 from demo.dns import DnsServer
 from services.verifier.announcer import Announcer
-from services.verifier.checks import DomainChecker
-from services.verifier.dns import DnsResolver
 from services.verifier.domains_repo import DomainStore
 from services.verifier.handlers import Outcome, handle_domain_events, handle_event
 from services.verifier.schedule import Rechecker
@@ -49,6 +47,8 @@ from shared.events import (
     encode_event,
 )
 from shared.settings import BrokerSettings, DatabaseSettings
+from shared.verification.checks import DomainChecker
+from shared.verification.dns import DnsResolver
 from tests.support.amqp import message, message_count
 from tests.support.databases import execute, fetch
 

@@ -12,8 +12,8 @@ import pytest
 
 from demo.dns import DnsServer
 from demo.net import free_port
-from services.verifier.dns import DnsResolver, Hop
-from services.verifier.judge import DNS_SERVFAIL, DNS_TIMEOUT, CaaRecord, DnsTrouble
+from shared.verification.dns import DnsResolver, Hop
+from shared.verification.judge import DNS_SERVFAIL, DNS_TIMEOUT, CaaRecord, DnsTrouble
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from services.verifier import judge
+from shared.verification import judge
 from trackctl.doctor import (
     FAIL,
     PASS,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from services.verifier.checks import DomainChecker
-from services.verifier.dns import Hop
-from services.verifier.judge import (
+from shared.verification.checks import DomainChecker
+from shared.verification.dns import Hop
+from shared.verification.judge import (
     CAA_FORBIDS,
     CNAME_LOOP,
     DNS_TIMEOUT,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.verifier.judge import (
+from shared.verification.judge import (
     CAA_FORBIDS,
     CHAIN_TOO_LONG,
     CNAME_LOOP,

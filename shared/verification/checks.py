@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from services.verifier.dns import Hop
-from services.verifier.judge import (
+from shared.verification.dns import Hop
+from shared.verification.judge import (
     MAX_CHAIN_HOPS,
     CaaLevel,
     CaaRecord,

@@ -17,7 +17,7 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
-from services.verifier.judge import DNS_ERROR, DNS_SERVFAIL, DNS_TIMEOUT, CaaRecord, DnsTrouble
+from shared.verification.judge import DNS_ERROR, DNS_SERVFAIL, DNS_TIMEOUT, CaaRecord, DnsTrouble
 
 
 @dataclass(frozen=True)
