@@ -40,15 +40,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import aio_pika
 
+from demo.databases import DatabaseFactory, fetch
 from demo.net import first_redirect
+from demo.processes import count_lines
 from demo.world import World, local_world
 from shared.broker import topology as broker_topology
 from shared.broker.names import DOMAIN_CREATED
 from shared.events import DomainCreated, encode_event
 from shared.links import LinkSigner
 from shared.settings import DatabaseSettings, parse_link_keys
-from tests.support.databases import DatabaseFactory, fetch
-from tests.support.lifecycle import count_lines
 
 HOST = "click.platform.bench"
 LINK_KEYS = "bench:" + "bench-signing-secret-0123456789abcdefgh"

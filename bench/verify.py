@@ -31,12 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import aio_pika
 
+from demo.databases import DatabaseFactory
 from demo.dns import DnsServer
 from demo.processes import ServiceProcess
 from shared.broker import topology as broker_topology
 from shared.broker.names import DOMAIN_CREATED, DOMAIN_REJECTED, DOMAIN_VERIFIED
 from shared.events import DomainCreated, encode_event
-from tests.support.databases import DatabaseFactory
 
 HOST = "click.platform.bench"
 

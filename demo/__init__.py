@@ -9,5 +9,6 @@ end-to-end tests and the lifecycle benchmark, so what the demo shows is what the
 Modules, each named for what it wraps: `dns` (a DNS server we control), `pebble`
 (the ACME CA), `nginx`, `processes` (the service child processes), `net` (ports and
 HTTPS requests on loopback), `scratch` (the demo's own database and broker namespace),
-`world` (all of them together), `story` (the walk-through's steps).
+`databases` (migrated scratch databases cloned from a template, for tests and
+benchmarks), `world` (all of them together), `story` (the walk-through's steps).
 """

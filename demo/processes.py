@@ -103,3 +103,8 @@ class ServiceProcess:
     def __exit__(self, *_exc: object) -> None:
         if self.process is not None and self.process.poll() is None:
             self.kill()
+
+
+def count_lines(text: str, *needles: str) -> int:
+    """Log lines holding every needle (service logs are JSON, one event a line)."""
+    return sum(1 for line in text.splitlines() if all(n in line for n in needles))

@@ -21,10 +21,10 @@ from pathlib import Path
 import aio_pika
 import pytest
 
+from demo.databases import DatabaseFactory
 from shared.broker import topology as broker_topology
 from shared.settings import BrokerSettings, DatabaseSettings, LinkKey
 from tests.support import environment
-from tests.support.databases import DatabaseFactory
 
 TEST_LINK_KEYS = "k2026:" + "test-signing-secret-0123456789abcdef" + ",old:" + "o" * 40
 TRACKING_HOST = "click.platform.test"

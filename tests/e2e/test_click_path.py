@@ -8,12 +8,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from demo.databases import execute, fetch
 from demo.net import free_port
 from demo.processes import ServiceProcess
 from shared.links import LinkSigner
 from shared.settings import BrokerSettings, DatabaseSettings, LinkKey
 from tests.conftest import TRACKING_HOST, service_env
-from tests.support.databases import execute, fetch
 
 # The platform's old host during a move (TRACKING_HOST_ALIASES): it serves every link too.
 OLD_HOST = "click.old-platform.test"

@@ -24,7 +24,9 @@ import dns.query
 import dns.rdatatype
 import pytest
 
+from demo.databases import DatabaseFactory, fetch
 from demo.net import first_redirect, https_get
+from demo.processes import count_lines
 from demo.world import PEBBLE_CAA_IDENTITY, World, local_world
 from shared.broker import topology as broker_topology
 from shared.broker.names import (
@@ -41,8 +43,6 @@ from shared.links import LinkSigner
 from shared.settings import BrokerSettings, DatabaseSettings, LinkKey
 from tests.conftest import TRACKING_HOST, service_env
 from tests.support.amqp import message
-from tests.support.databases import DatabaseFactory, fetch
-from tests.support.lifecycle import count_lines
 
 pytestmark = pytest.mark.e2e
 

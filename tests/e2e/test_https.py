@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from demo.databases import execute, fetch
 from demo.net import free_port
 from demo.nginx import Nginx
 from demo.pebble import Pebble
@@ -28,7 +29,6 @@ from shared.links import LinkSigner
 from shared.settings import BrokerSettings, DatabaseSettings, LinkKey
 from tests.conftest import TRACKING_HOST, service_env
 from tests.support.amqp import connected, get_messages
-from tests.support.databases import execute, fetch
 
 pytestmark = pytest.mark.e2e
 

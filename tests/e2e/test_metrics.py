@@ -13,12 +13,12 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from demo.databases import fetch
 from demo.net import free_port
 from demo.processes import ServiceProcess
 from shared.links import LinkSigner
 from shared.settings import BrokerSettings, DatabaseSettings, LinkKey
 from tests.conftest import TRACKING_HOST, service_env
-from tests.support.databases import fetch
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -12,6 +12,7 @@ import aio_pika
 import msgspec
 import pytest
 
+from demo.databases import fetch
 from demo.dns import DnsServer
 from demo.processes import ServiceProcess
 from shared.broker import topology as broker_topology
@@ -21,7 +22,6 @@ from shared.events import DomainCreated, encode_event
 from shared.settings import BrokerSettings, DatabaseSettings
 from tests.conftest import TRACKING_HOST, service_env
 from tests.support.amqp import message
-from tests.support.databases import fetch
 
 pytestmark = pytest.mark.e2e
 

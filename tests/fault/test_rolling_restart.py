@@ -30,6 +30,7 @@ import aio_pika
 import aiohttp
 import pytest
 
+from demo.databases import execute, fetch
 from demo.dns import DnsServer
 from demo.net import free_port
 from demo.nginx import Nginx
@@ -59,7 +60,6 @@ from tests.fault.harness import (
     wait_rows,
 )
 from tests.support.amqp import message
-from tests.support.databases import execute, fetch
 
 pytestmark = pytest.mark.fault
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
+from demo.databases import execute, fetch
 from demo.net import free_port
 from demo.pebble import Pebble, make_listener_ca
 from demo.processes import ServiceProcess
@@ -44,7 +45,6 @@ from shared.settings import BrokerSettings, DatabaseSettings
 from tests.conftest import TRACKING_HOST, service_env
 from tests.integration.conftest import FAST_DELAYS_MS
 from tests.support.amqp import connected, get_messages, message_count, wait_count
-from tests.support.databases import execute, fetch
 
 pytestmark = pytest.mark.integration
 

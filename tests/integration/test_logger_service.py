@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from aio_pika.abc import AbstractConnection
 
+from demo.databases import fetch
 from demo.processes import ServiceProcess
 from services.logger.__main__ import serve
 from services.logger.settings import LoggerSettings
@@ -22,7 +23,6 @@ from shared.events import encode_batch
 from shared.settings import BrokerSettings, DatabaseSettings
 from tests.conftest import service_env
 from tests.support.amqp import click_event, connected, message_count
-from tests.support.databases import fetch
 
 pytestmark = pytest.mark.integration
 

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
+from demo.databases import execute
 from demo.net import free_port
 from services.certifier.database import DomainStore
 from services.certifier.renewal import RenewalPolicy, update_expiry_gauges
@@ -36,7 +37,6 @@ from shared.metrics import (
 )
 from shared.settings import BrokerSettings, DatabaseSettings
 from tests.support.amqp import batch_message, click_event, message
-from tests.support.databases import execute
 
 pytestmark = pytest.mark.integration
 

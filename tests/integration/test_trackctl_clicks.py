@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from demo.databases import execute
 from demo.processes import ROOT
 from shared.settings import DatabaseSettings
-from tests.support.databases import execute
 
 pytestmark = pytest.mark.integration
 

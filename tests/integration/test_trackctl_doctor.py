@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from demo.databases import execute, fetch
 from demo.dns import DnsServer
 from demo.net import free_port
 from demo.nginx import Nginx
@@ -31,7 +32,6 @@ from demo.processes import ROOT, ServiceProcess
 from services.certifier.nginx import Site, render_sites
 from shared.settings import BrokerSettings, DatabaseSettings
 from tests.conftest import TRACKING_HOST, service_env
-from tests.support.databases import execute, fetch
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 

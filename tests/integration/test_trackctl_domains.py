@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
+from demo.databases import execute, fetch
 from demo.dns import DnsServer
 from demo.processes import ROOT, ServiceProcess
 from shared.broker.topology import Topology
 from shared.settings import BrokerSettings, DatabaseSettings
 from tests.conftest import TRACKING_HOST, service_env
-from tests.support.databases import execute, fetch
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 

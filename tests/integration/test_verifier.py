@@ -17,6 +17,7 @@ import msgspec
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
 
+from demo.databases import execute, fetch
 from demo.dns import DnsServer
 from services.verifier.announcer import Announcer
 from services.verifier.domains_repo import DomainStore
@@ -50,7 +51,6 @@ from shared.settings import BrokerSettings, DatabaseSettings
 from shared.verification.checks import DomainChecker
 from shared.verification.dns import DnsResolver
 from tests.support.amqp import message, message_count
-from tests.support.databases import execute, fetch
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,5 @@
-"""A fresh, migrated PostgreSQL database per test, cloned from a template migrated once."""
+"""A fresh, migrated PostgreSQL database per test (or benchmark run), cloned from a template
+migrated once."""
 
 from __future__ import annotations
 
