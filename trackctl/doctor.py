@@ -5,8 +5,8 @@ The seed article's troubleshooting list, automated, in the order a click travels
 1. dns: does NAME lead to TRACKING_HOST (or one of TRACKING_HOST_ALIASES, named when it
    is the one reached), through which CNAME chain, from which resolver? The verifier's
    own code answers (shared/verification: DnsResolver + DomainChecker + judge), with its
-   settings (DNS_NAMESERVERS, DNS_TIMEOUT_S, ACME_CAA_IDENTITY), so doctor and verifier
-   cannot disagree.
+   settings read by its loader (DNS_NAMESERVERS, DNS_TIMEOUT_S, ACME_CAA_IDENTITY), so
+   doctor and verifier cannot disagree.
 2. tls: does HTTPS answer on NAME with a certificate valid for NAME, and until when?
    It connects to the address DNS gave (or `--connect`), port `--https-port`, with SNI
    NAME, trusting the system CAs or `--ca-bundle`.
@@ -39,10 +39,8 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from sqlalchemy import select
 
-from services.verifier.settings import DEFAULT_CAA_IDENTITY, parse_nameservers
 from shared.db.engine import create_engine
 from shared.db.models import TrackingLog
-from shared.domains import parse_host_aliases
 from shared.errors import SettingsError
 from shared.links import LinkError, LinkSigner
 from shared.settings import Env
@@ -61,6 +59,7 @@ from shared.verification.judge import (
     listing,
     validate_name,
 )
+from shared.verification.settings import EXPIRY_WARNING_DAYS, load_dns_judgement
 from trackctl.clicks import DOCTOR_CAMPAIGN
 from trackctl.connections import database_problem
 from trackctl.domains import fetch_domain, is_tombstone
@@ -77,8 +76,6 @@ from trackctl.output import (
 PASS, FAIL, WARN, SKIP = "pass", "fail", "warn", "skipped"
 LABELS = {PASS: "PASS", FAIL: "FAIL", WARN: "WARN", SKIP: "SKIP"}
 DOCS = "docs/troubleshooting.md"
-# As the certifier's CERTIFIER_EXPIRY_WARNING_DAYS: renewal should be long done by then.
-EXPIRY_WARNING_DAYS = 14
 USER_AGENT = "trackctl-doctor/1 (tracking-domains health check bot)"
 DEFAULT_DESTINATION = "https://example.com/?trackctl-doctor"
 MAX_HEAD = 64 * 1024
@@ -602,9 +599,9 @@ class Options:
 
 
 def options(args: argparse.Namespace, environ: Mapping[str, str]) -> Options:
-    env = Env(environ)
-    host = env.tracking_host()
-    aliases = parse_host_aliases(env.raw("TRACKING_HOST_ALIASES"), host)
+    # The verifier's own loader: the same settings, validated the same way.
+    dns = load_dns_judgement(Env(environ))
+    host, aliases = dns.tracking_host, dns.tracking_host_aliases
     checked = validate_name(args.name, host, aliases)
     if isinstance(checked, Rejection):
         raise CliError(f"{args.name!r}: {checked.reason}", USAGE)
@@ -616,11 +613,9 @@ def options(args: argparse.Namespace, environ: Mapping[str, str]) -> Options:
     for flag, value in (("--timeout", args.timeout), ("--click-timeout", args.click_timeout)):
         if value <= 0:
             raise CliError(f"{flag} must be positive", USAGE)
-    caa = env.str("ACME_CAA_IDENTITY", DEFAULT_CAA_IDENTITY).lower().rstrip(".")
     return Options(
-        name=checked, host=host, ca_identity=caa,
-        nameservers=parse_nameservers(env.raw("DNS_NAMESERVERS")),
-        dns_timeout_s=env.float("DNS_TIMEOUT_S", 5.0, minimum=0.01),
+        name=checked, host=host, ca_identity=dns.caa_identity,
+        nameservers=dns.nameservers, dns_timeout_s=dns.dns_timeout_s,
         connect=args.connect, https_port=args.https_port, ca_bundle=ca_bundle,
         redirector=parse_redirector(args.redirector) if args.redirector else None,
         destination=args.destination, timeout_s=args.timeout,

@@ -15,6 +15,7 @@ from services.certifier.ratelimits import Limits
 from shared.errors import SettingsError
 from shared.metrics import load_bind
 from shared.settings import BrokerSettings, DatabaseSettings, Env
+from shared.verification.settings import EXPIRY_WARNING_DAYS
 
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 LETS_ENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
@@ -164,7 +165,7 @@ def load(environ: Mapping[str, str]) -> CertifierSettings:
         validation_retry_s=env.float("CERTIFIER_VALIDATION_RETRY_S", 60.0, minimum=0.0),
         renew_check_s=env.float("CERTIFIER_RENEW_CHECK_S", 3600.0, minimum=0.1),
         renew_retry_s=env.float("CERTIFIER_RENEW_RETRY_S", 6 * 3600.0, minimum=1.0),
-        expiry_warning_days=env.float("CERTIFIER_EXPIRY_WARNING_DAYS", 14.0),
+        expiry_warning_days=env.float("CERTIFIER_EXPIRY_WARNING_DAYS", EXPIRY_WARNING_DAYS),
         prefetch=env.int("CERTIFIER_PREFETCH", 8, minimum=1),
         max_attempts=env.int("CERTIFIER_MAX_ATTEMPTS", 24, minimum=1),
         retry_delays_ms=_delays(env),

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import ipaddress
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from shared.broker.names import RETRY_DELAYS_MS
-from shared.domains import parse_host_aliases
 from shared.errors import SettingsError
 from shared.metrics import load_bind
 from shared.settings import BrokerSettings, DatabaseSettings, Env
+from shared.verification.settings import DEFAULT_CAA_IDENTITY, load_dns_judgement
 
-DEFAULT_CAA_IDENTITY = "letsencrypt.org"
 DEFAULT_DEADLINE_S = 48 * 3600.0
 DEFAULT_RECHECK_INTERVAL_S = 3600.0
 
@@ -75,18 +73,13 @@ def load(environ: Mapping[str, str]) -> VerifierSettings:
     retry_delays_ms = parse_delays(env.raw("VERIFIER_RETRY_DELAYS_MS"))
     deadline_s = env.float("VERIFY_DEADLINE_S", DEFAULT_DEADLINE_S, minimum=0.0)
     interval_s = env.float("RECHECK_INTERVAL_S", DEFAULT_RECHECK_INTERVAL_S, minimum=0.1)
-    caa_identity = env.str("ACME_CAA_IDENTITY", DEFAULT_CAA_IDENTITY).lower().rstrip(".")
-    if not caa_identity or any(ch.isspace() or ch in ";\"" for ch in caa_identity):
-        raise SettingsError(
-            f"ACME_CAA_IDENTITY must be the CA's CAA domain (e.g. letsencrypt.org), "
-            f"got {caa_identity!r}")
+    # The same loader as `trackctl doctor`'s, so both judge DNS alike.
+    dns = load_dns_judgement(env)
     longest_s = max(retry_delays_ms) / 1000
-    tracking_host = env.tracking_host()
     policy = VerifyPolicy(
-        tracking_host=tracking_host,
-        caa_identity=caa_identity,
-        tracking_host_aliases=parse_host_aliases(env.raw("TRACKING_HOST_ALIASES"),
-                                                 tracking_host),
+        tracking_host=dns.tracking_host,
+        caa_identity=dns.caa_identity,
+        tracking_host_aliases=dns.tracking_host_aliases,
         deadline_s=deadline_s,
         recheck_interval_s=interval_s,
         recheck_jitter=env.float("RECHECK_JITTER", 0.1, minimum=0.0),
@@ -98,8 +91,8 @@ def load(environ: Mapping[str, str]) -> VerifierSettings:
         broker=env.broker(),
         database=env.database(),
         policy=policy,
-        nameservers=parse_nameservers(env.raw("DNS_NAMESERVERS")),
-        dns_timeout_s=env.float("DNS_TIMEOUT_S", 5.0, minimum=0.01),
+        nameservers=dns.nameservers,
+        dns_timeout_s=dns.dns_timeout_s,
         prefetch=env.int("VERIFIER_PREFETCH", 256, minimum=1),
         # The deadline, not this, ends rechecks; this only stops a runaway loop.
         max_attempts=env.int("VERIFIER_MAX_ATTEMPTS", 1000, minimum=2),
@@ -128,28 +121,3 @@ def parse_delays(value: str | None) -> tuple[int, ...]:
             f"VERIFIER_RETRY_DELAYS_MS must be increasing positive milliseconds, got {value!r}")
     return delays
 
-
-def parse_nameservers(value: str | None) -> tuple[tuple[str, int], ...]:
-    """`DNS_NAMESERVERS`: comma-separated `ip`, `ip:port`, `ipv6` or `[ipv6]:port`."""
-    if value is None:
-        return ()
-    servers = []
-    for item in (part.strip() for part in value.split(",")):
-        if not item:
-            continue
-        host, port = item, "53"
-        if item.startswith("["):
-            host, _, rest = item[1:].partition("]")
-            port = rest[1:] if rest.startswith(":") else ("53" if not rest else "x")
-        elif item.count(":") == 1:
-            host, port = item.split(":")
-        try:
-            address = str(ipaddress.ip_address(host))
-        except ValueError:
-            raise SettingsError(
-                f"DNS_NAMESERVERS entries must be ip or ip:port (e.g. 127.0.0.1:5353), "
-                f"got {item!r}") from None
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            raise SettingsError(f"DNS_NAMESERVERS entry {item!r} has a bad port")
-        servers.append((address, int(port)))
-    return tuple(servers)

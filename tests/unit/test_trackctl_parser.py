@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from services.verifier import settings as verifier_settings
+from shared.errors import SettingsError
 from trackctl import main as trackctl_main
 from trackctl.main import build_parser, main
 
@@ -69,3 +71,22 @@ def test_bad_values_exit_2_with_one_clear_line(capsys: pytest.CaptureFixture[str
     monkeypatch.setenv("AMQP_URL", "http://wrong")
     status, err = exit_status(capsys, "dlq", "list", "logger")
     assert status == 2 and err.startswith("trackctl: configuration error: AMQP_URL")
+
+
+@pytest.mark.parametrize("name, value", [
+    ("ACME_CAA_IDENTITY", 'a"b'),
+    ("DNS_NAMESERVERS", "dns.example"),
+    ("DNS_TIMEOUT_S", "0"),
+    ("TRACKING_HOST_ALIASES", "click.old.test:80"),
+])
+def test_doctor_refuses_what_the_verifier_refuses(capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   name: str, value: str) -> None:
+    environ = {"TRACKING_HOST": "click.platform.test", name: value}
+    with pytest.raises(SettingsError) as refused:
+        verifier_settings.load(environ)
+    for key, setting in environ.items():
+        monkeypatch.setenv(key, setting)
+    status, err = exit_status(capsys, "doctor", "track.a.test")
+    assert status == 2
+    assert err == f"trackctl: configuration error: {refused.value}\n"

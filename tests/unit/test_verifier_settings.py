@@ -7,10 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.verifier.settings import VerifyPolicy, load, parse_delays, parse_nameservers
+from services.verifier.settings import VerifyPolicy, load, parse_delays
 from shared.broker.names import RETRY_DELAYS_MS
 from shared.errors import SettingsError
 from shared.lifecycle import load_or_exit
+from shared.verification.settings import parse_nameservers
 
 
 def test_defaults() -> None:
