@@ -25,8 +25,8 @@ from pathlib import Path
 from aiohttp.test_utils import make_mocked_request
 
 import services.redirector.handlers as handlers
+from services.redirector.active_domains import DomainDirectory
 from services.redirector.clients import ClientAddress
-from services.redirector.domains import DomainDirectory
 from services.redirector.forwarder import Forwarder
 from services.redirector.spool import Spool
 from shared.links import LinkSigner

@@ -62,7 +62,7 @@ from shared.verification.judge import (
 from shared.verification.settings import EXPIRY_WARNING_DAYS, load_dns_judgement
 from trackctl.clicks import DOCTOR_CAMPAIGN
 from trackctl.connections import database_problem
-from trackctl.domains import fetch_domain, is_tombstone
+from trackctl.domain_commands import fetch_domain, is_tombstone
 from trackctl.output import (
     FAILED,
     OK,

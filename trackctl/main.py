@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from shared.errors import SettingsError
 from trackctl.output import USAGE, CliError
 
-COMMAND_MODULES = {"db": "db", "link": "links", "domain": "domains", "dlq": "dlq",
+COMMAND_MODULES = {"db": "db", "link": "links", "domain": "domain_commands", "dlq": "dlq",
                    "clicks": "clicks", "doctor": "doctor"}
 DLQ_SERVICES = ("logger", "verifier", "certifier")
 

@@ -19,12 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.certifier import settings as certifier_settings
 from services.certifier.certbot import Certbot
-from services.certifier.database import DomainStore
 from services.certifier.handlers import Policy, handle_events, served_sites
 from services.certifier.issuance import Issuer
 from services.certifier.nginx import NginxError, NginxSites, local_address
 from services.certifier.renewal import RenewalPolicy, renew_forever
 from services.certifier.settings import CertifierSettings
+from services.certifier.store import CertificateStore
 from shared.broker import topology as broker_topology
 from shared.broker.connection import connect, open_channel
 from shared.broker.consumer import ConsumePolicy, Consumer, Handler
@@ -69,7 +69,7 @@ class Running:
     stopping: asyncio.Event
     certbot: Certbot
     sites: NginxSites
-    store: DomainStore
+    store: CertificateStore
     outcomes: Counter[str]
     drain_timeout_s: float = 60.0
 
@@ -110,7 +110,7 @@ async def start(settings: CertifierSettings, metrics: CertifierMetrics | None = 
         metrics = CertifierMetrics(new_registry(process=False))
     source = event_source("certifier")
     engine = await open_migrated(settings.database, service="certifier", pool_size=2)
-    store = DomainStore(engine)
+    store = CertificateStore(engine)
     certbot = Certbot(
         command=settings.certbot_command, base_dir=settings.certbot_dir,
         server=settings.acme_directory_url, email=settings.acme_email,

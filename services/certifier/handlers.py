@@ -43,9 +43,9 @@ from services.certifier.certbot import (
     FailureKind,
     Stopping,
 )
-from services.certifier.database import CERTIFIABLE_STATUSES, DomainStore
 from services.certifier.issuance import Failed, HeldBack, Issued, Issuer, renew_at
 from services.certifier.nginx import NginxError, NginxSites, Site
+from services.certifier.store import CERTIFIABLE_STATUSES, CertificateStore
 from shared.broker.publisher import Publisher
 from shared.domains import InvalidDomain, normalise_domain
 from shared.errors import PermanentError, TransientError
@@ -72,7 +72,7 @@ class Policy:
     renew_jitter: float = 0.1
 
 
-async def handle_events(events: Sequence[Event[Any]], *, store: DomainStore, issuer: Issuer,
+async def handle_events(events: Sequence[Event[Any]], *, store: CertificateStore, issuer: Issuer,
                         sites: NginxSites, publisher: Publisher, policy: Policy,
                         rng: random.Random, outcomes: Counter[str]) -> None:
     """Dispatch by type; `outcomes` counts what each finished event came to."""
@@ -90,7 +90,7 @@ async def handle_events(events: Sequence[Event[Any]], *, store: DomainStore, iss
         outcomes[outcome] += 1
 
 
-async def certify(data: DomainVerified, *, store: DomainStore, issuer: Issuer,
+async def certify(data: DomainVerified, *, store: CertificateStore, issuer: Issuer,
                   sites: NginxSites, publisher: Publisher, policy: Policy,
                   rng: random.Random) -> str:
     """Make sure `data.domain` has a certificate, served and recorded; returns the outcome."""
@@ -137,7 +137,8 @@ async def certify(data: DomainVerified, *, store: DomainStore, issuer: Issuer,
                  duration_ms=round((time.perf_counter() - started) * 1000, 1))
 
 
-async def already_recorded(store: DomainStore, name: str, certificate: CertificateInfo) -> bool:
+async def already_recorded(store: CertificateStore, name: str,
+                           certificate: CertificateInfo) -> bool:
     """True if the row is active with this certificate (read now: another handler, the
     renewal loop or another process may have recorded it while we waited for the lock)."""
     row = await store.get(name)
@@ -146,7 +147,7 @@ async def already_recorded(store: DomainStore, name: str, certificate: Certifica
 
 
 async def put_in_service(name: str, customer_id: str, certificate: CertificateInfo, *,
-                         store: DomainStore, sites: NginxSites, publisher: Publisher,
+                         store: CertificateStore, sites: NginxSites, publisher: Publisher,
                          policy: Policy, rng: random.Random) -> bool:
     """Serve the certificate, tell the platform, then mark the row active (in that order)."""
     try:
@@ -160,7 +161,7 @@ async def put_in_service(name: str, customer_id: str, certificate: CertificateIn
                                 renew_at(certificate, rng, jitter=policy.renew_jitter))
 
 
-async def forget(data: DomainDeleted, *, store: DomainStore, certbot: Certbot,
+async def forget(data: DomainDeleted, *, store: CertificateStore, certbot: Certbot,
                  sites: NginxSites) -> str:
     started = time.perf_counter()
     name = _name(data.domain)
@@ -182,7 +183,7 @@ async def forget(data: DomainDeleted, *, store: DomainStore, certbot: Certbot,
     return outcome
 
 
-async def stop_renewing(data: DomainLapsed, *, store: DomainStore) -> str:
+async def stop_renewing(data: DomainLapsed, *, store: CertificateStore) -> str:
     name = _name(data.domain)
     row = await store.get(name)
     if row is None or row.customer_id != data.customer_id:
@@ -195,7 +196,7 @@ async def stop_renewing(data: DomainLapsed, *, store: DomainStore) -> str:
     return outcome
 
 
-async def served_sites(*, store: DomainStore, certbot: Certbot) -> list[Site]:
+async def served_sites(*, store: CertificateStore, certbot: Certbot) -> list[Site]:
     """Every domain nginx should serve: a served status and a complete certificate on disk."""
     sites = []
     for name in await store.served_names():
@@ -207,7 +208,7 @@ async def served_sites(*, store: DomainStore, certbot: Certbot) -> list[Site]:
     return sites
 
 
-async def _failed(name: str, customer_id: str, result: Failed, *, store: DomainStore,
+async def _failed(name: str, customer_id: str, result: Failed, *, store: CertificateStore,
                   publisher: Publisher, policy: Policy) -> tuple[str, str]:
     failure = result.failure
     reason = explain(name, failure, policy.tracking_host)

@@ -25,7 +25,6 @@ from services.certifier.certbot import (
     CertificateInfo,
     FailureKind,
 )
-from services.certifier.database import DomainStore
 from services.certifier.ratelimits import (
     CERTIFICATE,
     FAILED_VALIDATION,
@@ -34,6 +33,7 @@ from services.certifier.ratelimits import (
     Limits,
     hold_back,
 )
+from services.certifier.store import CertificateStore
 
 log = structlog.get_logger(__name__)
 
@@ -76,7 +76,7 @@ def _utcnow() -> datetime:
 
 
 class Issuer:
-    def __init__(self, *, certbot: Certbot, store: DomainStore, limits: Limits,
+    def __init__(self, *, certbot: Certbot, store: CertificateStore, limits: Limits,
                  clock: Callable[[], datetime] = _utcnow) -> None:
         self.certbot = certbot
         self.store = store

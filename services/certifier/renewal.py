@@ -30,10 +30,10 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from services.certifier.certbot import Stopping
-from services.certifier.database import DomainRow, DomainStore
 from services.certifier.handlers import Policy, already_recorded, explain, put_in_service
 from services.certifier.issuance import Failed, HeldBack, Issuer
 from services.certifier.nginx import NginxSites
+from services.certifier.store import CertificateRow, CertificateStore
 from shared.broker.publisher import Publisher
 from shared.events import CertificateExpiring
 from shared.metrics import CertifierMetrics
@@ -54,7 +54,7 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-async def renew_due(*, store: DomainStore, issuer: Issuer, sites: NginxSites,
+async def renew_due(*, store: CertificateStore, issuer: Issuer, sites: NginxSites,
                     publisher: Publisher, policy: Policy, renewal: RenewalPolicy,
                     rng: random.Random, clock: Callable[[], datetime] = _utcnow,
                     metrics: CertifierMetrics | None = None) -> int:
@@ -71,7 +71,7 @@ async def renew_due(*, store: DomainStore, issuer: Issuer, sites: NginxSites,
     return len(rows)
 
 
-async def update_expiry_gauges(store: DomainStore, metrics: CertifierMetrics,
+async def update_expiry_gauges(store: CertificateStore, metrics: CertifierMetrics,
                                renewal: RenewalPolicy,
                                clock: Callable[[], datetime] = _utcnow) -> None:
     """`tracking_certificates_expiring`: active certificates inside the warning window,
@@ -81,8 +81,9 @@ async def update_expiry_gauges(store: DomainStore, metrics: CertifierMetrics,
     metrics.earliest_expiry.set(soonest.timestamp() if soonest is not None else 0)
 
 
-async def renew_one(row: DomainRow, *, store: DomainStore, issuer: Issuer, sites: NginxSites,
-                    publisher: Publisher, policy: Policy, renewal: RenewalPolicy,
+async def renew_one(row: CertificateRow, *, store: CertificateStore, issuer: Issuer,
+                    sites: NginxSites, publisher: Publisher, policy: Policy,
+                    renewal: RenewalPolicy,
                     rng: random.Random, clock: Callable[[], datetime] = _utcnow) -> str:
     started = time.perf_counter()
     outcome, error = "unfinished", None
@@ -126,7 +127,7 @@ async def renew_one(row: DomainRow, *, store: DomainStore, issuer: Issuer, sites
     return outcome
 
 
-async def renew_forever(stop: asyncio.Event, *, interval_s: float, store: DomainStore,
+async def renew_forever(stop: asyncio.Event, *, interval_s: float, store: CertificateStore,
                         issuer: Issuer, sites: NginxSites, publisher: Publisher,
                         policy: Policy, renewal: RenewalPolicy, rng: random.Random,
                         metrics: CertifierMetrics | None = None) -> None:

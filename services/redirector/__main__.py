@@ -10,8 +10,8 @@ import structlog
 from aiohttp import web
 
 from services.redirector import settings as redirector_settings
+from services.redirector.active_domains import DomainDirectory, load_active, refresh_forever
 from services.redirector.clients import ClientAddress
-from services.redirector.domains import DomainDirectory, load_active, refresh_forever
 from services.redirector.forwarder import Forwarder
 from services.redirector.handlers import Redirector, build_server
 from services.redirector.settings import RedirectorSettings

@@ -18,9 +18,9 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from services.redirector.active_domains import DomainDirectory
 from services.redirector.bots import classify
 from services.redirector.clients import ClientAddress
-from services.redirector.domains import DomainDirectory
 from services.redirector.event_ids import EventIds
 from services.redirector.forwarder import Forwarder
 from services.redirector.spool import Spool

@@ -12,10 +12,10 @@ import structlog
 from services.verifier import settings as verifier_settings
 from services.verifier.announcer import Announcer
 from services.verifier.census import census_forever
-from services.verifier.domains_repo import DomainStore
 from services.verifier.handlers import handle_domain_events
 from services.verifier.schedule import Rechecker
 from services.verifier.settings import VerifierSettings
+from services.verifier.store import VerificationStore
 from shared.broker import topology as broker_topology
 from shared.broker.connection import connect, open_channel
 from shared.broker.consumer import ConsumePolicy, Consumer
@@ -34,7 +34,7 @@ async def serve(settings: VerifierSettings, stop: asyncio.Event) -> None:
     source = event_source("verifier")
     engine = await open_migrated(settings.database, service="verifier",
                                  pool_size=settings.db_pool_size)
-    store = DomainStore(engine)
+    store = VerificationStore(engine)
     registry = new_registry()
     metrics = VerifierMetrics(registry)
     metrics_server = MetricsServer(registry, settings.metrics_bind)

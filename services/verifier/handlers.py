@@ -25,8 +25,8 @@ from typing import Any
 import structlog
 
 from services.verifier.announcer import Announces
-from services.verifier.domains_repo import DomainRow, DomainStore
 from services.verifier.settings import VerifyPolicy
+from services.verifier.store import VerificationRow, VerificationStore
 from shared.domains import InvalidDomain, normalise_domain
 from shared.errors import TransientError
 from shared.events import DomainCreated, DomainDeleted, DomainRejected, DomainVerified, Event
@@ -60,7 +60,7 @@ class Outcome:
     reason: str | None = None
 
 
-async def handle_domain_events(events: Sequence[Event[Any]], *, store: DomainStore,
+async def handle_domain_events(events: Sequence[Event[Any]], *, store: VerificationStore,
                                checker: DomainChecker, announcer: Announces,
                                policy: VerifyPolicy, clock: Clock = utc_now,
                                metrics: VerifierMetrics | None = None) -> None:
@@ -83,7 +83,7 @@ async def handle_domain_events(events: Sequence[Event[Any]], *, store: DomainSto
                              delay_s=min(delays) if delays else None)
 
 
-async def handle_event(event: Event[Any], *, store: DomainStore, checker: DomainChecker,
+async def handle_event(event: Event[Any], *, store: VerificationStore, checker: DomainChecker,
                        announcer: Announces, policy: VerifyPolicy,
                        clock: Clock = utc_now,
                        metrics: VerifierMetrics | None = None) -> Outcome:
@@ -113,7 +113,7 @@ async def handle_event(event: Event[Any], *, store: DomainStore, checker: Domain
     return outcome
 
 
-async def verify_domain(event: Event[DomainCreated], *, store: DomainStore,
+async def verify_domain(event: Event[DomainCreated], *, store: VerificationStore,
                         checker: DomainChecker, announcer: Announces, policy: VerifyPolicy,
                         clock: Clock) -> Outcome:
     data = event.data
@@ -159,7 +159,7 @@ async def verify_domain(event: Event[DomainCreated], *, store: DomainStore,
                                policy=policy, clock=clock)
 
 
-async def judge_pending(row: DomainRow, *, checker: DomainChecker, store: DomainStore,
+async def judge_pending(row: VerificationRow, *, checker: DomainChecker, store: VerificationStore,
                         announcer: Announces, policy: VerifyPolicy, clock: Clock) -> Outcome:
     name, customer = row.name, row.customer_id
     verdict = await checker.check(name)
@@ -192,7 +192,7 @@ async def judge_pending(row: DomainRow, *, checker: DomainChecker, store: Domain
                    reason=f"{verdict.code}: {verdict.reason}")
 
 
-async def forget_domain(event: Event[DomainDeleted], *, store: DomainStore,
+async def forget_domain(event: Event[DomainDeleted], *, store: VerificationStore,
                         policy: VerifyPolicy, clock: Clock) -> Outcome:
     data = event.data
     try:

@@ -25,9 +25,9 @@ import time
 import structlog
 
 from services.verifier.announcer import Announces
-from services.verifier.domains_repo import DomainRow, DomainStore
 from services.verifier.handlers import Clock, utc_now
 from services.verifier.settings import VerifyPolicy
+from services.verifier.store import VerificationRow, VerificationStore
 from shared.events import DomainLapsed, DomainVerified
 from shared.metrics import VerifierMetrics
 from shared.verification.checks import DomainChecker
@@ -39,7 +39,7 @@ log = structlog.get_logger(__name__)
 UNSURE_FRACTION = 0.1
 
 
-async def recheck_domain(row: DomainRow, *, store: DomainStore, checker: DomainChecker,
+async def recheck_domain(row: VerificationRow, *, store: VerificationStore, checker: DomainChecker,
                          announcer: Announces, policy: VerifyPolicy,
                          clock: Clock = utc_now, metrics: VerifierMetrics | None = None) -> str:
     """Check one claimed domain again; returns what happened (also logged, once)."""
@@ -59,7 +59,7 @@ async def recheck_domain(row: DomainRow, *, store: DomainStore, checker: DomainC
             metrics.verification("recheck", outcome, code)
 
 
-async def _apply(row: DomainRow, verdict: Verdict, *, store: DomainStore,
+async def _apply(row: VerificationRow, verdict: Verdict, *, store: VerificationStore,
                  announcer: Announces, policy: VerifyPolicy, clock: Clock) -> str:
     name, customer, now = row.name, row.customer_id, clock()
     if isinstance(verdict, Verified):
@@ -113,7 +113,7 @@ async def _apply(row: DomainRow, verdict: Verdict, *, store: DomainStore,
 class Rechecker:
     """Runs the periodic checks until `stop` is set."""
 
-    def __init__(self, *, store: DomainStore, checker: DomainChecker, announcer: Announces,
+    def __init__(self, *, store: VerificationStore, checker: DomainChecker, announcer: Announces,
                  policy: VerifyPolicy, poll_s: float, batch: int = 500,
                  concurrency: int = 64, clock: Clock = utc_now,
                  metrics: VerifierMetrics | None = None) -> None:
@@ -157,7 +157,7 @@ class Rechecker:
                 log.warning("recheck.failures", count=len(failed), error=str(failed[0]))
         return len(rows)
 
-    async def _one(self, row: DomainRow) -> str:
+    async def _one(self, row: VerificationRow) -> str:
         async with self._limit:
             return await recheck_domain(row, store=self._store, checker=self._checker,
                                         announcer=self._announcer, policy=self._policy,

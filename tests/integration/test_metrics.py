@@ -16,8 +16,8 @@ from prometheus_client import CollectorRegistry
 
 from demo.databases import execute
 from demo.net import free_port
-from services.certifier.database import DomainStore
 from services.certifier.renewal import RenewalPolicy, update_expiry_gauges
+from services.certifier.store import CertificateStore
 from services.verifier.census import count_by_status, update
 from shared.broker import topology as broker_topology
 from shared.broker.connection import connect, open_channel
@@ -172,7 +172,7 @@ async def test_the_renewal_loop_counts_certificates_inside_the_warning_window(
     registry = CollectorRegistry()
     metrics = CertifierMetrics(registry)
     try:
-        await update_expiry_gauges(DomainStore(engine), metrics, RenewalPolicy())
+        await update_expiry_gauges(CertificateStore(engine), metrics, RenewalPolicy())
     finally:
         await engine.dispose()
     assert value(registry, "tracking_certificates_expiring") == 1  # lapsed ones are not renewed

@@ -20,10 +20,10 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, 
 from demo.databases import execute, fetch
 from demo.dns import DnsServer
 from services.verifier.announcer import Announcer
-from services.verifier.domains_repo import DomainStore
 from services.verifier.handlers import Outcome, handle_domain_events, handle_event
 from services.verifier.schedule import Rechecker
 from services.verifier.settings import VerifyPolicy
+from services.verifier.store import VerificationStore
 from shared.broker import topology as broker_topology
 from shared.broker.connection import connect, open_channel
 from shared.broker.consumer import ConsumePolicy, Consumer
@@ -74,7 +74,7 @@ def created(domain: str = NAME, customer: str = CUSTOMER) -> Event[Any]:
 class Harness:
     dns: DnsServer
     database: DatabaseSettings
-    store: DomainStore
+    store: VerificationStore
     checker: DomainChecker
     announcer: Announcer
     policy: VerifyPolicy
@@ -151,7 +151,7 @@ async def harness(database: DatabaseSettings, broker: BrokerSettings, topology: 
         publisher = Publisher(channel, exchange, source="/tests/verifier", timeout_s=5)
         resolver = DnsResolver((("127.0.0.1", dns_server.port),), timeout_s=0.5)
         yield Harness(
-            dns=dns_server, database=database, store=DomainStore(engine),
+            dns=dns_server, database=database, store=VerificationStore(engine),
             checker=DomainChecker(resolver, target=HOST, ca_identity="letsencrypt.org"),
             announcer=Announcer(publisher), policy=fast_policy(), channel=channel,
             exchange=exchange, observed=observed,
@@ -620,7 +620,7 @@ async def test_the_store_works_on_sqlite(tmp_path: Path, dns_server: DnsServer) 
     await upgrade(settings)
     engine = create_engine(settings)
     try:
-        store = DomainStore(engine)
+        store = VerificationStore(engine)
         now = datetime.now(UTC)
         added = await store.add_pending(NAME, CUSTOMER, now)
         assert added is not None and added.status == "pending"

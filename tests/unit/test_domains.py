@@ -206,7 +206,7 @@ def test_platform_host_of_names_the_host_a_name_is_or_is_under() -> None:
 
 
 def test_the_redirector_serves_every_customer_on_the_platform_host_under_any_name() -> None:
-    from services.redirector.domains import DomainDirectory
+    from services.redirector.active_domains import DomainDirectory
 
     directory = DomainDirectory("click.new.test", ("click.old.test",))
     directory.replace({"track.a.test": "cust-a"})

@@ -15,8 +15,8 @@ from prometheus_client import CollectorRegistry
 
 from services.logger.batcher import BatchWriter
 from services.logger.database import Row
+from services.redirector.active_domains import DomainDirectory
 from services.redirector.clients import ClientAddress
-from services.redirector.domains import DomainDirectory
 from services.redirector.forwarder import Forwarder, event_id_of
 from services.redirector.handlers import REFUSAL_CLASSES, Redirector
 from services.redirector.spool import Spool

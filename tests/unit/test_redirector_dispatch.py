@@ -10,8 +10,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
+from services.redirector.active_domains import DomainDirectory
 from services.redirector.clients import ClientAddress
-from services.redirector.domains import DomainDirectory
 from services.redirector.forwarder import Forwarder
 from services.redirector.handlers import NOT_FOUND_PAGE, Redirector
 from services.redirector.spool import Spool

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from trackctl.domains import (
+from trackctl.domain_commands import (
     check_customer,
     is_tombstone,
     parse_name,

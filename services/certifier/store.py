@@ -32,7 +32,9 @@ CERTIFIABLE_STATUSES = ("verified", "active")
 
 
 @dataclass(frozen=True)
-class DomainRow:
+class CertificateRow:
+    """A `tracking_domains` row as the certifier sees it: status and certificate columns."""
+
     name: str
     customer_id: str
     status: str
@@ -52,20 +54,23 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
-def _row(row: Sequence[object]) -> DomainRow:
+def _row(row: Sequence[object]) -> CertificateRow:
     name, customer, status, verified, serial, expires, renew = row
-    return DomainRow(
+    return CertificateRow(
         name=str(name), customer_id=str(customer), status=str(status), verified=bool(verified),
         certificate_serial=serial if isinstance(serial, str) else None,
         certificate_expires_at=_utc(expires) if isinstance(expires, datetime) else None,
         certificate_renew_at=_utc(renew) if isinstance(renew, datetime) else None)
 
 
-class DomainStore:
+class CertificateStore:
+    """The certifier's writes of `tracking_domains` (certificate columns, verified -> active)
+    and its ledger of ACME requests (`acme_events`)."""
+
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def get(self, name: str) -> DomainRow | None:
+    async def get(self, name: str) -> CertificateRow | None:
         async with self._engine.connect() as connection:
             row = (await connection.execute(
                 select(*_COLUMNS).where(TrackingDomain.name == name))).first()
@@ -125,7 +130,7 @@ class DomainStore:
                 .where(TrackingDomain.status == "active"))).one()
         return int(count or 0), _utc(soonest) if isinstance(soonest, datetime) else None
 
-    async def due_for_renewal(self, now: datetime, limit: int = 100) -> list[DomainRow]:
+    async def due_for_renewal(self, now: datetime, limit: int = 100) -> list[CertificateRow]:
         async with self._engine.connect() as connection:
             rows = await connection.execute(
                 select(*_COLUMNS)

@@ -26,7 +26,9 @@ RECHECKED = ("verified", "active", "lapsed")
 
 
 @dataclass(frozen=True)
-class DomainRow:
+class VerificationRow:
+    """A `tracking_domains` row as the verifier sees it: status, DNS facts, schedule."""
+
     name: str
     customer_id: str
     status: str
@@ -56,14 +58,16 @@ def _utc(value: datetime | None) -> datetime | None:
     return value
 
 
-def _row(row: Row[Any]) -> DomainRow:
+def _row(row: Row[Any]) -> VerificationRow:
     values = dict(row._mapping)
     for key in ("check_due_at", "created_at", "updated_at", "verified_at"):
         values[key] = _utc(values[key])
-    return DomainRow(**values)
+    return VerificationRow(**values)
 
 
-class DomainStore:
+class VerificationStore:
+    """The verifier's conditional writes of `tracking_domains` (status and DNS columns)."""
+
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         # Single statements need no BEGIN/COMMIT round trips: they run in autocommit
@@ -73,13 +77,14 @@ class DomainStore:
         self._insert = (postgresql.insert if engine.dialect.name == "postgresql"
                         else sqlite.insert)
 
-    async def get(self, name: str) -> DomainRow | None:
+    async def get(self, name: str) -> VerificationRow | None:
         async with self._auto.connect() as connection:
             row = (await connection.execute(
                 select(*_COLUMNS).where(T.name == name))).first()
         return None if row is None else _row(row)
 
-    async def add_pending(self, name: str, customer_id: str, now: datetime) -> DomainRow | None:
+    async def add_pending(self, name: str, customer_id: str,
+                          now: datetime) -> VerificationRow | None:
         """Add the domain as pending and return its row, or None if the name exists."""
         statement = self._insert(TABLE).values(
             name=name, customer_id=customer_id, status="pending", verified=False,
@@ -89,7 +94,7 @@ class DomainStore:
             row = (await connection.execute(statement)).first()
         return None if row is None else _row(row)
 
-    async def restart(self, row: DomainRow, customer_id: str, now: datetime) -> bool:
+    async def restart(self, row: VerificationRow, customer_id: str, now: datetime) -> bool:
         """Start verifying a rejected or lapsed domain afresh (new deadline), for
         `customer_id`; only if the row is still exactly as `row` saw it."""
         return await self._write(update(TABLE).where(
@@ -175,7 +180,7 @@ class DomainStore:
             return "deleted"
 
     async def claim_due(self, now: datetime, limit: int,
-                        next_due: Callable[[], datetime]) -> list[DomainRow]:
+                        next_due: Callable[[], datetime]) -> list[VerificationRow]:
         """Take up to `limit` verified/active/lapsed domains whose check is due, pushing
         their `check_due_at` on to `next_due()` in the same transaction, so no other
         replica takes them."""
