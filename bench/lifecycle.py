@@ -46,6 +46,7 @@ from demo.processes import count_lines
 from demo.world import World, local_world
 from shared.broker import topology as broker_topology
 from shared.broker.names import DOMAIN_CREATED
+from shared.domain_status import DomainStatus
 from shared.events import DomainCreated, encode_event
 from shared.links import LinkSigner
 from shared.settings import DatabaseSettings, parse_link_keys
@@ -125,9 +126,9 @@ async def single(stack: World, amqp_url: str, exchange: str, database: DatabaseS
                         seen: dict[str, float] = seen) -> None:
             while "active" not in seen:
                 status = (await statuses(database)).get(name)
-                if status in ("verified", "active"):
+                if status in (DomainStatus.VERIFIED, DomainStatus.ACTIVE):
                     seen.setdefault("verified", time.monotonic() - started)
-                if status == "active":
+                if status == DomainStatus.ACTIVE:
                     seen["active"] = time.monotonic() - started
                 await asyncio.sleep(0.01)
 
@@ -155,8 +156,9 @@ async def burst(stack: World, amqp_url: str, exchange: str, database: DatabaseSe
     progress_at = time.monotonic()
     while True:
         now_statuses = await statuses(database)
-        active = sum(1 for s in now_statuses.values() if s == "active")
-        verified = sum(1 for s in now_statuses.values() if s in ("verified", "active"))
+        active = sum(1 for s in now_statuses.values() if s == DomainStatus.ACTIVE)
+        verified = sum(1 for s in now_statuses.values()
+                       if s in (DomainStatus.VERIFIED, DomainStatus.ACTIVE))
         if all_verified is None and verified == count:
             all_verified = time.monotonic() - started
         if active == count:

@@ -37,6 +37,7 @@ from demo.net import BROWSER_USER_AGENT, first_redirect
 from demo.processes import ROOT
 from demo.scratch import Scratch, fetch
 from demo.world import PEBBLE_CAA_IDENTITY, World, local_world
+from shared.domain_status import DomainStatus
 from shared.events import Event, decode_message
 from trackctl.doctor import fix_for, split_error
 
@@ -324,7 +325,7 @@ class Story:
     def verified(self) -> Proof:
         row = self.wait_domain(NAME, lambda r: r["verified"], what="verified",
                                timeout_s=VERIFY_DEADLINE_S + 15,
-                               hopeless=lambda r: r["status"] == "rejected")
+                               hopeless=lambda r: r["status"] == DomainStatus.REJECTED)
         verified_after = (row["verified_at"] - row["created_at"]).total_seconds()
         event = self.announced(NAME, "domain.verified")
         return Proof(
@@ -336,9 +337,9 @@ class Story:
                 "so did the certifier"])
 
     def certificate(self) -> Proof:
-        self.wait_domain(NAME, lambda r: r["status"] == "active", what="active",
-                         timeout_s=45, hopeless=lambda r: r["status"] not in ("verified",
-                                                                              "active"))
+        self.wait_domain(NAME, lambda r: r["status"] == DomainStatus.ACTIVE, what="active",
+                         timeout_s=45, hopeless=lambda r: not DomainStatus(r["status"])
+                         .can_become(DomainStatus.ACTIVE))
         shown = self.trackctl("domain", "show", NAME)
         pem = self.world.certbot_dir / "config" / "live" / NAME / "cert.pem"
         cert = x509.load_pem_x509_certificate(pem.read_bytes())
@@ -444,7 +445,7 @@ class Story:
             OTHER_NAME, lambda r: (r["last_error"] or "").startswith("wrong_target: "),
             what="pending with a wrong_target reason", timeout_s=10)
         pending_after = time.monotonic() - started
-        rejected = self.wait_domain(OTHER_NAME, lambda r: r["status"] == "rejected",
+        rejected = self.wait_domain(OTHER_NAME, lambda r: r["status"] == DomainStatus.REJECTED,
                                     what="rejected", timeout_s=VERIFY_DEADLINE_S + 15)
         told = self.announced(OTHER_NAME, "domain.rejected")
         orders = self.rows("SELECT count(*) AS n FROM acme_events WHERE name = $1", OTHER_NAME)

@@ -41,6 +41,7 @@ from sqlalchemy import select
 
 from shared.db.engine import create_engine
 from shared.db.models import TrackingLog
+from shared.domain_status import DomainStatus
 from shared.errors import SettingsError
 from shared.links import LinkError, LinkSigner
 from shared.settings import Env
@@ -356,7 +357,7 @@ def database_check(row: Mapping[str, Any] | None, *, name: str, host: str, ca_id
         return Check("database", FAIL, f"no row for {name} in tracking_domains", fix=(
             f"the platform has not added it: `trackctl domain add {name} --customer C` "
             "publishes domain.created as the platform does."), code="missing")
-    status = row["status"]
+    status = DomainStatus(row["status"])
     code, reason = split_error(row.get("last_error"))
     data = {"row_status": status, "customer_id": row["customer_id"], "verified": row["verified"],
             "last_error": row.get("last_error")}
@@ -366,7 +367,7 @@ def database_check(row: Mapping[str, Any] | None, *, name: str, host: str, ca_id
     if row.get("last_error"):
         details.append(f"last error: {row['last_error']}")
     recheck = f"`trackctl domain recheck {name}`"
-    if status == "active" and row["verified"]:
+    if status == DomainStatus.ACTIVE and row["verified"]:
         expires = row.get("certificate_expires_at")
         certificate = (f"certificate {row.get('certificate_serial') or '-'} expires "
                        f"{fmt_relative(expires, now)}" if expires is not None
@@ -379,22 +380,22 @@ def database_check(row: Mapping[str, Any] | None, *, name: str, host: str, ca_id
                 "the last periodic check or renewal reported a problem: fix it before the "
                 "certificate expires (docs/certificates.md: Renewal)."), code, data)
         return Check("database", PASS, summary, details, data=data)
-    if status == "pending":
+    if status == DomainStatus.PENDING:
         fix = fix_for(code, name, host, ca_identity) or "wait for the verifier's first check"
         return Check("database", FAIL, f"pending: {reason or 'not checked yet'}", details,
                      f"{fix} The verifier keeps rechecking; {recheck} checks now.", code, data)
-    if status == "verified":
+    if status == DomainStatus.VERIFIED:
         return Check("database", FAIL, "verified, but no certificate in service yet"
                      + (f": {row['last_error']}" if row.get("last_error") else ""), details, (
                          "the certifier issues one for every verified domain: see its "
                          "last_error above (docs/certificates.md: Failures) and `trackctl dlq "
                          f"list certifier`; {recheck} asks the certifier again."), code, data)
-    if status == "rejected" and is_tombstone(row):
+    if is_tombstone(row):
         return Check("database", FAIL, "deleted by the customer (a tombstone until its "
                      "rechecks drain)", details, (
                          f"`trackctl domain add {name} --customer {row['customer_id']}` adds "
                          "it again."), "deleted", data)
-    if status == "rejected":
+    if status == DomainStatus.REJECTED:
         fix = fix_for(code, name, host, ca_identity)
         return Check("database", FAIL, f"rejected: {row.get('last_error') or '-'}", details,
                      f"{fix + ' ' if fix else ''}Then {recheck} (publishes domain.created "
@@ -666,7 +667,7 @@ async def diagnose(opts: Options, environ: Mapping[str, str]) -> list[Check]:
     if row is None:
         why_not = ("the database is unreachable" if db_error else
                    f"{name} has no row, so no customer to mint a link for")
-    elif row["status"] != "active":
+    elif row["status"] != DomainStatus.ACTIVE:
         why_not = f"{name} is {row['status']}, and redirectors only serve active domains"
     elif opts.redirector is not None:
         r_host, r_port = opts.redirector

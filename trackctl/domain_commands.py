@@ -20,7 +20,9 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.broker.publisher import Publisher
-from shared.db.models import DOMAIN_STATUSES, AcmeEvent, TrackingDomain
+from shared.db.models import AcmeEvent, TrackingDomain
+from shared.domain_status import DomainStatus
+from shared.domain_status import is_tombstone as status_is_tombstone
 from shared.domains import (
     InvalidDomain,
     normalise_domain,
@@ -82,8 +84,8 @@ def check_customer(customer: str) -> str:
 
 
 def is_tombstone(row: Mapping[str, Any]) -> bool:
-    """A deleted pending domain, kept until its rechecks drain (services/verifier)."""
-    return row["status"] == "rejected" and row["check_due_at"] is not None
+    """A deleted pending domain, kept until its rechecks drain (shared/domain_status.py)."""
+    return status_is_tombstone(row["status"], row["check_due_at"])
 
 
 @dataclass(frozen=True)
@@ -108,13 +110,13 @@ def recheck_plan(row: Mapping[str, Any]) -> RecheckPlan:
       set to now as well: the next scheduler pass (VERIFIER_SCHEDULE_POLL_S) rechecks it.
     - a tombstone (deleted while pending) would be re-added: refused, use `domain add`.
     """
-    status = row["status"]
+    status = DomainStatus(row["status"])
     if is_tombstone(row):
         return RecheckPlan(False, False, "")
-    if status == "pending":
+    if status == DomainStatus.PENDING:
         return RecheckPlan(True, False, "the verifier checks its DNS now (it stays pending "
                                         "until DNS is right, then becomes verified)")
-    if status in ("rejected", "lapsed"):
+    if status.can_become(DomainStatus.PENDING):
         return RecheckPlan(True, False, f"the verifier restarts verification ({status} -> "
                                         "pending, with a new deadline) and checks DNS now")
     return RecheckPlan(True, True, (
@@ -153,7 +155,8 @@ async def fetch_acme_events(engine: AsyncEngine, name: str, limit: int = 10
 async def schedule_dns_check(engine: AsyncEngine, name: str, now: datetime) -> bool:
     """Make a verified/active domain due for the verifier's periodic DNS check now."""
     statement = (update(TrackingDomain.__table__)
-                 .where(T.name == name, T.status.in_(("verified", "active")))
+                 .where(T.name == name,
+                        T.status.in_((DomainStatus.VERIFIED, DomainStatus.ACTIVE)))
                  .values(check_due_at=now, updated_at=T.updated_at))
     async with engine.begin() as connection:
         return (await connection.execute(statement)).rowcount == 1
@@ -216,8 +219,8 @@ async def add(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 async def list_(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    if args.status is not None and args.status not in DOMAIN_STATUSES:
-        raise CliError(f"--status must be one of {', '.join(DOMAIN_STATUSES)}", USAGE)
+    if args.status is not None and args.status not in tuple(DomainStatus):
+        raise CliError(f"--status must be one of {', '.join(DomainStatus)}", USAGE)
     async with connections.database(environ) as engine:
         rows = await fetch_domains(engine, customer=args.customer, status=args.status,
                                    limit=args.limit)

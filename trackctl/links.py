@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from shared.db.engine import create_engine
 from shared.db.models import TrackingDomain
+from shared.domain_status import DomainStatus
 from shared.domains import InvalidDomain, normalise_domain
 from shared.links import LinkError, LinkSigner
 from shared.settings import Env
@@ -22,7 +23,7 @@ async def active_domain(environ: Mapping[str, str], customer_id: str,
     try:
         query = (select(TrackingDomain.name)
                  .where(TrackingDomain.customer_id == customer_id,
-                        TrackingDomain.status == "active")
+                        TrackingDomain.status == DomainStatus.ACTIVE)
                  .order_by(TrackingDomain.updated_at.desc()).limit(1))
         if name is not None:
             query = query.where(TrackingDomain.name == name)

@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from shared.domain_status import DomainStatus
 from shared.errors import SettingsError
 from trackctl.output import USAGE, CliError
 
@@ -117,7 +118,8 @@ def _domain_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     _json_flag(add)
     listing = sub.add_parser("list", help="tracking domains, by customer and name")
     listing.add_argument("--customer")
-    listing.add_argument("--status", help="pending, verified, active, rejected or lapsed")
+    *statuses, last = DomainStatus
+    listing.add_argument("--status", help=f"{', '.join(statuses)} or {last}")
     listing.add_argument("--limit", type=_positive_int, default=500)
     _json_flag(listing)
     show = sub.add_parser("show", help="one domain: status, verification, certificate, "

@@ -47,6 +47,7 @@ from services.certifier.issuance import Failed, HeldBack, Issued, Issuer, renew_
 from services.certifier.nginx import NginxError, NginxSites, Site
 from services.certifier.store import CERTIFIABLE_STATUSES, CertificateStore
 from shared.broker.publisher import Publisher
+from shared.domain_status import DomainStatus
 from shared.domains import InvalidDomain, normalise_domain
 from shared.errors import PermanentError, TransientError
 from shared.events import (
@@ -142,7 +143,7 @@ async def already_recorded(store: CertificateStore, name: str,
     """True if the row is active with this certificate (read now: another handler, the
     renewal loop or another process may have recorded it while we waited for the lock)."""
     row = await store.get(name)
-    return row is not None and row.status == "active" \
+    return row is not None and row.status == DomainStatus.ACTIVE \
         and row.certificate_serial == certificate.serial
 
 

@@ -24,11 +24,13 @@ from services.certifier.ratelimits import (
     registered_domain,
 )
 from shared.db.models import AcmeEvent, TrackingDomain
+from shared.domain_status import DomainStatus, sources
 
 # Statuses whose certificate is kept and served: `lapsed` keeps serving until the
 # certificate expires (its DNS may come back), it is only no longer renewed.
-SERVED_STATUSES = ("verified", "active", "lapsed")
-CERTIFIABLE_STATUSES = ("verified", "active")
+SERVED_STATUSES = (DomainStatus.VERIFIED, DomainStatus.ACTIVE, DomainStatus.LAPSED)
+# Statuses a certificate may be issued and recorded for: those that may become active.
+CERTIFIABLE_STATUSES = sources(DomainStatus.ACTIVE)
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ class CertificateRow:
 
     name: str
     customer_id: str
-    status: str
+    status: DomainStatus
     verified: bool
     certificate_serial: str | None
     certificate_expires_at: datetime | None
@@ -57,7 +59,8 @@ def _utc(value: datetime) -> datetime:
 def _row(row: Sequence[object]) -> CertificateRow:
     name, customer, status, verified, serial, expires, renew = row
     return CertificateRow(
-        name=str(name), customer_id=str(customer), status=str(status), verified=bool(verified),
+        name=str(name), customer_id=str(customer), status=DomainStatus(status),
+        verified=bool(verified),
         certificate_serial=serial if isinstance(serial, str) else None,
         certificate_expires_at=_utc(expires) if isinstance(expires, datetime) else None,
         certificate_renew_at=_utc(renew) if isinstance(renew, datetime) else None)
@@ -84,7 +87,7 @@ class CertificateStore:
                 update(TrackingDomain)
                 .where(TrackingDomain.name == name,
                        TrackingDomain.status.in_(CERTIFIABLE_STATUSES))
-                .values(status="active", last_error=None,
+                .values(status=DomainStatus.ACTIVE, last_error=None,
                         certificate_serial=certificate.serial,
                         certificate_issued_at=certificate.not_before,
                         certificate_expires_at=certificate.not_after,
@@ -127,14 +130,14 @@ class CertificateStore:
         async with self._engine.connect() as connection:
             count, soonest = (await connection.execute(
                 select(func.count(expires).filter(expires < before), func.min(expires))
-                .where(TrackingDomain.status == "active"))).one()
+                .where(TrackingDomain.status == DomainStatus.ACTIVE))).one()
         return int(count or 0), _utc(soonest) if isinstance(soonest, datetime) else None
 
     async def due_for_renewal(self, now: datetime, limit: int = 100) -> list[CertificateRow]:
         async with self._engine.connect() as connection:
             rows = await connection.execute(
                 select(*_COLUMNS)
-                .where(TrackingDomain.status == "active",
+                .where(TrackingDomain.status == DomainStatus.ACTIVE,
                        TrackingDomain.certificate_renew_at.is_not(None),
                        TrackingDomain.certificate_renew_at <= now)
                 .order_by(TrackingDomain.certificate_renew_at)

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db.models import TrackingDomain
+from shared.domain_status import DomainStatus
 
 log = structlog.get_logger(__name__)
 
@@ -43,7 +44,7 @@ async def load_active(engine: AsyncEngine) -> dict[str, str]:
     async with engine.connect() as connection:
         rows = await connection.execute(
             select(TrackingDomain.name, TrackingDomain.customer_id)
-            .where(TrackingDomain.status == "active")
+            .where(TrackingDomain.status == DomainStatus.ACTIVE)
         )
         return {name: customer for name, customer in rows}
 

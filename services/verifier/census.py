@@ -13,10 +13,11 @@ import contextlib
 import time
 
 import structlog
-from sqlalchemy import and_, func, not_, select
+from sqlalchemy import func, not_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.db.models import DOMAIN_STATUSES, TrackingDomain
+from shared.db.models import TrackingDomain, tombstone_condition
+from shared.domain_status import DomainStatus
 from shared.metrics import VerifierMetrics
 
 log = structlog.get_logger(__name__)
@@ -29,12 +30,12 @@ T = TrackingDomain
 async def count_by_status(engine: AsyncEngine) -> dict[str, int]:
     """Domains per status (every status present, 0 if none); deleted domains' tombstones
     (rejected rows still holding a `check_due_at`) are not domains any more."""
-    tombstone = and_(T.status == "rejected", T.check_due_at.is_not(None))
     async with engine.connect() as connection:
         rows = await connection.execute(
-            select(T.status, func.count()).where(not_(tombstone)).group_by(T.status))
+            select(T.status, func.count()).where(not_(tombstone_condition()))
+            .group_by(T.status))
         counts = {status: int(count) for status, count in rows}
-    return {status: counts.get(status, 0) for status in (*DOMAIN_STATUSES, *counts)}
+    return {status: counts.get(status, 0) for status in (*DomainStatus, *counts)}
 
 
 async def update(engine: AsyncEngine, metrics: VerifierMetrics) -> None:

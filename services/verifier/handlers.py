@@ -27,6 +27,7 @@ import structlog
 from services.verifier.announcer import Announces
 from services.verifier.settings import VerifyPolicy
 from services.verifier.store import VerificationRow, VerificationStore
+from shared.domain_status import DomainStatus
 from shared.domains import InvalidDomain, normalise_domain
 from shared.errors import TransientError
 from shared.events import DomainCreated, DomainDeleted, DomainRejected, DomainVerified, Event
@@ -128,12 +129,12 @@ async def verify_domain(event: Event[DomainCreated], *, store: VerificationStore
     if row is None:  # added by another message between the two: look again shortly
         return Outcome("raced", recheck_in_s=policy.min_recheck_delay_s,
                        reason=f"{name} changed while being added")
-    if row.customer_id != customer and row.status != "rejected":
+    if row.customer_id != customer and row.status != DomainStatus.REJECTED:
         rejection = owned_elsewhere(name)
         await announce_rejected(announcer, name, customer, rejection.code, rejection.reason)
         return Outcome("rejected", rejection.code)
     if row.customer_id != customer or (
-            row.status in ("rejected", "lapsed") and event.time > row.updated_at):
+            row.status.can_become(DomainStatus.PENDING) and event.time > row.updated_at):
         # A rejected name taken over, or the customer asking again after fixing DNS.
         if not await store.restart(row, customer, now):
             return Outcome("raced", recheck_in_s=policy.min_recheck_delay_s,
@@ -141,19 +142,19 @@ async def verify_domain(event: Event[DomainCreated], *, store: VerificationStore
         row = await store.get(name)
         if row is None:
             return Outcome("deleted-meanwhile")
-    elif row.status in ("verified", "active"):
+    elif row.status in (DomainStatus.VERIFIED, DomainStatus.ACTIVE):
         # Never downgraded; re-announced so a certifier that missed it catches up.
         await announcer.announce(DomainVerified(
             domain=name, customer_id=customer, matched_by=row.matched_by or "cname",
             chain=chain_of(row.dns_chain or name)))
         return Outcome(f"already-{row.status}", matched_by=row.matched_by)
-    elif row.status == "rejected":
+    elif row.status == DomainStatus.REJECTED:
         if row.tombstone:
             return Outcome("ignored-deleted")
         code, reason = split_error(row.last_error)
         await announce_rejected(announcer, name, customer, code, reason)
         return Outcome("already-rejected", code)
-    elif row.status == "lapsed":
+    elif row.status == DomainStatus.LAPSED:
         return Outcome("ignored-lapsed")  # a stale redelivery; the schedule watches it
     return await judge_pending(row, checker=checker, store=store, announcer=announcer,
                                policy=policy, clock=clock)
@@ -166,7 +167,7 @@ async def judge_pending(row: VerificationRow, *, checker: DomainChecker, store: 
     now = clock()
     if isinstance(verdict, Verified):
         if not await store.mark_verified(
-                name, customer, from_status="pending", matched_by=verdict.matched_by,
+                name, customer, from_status=DomainStatus.PENDING, matched_by=verdict.matched_by,
                 dns_chain=verdict.description, check_due_at=policy.next_periodic_check(now),
                 now=now):
             return Outcome("changed-meanwhile")

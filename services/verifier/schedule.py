@@ -28,6 +28,7 @@ from services.verifier.announcer import Announces
 from services.verifier.handlers import Clock, utc_now
 from services.verifier.settings import VerifyPolicy
 from services.verifier.store import VerificationRow, VerificationStore
+from shared.domain_status import DomainStatus
 from shared.events import DomainLapsed, DomainVerified
 from shared.metrics import VerifierMetrics
 from shared.verification.checks import DomainChecker
@@ -63,9 +64,9 @@ async def _apply(row: VerificationRow, verdict: Verdict, *, store: VerificationS
                  announcer: Announces, policy: VerifyPolicy, clock: Clock) -> str:
     name, customer, now = row.name, row.customer_id, clock()
     if isinstance(verdict, Verified):
-        if row.status == "lapsed":
+        if row.status == DomainStatus.LAPSED:
             if not await store.mark_verified(
-                    name, customer, from_status="lapsed", matched_by=verdict.matched_by,
+                    name, customer, from_status=row.status, matched_by=verdict.matched_by,
                     dns_chain=verdict.description,
                     check_due_at=policy.next_periodic_check(now), now=now):
                 return "changed-meanwhile"
@@ -77,7 +78,8 @@ async def _apply(row: VerificationRow, verdict: Verdict, *, store: VerificationS
                 # Put it back, due now: the next pass verifies and announces again.
                 await store.mark_lapsed(name, customer, last_error=row.last_error or "",
                                         now=now)
-                await store.reschedule(name, customer, status="lapsed", check_due_at=now)
+                await store.reschedule(name, customer, status=DomainStatus.LAPSED,
+                                       check_due_at=now)
                 raise
             return "recovered"
         if (row.matched_by, row.dns_chain, row.last_error) != (
@@ -88,9 +90,9 @@ async def _apply(row: VerificationRow, verdict: Verdict, *, store: VerificationS
         return "still-verified"
     if isinstance(verdict, NotYet):
         error = f"{verdict.code}: {verdict.reason}"
-        if row.status == "lapsed":
+        if row.status == DomainStatus.LAPSED:
             if row.last_error != error:
-                await store.note_recheck(name, customer, status="lapsed", last_error=error)
+                await store.note_recheck(name, customer, status=row.status, last_error=error)
             return "still-lapsed"
         if verdict.code == CAA_FORBIDS:
             error += " Certificate renewals will fail until this is fixed."

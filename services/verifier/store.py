@@ -14,15 +14,26 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, delete, or_, select, update
+from sqlalchemy import Row, bindparam, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.db.models import TrackingDomain
+from shared.db.models import TrackingDomain, tombstone_condition
+from shared.domain_status import (
+    INITIAL,
+    TOMBSTONE_STATUS,
+    DomainStatus,
+    is_tombstone,
+    sources,
+    tombstoned_when_deleted,
+    transition,
+)
 
 T = TrackingDomain.__table__.c
 TABLE = TrackingDomain.__table__
-RECHECKED = ("verified", "active", "lapsed")
+# The statuses whose DNS the schedule re-verifies: every domain once verified and not
+# deleted (a lapsed one comes back when its DNS does).
+RECHECKED = (DomainStatus.VERIFIED, DomainStatus.ACTIVE, DomainStatus.LAPSED)
 
 
 @dataclass(frozen=True)
@@ -31,7 +42,7 @@ class VerificationRow:
 
     name: str
     customer_id: str
-    status: str
+    status: DomainStatus
     verified: bool
     matched_by: str | None
     last_error: str | None
@@ -44,7 +55,7 @@ class VerificationRow:
     @property
     def tombstone(self) -> bool:
         """A deleted pending domain kept until its in-flight rechecks have drained."""
-        return self.status == "rejected" and self.check_due_at is not None
+        return is_tombstone(self.status, self.check_due_at)
 
 
 _COLUMNS = (T.name, T.customer_id, T.status, T.verified, T.matched_by, T.last_error,
@@ -62,6 +73,7 @@ def _row(row: Row[Any]) -> VerificationRow:
     values = dict(row._mapping)
     for key in ("check_due_at", "created_at", "updated_at", "verified_at"):
         values[key] = _utc(values[key])
+    values["status"] = DomainStatus(values["status"])
     return VerificationRow(**values)
 
 
@@ -87,7 +99,7 @@ class VerificationStore:
                           now: datetime) -> VerificationRow | None:
         """Add the domain as pending and return its row, or None if the name exists."""
         statement = self._insert(TABLE).values(
-            name=name, customer_id=customer_id, status="pending", verified=False,
+            name=name, customer_id=customer_id, status=INITIAL, verified=False,
             created_at=now, updated_at=now,
         ).on_conflict_do_nothing(index_elements=["name"]).returning(*_COLUMNS)
         async with self._auto.connect() as connection:
@@ -99,8 +111,9 @@ class VerificationStore:
         `customer_id`; only if the row is still exactly as `row` saw it."""
         return await self._write(update(TABLE).where(
             T.name == row.name, T.status == row.status, T.updated_at == row.updated_at,
+            T.status.in_(sources(DomainStatus.PENDING)),
         ).values(
-            customer_id=customer_id, status="pending", verified=False, matched_by=None,
+            customer_id=customer_id, status=DomainStatus.PENDING, verified=False, matched_by=None,
             last_error=None, dns_chain=None, check_due_at=None, verified_at=None,
             created_at=now, updated_at=now,
         )) == 1
@@ -108,35 +121,37 @@ class VerificationStore:
     async def note_pending(self, name: str, customer_id: str, *, last_error: str,
                            check_due_at: datetime, now: datetime) -> bool:
         return await self._write(update(TABLE).where(
-            T.name == name, T.customer_id == customer_id, T.status == "pending",
+            T.name == name, T.customer_id == customer_id, T.status == DomainStatus.PENDING,
         ).values(last_error=last_error, check_due_at=check_due_at, updated_at=now)) == 1
 
-    async def mark_verified(self, name: str, customer_id: str, *, from_status: str,
+    async def mark_verified(self, name: str, customer_id: str, *, from_status: DomainStatus,
                             matched_by: str, dns_chain: str, check_due_at: datetime,
                             now: datetime) -> bool:
         return await self._write(update(TABLE).where(
             T.name == name, T.customer_id == customer_id, T.status == from_status,
         ).values(
-            status="verified", verified=True, matched_by=matched_by, dns_chain=dns_chain,
+            status=transition(from_status, DomainStatus.VERIFIED), verified=True,
+            matched_by=matched_by, dns_chain=dns_chain,
             last_error=None, check_due_at=check_due_at, verified_at=now, updated_at=now,
         )) == 1
 
     async def mark_rejected(self, name: str, customer_id: str, *, last_error: str,
                             now: datetime) -> bool:
         return await self._write(update(TABLE).where(
-            T.name == name, T.customer_id == customer_id, T.status == "pending",
-        ).values(status="rejected", verified=False, last_error=last_error,
-                 check_due_at=None, updated_at=now)) == 1
+            T.name == name, T.customer_id == customer_id, T.status == DomainStatus.PENDING,
+        ).values(status=transition(DomainStatus.PENDING, DomainStatus.REJECTED),
+                 verified=False, last_error=last_error, check_due_at=None,
+                 updated_at=now)) == 1
 
     async def mark_lapsed(self, name: str, customer_id: str, *, last_error: str,
                           now: datetime) -> bool:
         return await self._write(update(TABLE).where(
             T.name == name, T.customer_id == customer_id,
-            T.status.in_(("verified", "active")),
-        ).values(status="lapsed", verified=False, last_error=last_error,
+            T.status.in_(sources(DomainStatus.LAPSED)),
+        ).values(status=DomainStatus.LAPSED, verified=False, last_error=last_error,
                  updated_at=now)) == 1
 
-    async def note_recheck(self, name: str, customer_id: str, *, status: str,
+    async def note_recheck(self, name: str, customer_id: str, *, status: DomainStatus,
                            matched_by: str | None = None, dns_chain: str | None = None,
                            last_error: str | None, check_due_at: datetime | None = None) -> bool:
         """Record a periodic check that changed no status (updated_at is left alone:
@@ -150,7 +165,7 @@ class VerificationStore:
             T.name == name, T.customer_id == customer_id, T.status == status,
         ).values(**values)) == 1
 
-    async def reschedule(self, name: str, customer_id: str, *, status: str,
+    async def reschedule(self, name: str, customer_id: str, *, status: DomainStatus,
                          check_due_at: datetime) -> bool:
         return await self._write(update(TABLE).where(
             T.name == name, T.customer_id == customer_id, T.status == status,
@@ -169,12 +184,13 @@ class VerificationStore:
                 return "absent"
             if row.customer_id != customer_id:
                 return "not-owner"
-            if row.status == "rejected" and row.check_due_at is not None:
+            if is_tombstone(row.status, row.check_due_at):
                 return "tombstoned"  # already
-            if row.status == "pending":
+            if tombstoned_when_deleted(row.status):
                 await connection.execute(update(TABLE).where(T.name == name).values(
-                    status="rejected", verified=False, last_error="deleted by the customer",
-                    check_due_at=tombstone_until, updated_at=now))
+                    status=transition(row.status, TOMBSTONE_STATUS), verified=False,
+                    last_error="deleted by the customer", check_due_at=tombstone_until,
+                    updated_at=now))
                 return "tombstoned"
             await connection.execute(delete(TABLE).where(T.name == name))
             return "deleted"
@@ -200,8 +216,8 @@ class VerificationStore:
         return rows
 
     async def purge_tombstones(self, now: datetime) -> int:
-        return await self._write(delete(TABLE).where(and_(
-            T.status == "rejected", T.check_due_at.is_not(None), T.check_due_at <= now)))
+        return await self._write(delete(TABLE).where(
+            tombstone_condition(), T.check_due_at <= now))
 
     async def _write(self, statement: Any) -> int:
         async with self._auto.connect() as connection:

@@ -14,11 +14,13 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    and_,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.elements import ColumnElement
 
-DOMAIN_STATUSES = ("pending", "verified", "active", "rejected", "lapsed")
+from shared.domain_status import INITIAL, TOMBSTONE_STATUS, DomainStatus
 
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -73,16 +75,15 @@ class TrackingDomain(Base):
     # Normal form only (shared.domains.normalise_domain): lower-case A-labels, no dot.
     name: Mapped[str] = mapped_column(String(253), unique=True, nullable=False)
     customer_id: Mapped[str] = mapped_column(String(256), nullable=False, index=True)
-    # pending: waiting for DNS; verified: DNS good, no certificate yet;
-    # active: HTTPS is served; rejected: will not be used; lapsed: DNS moved away.
-    status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
+    # A DomainStatus (shared/domain_status.py: what each means, which may follow which).
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default=INITIAL)
     verified: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     matched_by: Mapped[str | None] = mapped_column(String(16))
     last_error: Mapped[str | None] = mapped_column(Text)
     # The CNAME chain (or address match) the last successful check saw, " -> " joined.
     dns_chain: Mapped[str | None] = mapped_column(Text)
     # When the verifier should look at this domain's DNS next (pending rechecks, and
-    # the periodic re-verification of verified/active domains).
+    # the periodic re-verification of verified/active domains); a tombstone's purge time.
     check_due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
     certificate_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     certificate_issued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -100,10 +101,17 @@ class TrackingDomain(Base):
 
     __table_args__ = (
         CheckConstraint(
-            "status IN ('pending', 'verified', 'active', 'rejected', 'lapsed')",
+            "status IN ({})".format(", ".join(f"'{status}'" for status in DomainStatus)),
             name="status",
         ),
     )
+
+
+def tombstone_condition() -> ColumnElement[bool]:
+    """`shared.domain_status.is_tombstone` as SQL: a rejected row still holding a
+    `check_due_at` (when it may be purged)."""
+    return and_(TrackingDomain.status == TOMBSTONE_STATUS,
+                TrackingDomain.check_due_at.is_not(None))
 
 
 class AcmeEvent(Base):
