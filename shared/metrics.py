@@ -42,6 +42,7 @@ from prometheus_client.utils import floatToGoString
 
 from shared.errors import SettingsError
 from shared.events import CertificateExpiring, CertificateFailed, CertificateIssued
+from shared.outcomes import Outcome
 from shared.settings import Env
 
 log = structlog.get_logger(__name__)
@@ -355,8 +356,9 @@ class VerifierMetrics:
         self._outcome = _Bounded()
         self._code = _Bounded()
 
-    def verification(self, check: str, outcome: str, code: str | None) -> None:
-        self._verifications.labels(check, self._outcome(outcome), self._code(code)).inc()
+    def verification(self, check: str, outcome: Outcome) -> None:
+        self._verifications.labels(check, self._outcome(outcome.name),
+                                   self._code(outcome.code)).inc()
 
 
 # --- the certifier ----------------------------------------------------------------------------
@@ -391,8 +393,8 @@ class CertifierMetrics:
     def failed(self, code: str) -> None:
         self._failed.labels(self._code(code)).inc()
 
-    def renewal(self, outcome: str) -> None:
-        self._renewals.labels(self._outcome(outcome)).inc()
+    def renewal(self, outcome: Outcome) -> None:
+        self._renewals.labels(self._outcome(outcome.name)).inc()
 
     def published(self, data: Any) -> None:
         """Publisher hook: count the certificate events the platform is told about."""

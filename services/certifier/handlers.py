@@ -30,7 +30,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,10 +59,13 @@ from shared.events import (
     Event,
     EventData,
 )
+from shared.outcomes import Outcome
 
 log = structlog.get_logger(__name__)
 
 MAX_DETAIL = 900
+# `certify`'s outcome until it has one (an exception turns it into retry or handed-back).
+UNFINISHED = Outcome("unfinished")
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ class Policy:
 async def handle_events(events: Sequence[Event[Any]], *, store: CertificateStore, issuer: Issuer,
                         sites: NginxSites, publisher: Publisher, policy: Policy,
                         rng: random.Random, outcomes: Counter[str]) -> None:
-    """Dispatch by type; `outcomes` counts what each finished event came to."""
+    """Dispatch by type; `outcomes` counts what each finished event came to, by name."""
     for event in events:
         data = event.data
         if isinstance(data, DomainVerified):
@@ -87,54 +90,55 @@ async def handle_events(events: Sequence[Event[Any]], *, store: CertificateStore
         elif isinstance(data, DomainLapsed):
             outcome = await stop_renewing(data, store=store)
         else:
-            outcome = f"ignored-{event.type}"
-        outcomes[outcome] += 1
+            outcome = Outcome(f"ignored-{event.type}")
+        outcomes[outcome.name] += 1
 
 
 async def certify(data: DomainVerified, *, store: CertificateStore, issuer: Issuer,
                   sites: NginxSites, publisher: Publisher, policy: Policy,
-                  rng: random.Random) -> str:
+                  rng: random.Random) -> Outcome:
     """Make sure `data.domain` has a certificate, served and recorded; returns the outcome."""
     started = time.perf_counter()
     name = _name(data.domain)
-    outcome, error = "unfinished", None
+    outcome = UNFINISHED
     try:
         row = await store.get(name)
         if row is None:
-            outcome = "skipped-unknown-domain"
+            outcome = Outcome("skipped-unknown-domain")
         elif row.customer_id != data.customer_id:
-            outcome = "skipped-other-customer"
+            outcome = Outcome("skipped-other-customer")
         elif row.status not in CERTIFIABLE_STATUSES or not row.verified:
-            outcome = f"skipped-status-{row.status}"
+            outcome = Outcome(f"skipped-status-{row.status}")
         else:
             result = await issuer.ensure(name)
             if isinstance(result, Issued):
                 certificate = result.certificate
                 if not result.fresh and await already_recorded(store, name, certificate):
-                    outcome = "already-certified"
+                    outcome = Outcome("already-certified")
                 else:
                     await put_in_service(name, data.customer_id, certificate, store=store,
                                          sites=sites, publisher=publisher, policy=policy,
                                          rng=rng)
-                    outcome = "issued" if result.fresh else "recorded-existing"
+                    outcome = Outcome("issued" if result.fresh else "recorded-existing")
             elif isinstance(result, HeldBack):
-                outcome, error = "held-back", result.hold.reason
+                outcome = Outcome("held-back", detail=result.hold.reason)
                 raise TransientError(f"held back by rate limit {result.hold.limit}: "
                                      f"{result.hold.reason}",
                                      delay_s=result.hold.delay_s(datetime.now(UTC)))
             else:
-                outcome, error = await _failed(name, data.customer_id, result, store=store,
-                                               publisher=publisher, policy=policy)
+                outcome = await _failed(name, data.customer_id, result, store=store,
+                                        publisher=publisher, policy=policy)
         return outcome
     except Exception as exc:
-        if outcome == "unfinished":
-            outcome = "handed-back" if isinstance(exc, Stopping) else "retry"
-        error = error or (exc.reason if isinstance(exc, TransientError)
-                          else f"{type(exc).__name__}: {exc}")
+        if outcome is UNFINISHED:
+            outcome = Outcome("handed-back" if isinstance(exc, Stopping) else "retry")
+        if not outcome.detail:
+            outcome = replace(outcome, detail=exc.reason if isinstance(exc, TransientError)
+                              else f"{type(exc).__name__}: {exc}")
         raise
     finally:
         log.info("certificate.certify", domain=name, customer_id=data.customer_id,
-                 outcome=outcome, error=error,
+                 outcome=outcome.name, error=outcome.detail,
                  duration_ms=round((time.perf_counter() - started) * 1000, 1))
 
 
@@ -163,12 +167,12 @@ async def put_in_service(name: str, customer_id: str, certificate: CertificateIn
 
 
 async def forget(data: DomainDeleted, *, store: CertificateStore, certbot: Certbot,
-                 sites: NginxSites) -> str:
+                 sites: NginxSites) -> Outcome:
     started = time.perf_counter()
     name = _name(data.domain)
     row = await store.get(name)
     if row is not None and row.customer_id != data.customer_id:
-        outcome = "skipped-other-customer"
+        outcome = Outcome("skipped-other-customer")
     else:
         async with certbot.exclusive():
             removed = await certbot.delete(name)
@@ -178,22 +182,23 @@ async def forget(data: DomainDeleted, *, store: CertificateStore, certbot: Certb
             await sites.sync()
         except NginxError as exc:
             raise TransientError(str(exc)) from exc
-        outcome = "removed" if removed else "nothing-to-remove"
-    log.info("certificate.forget", domain=name, customer_id=data.customer_id, outcome=outcome,
+        outcome = Outcome("removed" if removed else "nothing-to-remove")
+    log.info("certificate.forget", domain=name, customer_id=data.customer_id,
+             outcome=outcome.name,
              duration_ms=round((time.perf_counter() - started) * 1000, 1))
     return outcome
 
 
-async def stop_renewing(data: DomainLapsed, *, store: CertificateStore) -> str:
+async def stop_renewing(data: DomainLapsed, *, store: CertificateStore) -> Outcome:
     name = _name(data.domain)
     row = await store.get(name)
     if row is None or row.customer_id != data.customer_id:
-        outcome = "skipped"
+        outcome = Outcome("skipped")
     else:
         await store.postpone_renewal(name, None)
-        outcome = "renewal-stopped"
-    log.info("certificate.lapsed", domain=name, customer_id=data.customer_id, outcome=outcome,
-             code=data.code)
+        outcome = Outcome("renewal-stopped")
+    log.info("certificate.lapsed", domain=name, customer_id=data.customer_id,
+             outcome=outcome.name, code=data.code)
     return outcome
 
 
@@ -210,7 +215,7 @@ async def served_sites(*, store: CertificateStore, certbot: Certbot) -> list[Sit
 
 
 async def _failed(name: str, customer_id: str, result: Failed, *, store: CertificateStore,
-                  publisher: Publisher, policy: Policy) -> tuple[str, str]:
+                  publisher: Publisher, policy: Policy) -> Outcome:
     failure = result.failure
     reason = explain(name, failure, policy.tracking_host)
     if failure.kind is FailureKind.VALIDATION:
@@ -240,7 +245,7 @@ async def _failed(name: str, customer_id: str, result: Failed, *, store: Certifi
     await store.set_last_error(name, reason)
     await _publish(publisher, CertificateFailed(domain=name, customer_id=customer_id,
                                                 code=failure.code, reason=reason))
-    return "failed", reason
+    return Outcome("failed", failure.code, reason)
 
 
 def explain(name: str, failure: CertbotFailure, tracking_host: str | None) -> str:

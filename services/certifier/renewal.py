@@ -37,10 +37,12 @@ from services.certifier.store import CertificateRow, CertificateStore
 from shared.broker.publisher import Publisher
 from shared.events import CertificateExpiring
 from shared.metrics import CertifierMetrics
+from shared.outcomes import Outcome
 
 log = structlog.get_logger(__name__)
 
-STOPPED = "stopped"  # the certifier is stopping: this renewal was not started
+# The certifier is stopping: this renewal was not started (nor counted).
+STOPPED = Outcome("stopped")
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ async def renew_due(*, store: CertificateStore, issuer: Issuer, sites: NginxSite
         outcome = await renew_one(row, store=store, issuer=issuer, sites=sites,
                                   publisher=publisher, policy=policy, renewal=renewal, rng=rng,
                                   clock=clock)
-        if outcome == STOPPED:
+        if outcome is STOPPED:
             return looked_at - 1
         if metrics is not None:
             metrics.renewal(outcome)
@@ -84,24 +86,24 @@ async def update_expiry_gauges(store: CertificateStore, metrics: CertifierMetric
 async def renew_one(row: CertificateRow, *, store: CertificateStore, issuer: Issuer,
                     sites: NginxSites, publisher: Publisher, policy: Policy,
                     renewal: RenewalPolicy,
-                    rng: random.Random, clock: Callable[[], datetime] = _utcnow) -> str:
+                    rng: random.Random, clock: Callable[[], datetime] = _utcnow) -> Outcome:
     started = time.perf_counter()
-    outcome, error = "unfinished", None
+    outcome = Outcome("unfinished")
     retry_at = clock() + renewal.retry
     try:
         result = await issuer.ensure(row.name, replace_serial=row.certificate_serial)
         if isinstance(result, HeldBack):
-            outcome, error, retry_at = "held-back", result.hold.reason, result.hold.until
+            outcome, retry_at = Outcome("held-back", detail=result.hold.reason), result.hold.until
         elif isinstance(result, Failed):
-            outcome = "failed"
-            error = explain(row.name, result.failure, policy.tracking_host)
+            outcome = Outcome("failed", result.failure.code,
+                              explain(row.name, result.failure, policy.tracking_host))
         elif not result.fresh and await already_recorded(store, row.name, result.certificate):
-            outcome = "already-renewed"  # by another certifier sharing the directory
+            outcome = Outcome("already-renewed")  # by another certifier sharing the directory
             return outcome
         else:
             await put_in_service(row.name, row.customer_id, result.certificate, store=store,
                                  sites=sites, publisher=publisher, policy=policy, rng=rng)
-            outcome = "renewed" if result.fresh else "recorded-existing"
+            outcome = Outcome("renewed" if result.fresh else "recorded-existing")
             return outcome
     except Stopping:
         outcome = STOPPED  # not postponed: still due when a certifier next looks
@@ -109,10 +111,10 @@ async def renew_one(row: CertificateRow, *, store: CertificateStore, issuer: Iss
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # logged and retried later; the loop must go on
-        outcome, error = "error", f"{type(exc).__name__}: {exc}"
+        outcome = Outcome("error", detail=f"{type(exc).__name__}: {exc}")
     finally:
-        log.info("certificate.renewal", domain=row.name, outcome=outcome, error=error,
-                 expires_at=row.certificate_expires_at,
+        log.info("certificate.renewal", domain=row.name, outcome=outcome.name,
+                 error=outcome.detail, expires_at=row.certificate_expires_at,
                  duration_ms=round((time.perf_counter() - started) * 1000, 1))
     await store.postpone_renewal(row.name, retry_at)
     expires = row.certificate_expires_at
@@ -121,7 +123,7 @@ async def renew_one(row: CertificateRow, *, store: CertificateStore, issuer: Iss
             await publisher.publish_event(CertificateExpiring(
                 domain=row.name, customer_id=row.customer_id, not_after=expires,
                 reason=(f"The certificate for {row.name} expires at {expires.isoformat()} and "
-                        f"could not be renewed: {error}")[:2000]))
+                        f"could not be renewed: {outcome.detail}")[:2000]))
         except Exception as exc:
             log.warning("certificate.expiring_not_sent", domain=row.name, error=str(exc))
     return outcome

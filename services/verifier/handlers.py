@@ -32,6 +32,7 @@ from shared.domains import InvalidDomain, normalise_domain
 from shared.errors import TransientError
 from shared.events import DomainCreated, DomainDeleted, DomainRejected, DomainVerified, Event
 from shared.metrics import VerifierMetrics
+from shared.outcomes import Outcome
 from shared.verification.checks import DomainChecker
 from shared.verification.judge import (
     Rejection,
@@ -51,14 +52,14 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass(frozen=True)
-class Outcome:
-    result: str
-    code: str | None = None
+@dataclass(frozen=True, slots=True)
+class VerifierOutcome(Outcome):
+    """An `Outcome` that also says how the domain's DNS matched the platform host.
+
+    `retry_in_s` set: the domain must be looked at again (a recheck), so the message goes
+    to a retry tier with `detail` as the reason."""
+
     matched_by: str | None = None
-    # Set when the domain must be looked at again: the message goes to a retry tier.
-    recheck_in_s: float | None = None
-    reason: str | None = None
 
 
 async def handle_domain_events(events: Sequence[Event[Any]], *, store: VerificationStore,
@@ -87,11 +88,11 @@ async def handle_domain_events(events: Sequence[Event[Any]], *, store: Verificat
 async def handle_event(event: Event[Any], *, store: VerificationStore, checker: DomainChecker,
                        announcer: Announces, policy: VerifyPolicy,
                        clock: Clock = utc_now,
-                       metrics: VerifierMetrics | None = None) -> Outcome:
+                       metrics: VerifierMetrics | None = None) -> VerifierOutcome:
     """One event, one summary log line; raises `TransientError` to be rechecked later."""
     started = time.perf_counter()
     data = event.data
-    outcome = Outcome("error")
+    outcome = VerifierOutcome("error")
     try:
         if isinstance(data, DomainCreated):
             outcome = await verify_domain(event, store=store, checker=checker,
@@ -99,69 +100,70 @@ async def handle_event(event: Event[Any], *, store: VerificationStore, checker: 
         elif isinstance(data, DomainDeleted):
             outcome = await forget_domain(event, store=store, policy=policy, clock=clock)
         else:
-            outcome = Outcome("ignored")
+            outcome = VerifierOutcome("ignored")
     finally:
         log.info("domain.handled", event_id=event.id, event_type=event.type,
                  domain=getattr(data, "domain", None),
-                 customer_id=getattr(data, "customer_id", None), outcome=outcome.result,
+                 customer_id=getattr(data, "customer_id", None), outcome=outcome.name,
                  code=outcome.code, matched_by=outcome.matched_by,
-                 recheck_in_s=outcome.recheck_in_s,
+                 recheck_in_s=outcome.retry_in_s,
                  duration_ms=round((time.perf_counter() - started) * 1000, 2))
         if metrics is not None and isinstance(data, DomainCreated):
-            metrics.verification("created", outcome.result, outcome.code)
-    if outcome.recheck_in_s is not None:
-        raise TransientError(outcome.reason or outcome.result, delay_s=outcome.recheck_in_s)
+            metrics.verification("created", outcome)
+    if outcome.retry_in_s is not None:
+        raise TransientError(outcome.detail or outcome.name, delay_s=outcome.retry_in_s)
     return outcome
 
 
 async def verify_domain(event: Event[DomainCreated], *, store: VerificationStore,
                         checker: DomainChecker, announcer: Announces, policy: VerifyPolicy,
-                        clock: Clock) -> Outcome:
+                        clock: Clock) -> VerifierOutcome:
     data = event.data
     customer = data.customer_id
     checked = validate_name(data.domain, policy.tracking_host, policy.tracking_host_aliases)
     if isinstance(checked, Rejection):
         await announce_rejected(announcer, data.domain, customer, checked.code, checked.reason)
-        return Outcome("rejected", checked.code)
+        return VerifierOutcome("rejected", checked.code)
     name = checked
     now = clock()
     row = await store.get(name) or await store.add_pending(name, customer, now)
     if row is None:  # added by another message between the two: look again shortly
-        return Outcome("raced", recheck_in_s=policy.min_recheck_delay_s,
-                       reason=f"{name} changed while being added")
+        return VerifierOutcome("raced", retry_in_s=policy.min_recheck_delay_s,
+                       detail=f"{name} changed while being added")
     if row.customer_id != customer and row.status != DomainStatus.REJECTED:
         rejection = owned_elsewhere(name)
         await announce_rejected(announcer, name, customer, rejection.code, rejection.reason)
-        return Outcome("rejected", rejection.code)
+        return VerifierOutcome("rejected", rejection.code)
     if row.customer_id != customer or (
             row.status.can_become(DomainStatus.PENDING) and event.time > row.updated_at):
         # A rejected name taken over, or the customer asking again after fixing DNS.
         if not await store.restart(row, customer, now):
-            return Outcome("raced", recheck_in_s=policy.min_recheck_delay_s,
-                           reason=f"{name} changed while being restarted")
+            return VerifierOutcome("raced", retry_in_s=policy.min_recheck_delay_s,
+                           detail=f"{name} changed while being restarted")
         row = await store.get(name)
         if row is None:
-            return Outcome("deleted-meanwhile")
+            return VerifierOutcome("deleted-meanwhile")
     elif row.status in (DomainStatus.VERIFIED, DomainStatus.ACTIVE):
         # Never downgraded; re-announced so a certifier that missed it catches up.
         await announcer.announce(DomainVerified(
             domain=name, customer_id=customer, matched_by=row.matched_by or "cname",
             chain=chain_of(row.dns_chain or name)))
-        return Outcome(f"already-{row.status}", matched_by=row.matched_by)
+        return VerifierOutcome(f"already-{row.status}", matched_by=row.matched_by)
     elif row.status == DomainStatus.REJECTED:
         if row.tombstone:
-            return Outcome("ignored-deleted")
+            return VerifierOutcome("ignored-deleted")
         code, reason = split_error(row.last_error)
         await announce_rejected(announcer, name, customer, code, reason)
-        return Outcome("already-rejected", code)
+        return VerifierOutcome("already-rejected", code)
     elif row.status == DomainStatus.LAPSED:
-        return Outcome("ignored-lapsed")  # a stale redelivery; the schedule watches it
+        return VerifierOutcome("ignored-lapsed")  # a stale redelivery; the schedule watches it
     return await judge_pending(row, checker=checker, store=store, announcer=announcer,
                                policy=policy, clock=clock)
 
 
-async def judge_pending(row: VerificationRow, *, checker: DomainChecker, store: VerificationStore,
-                        announcer: Announces, policy: VerifyPolicy, clock: Clock) -> Outcome:
+async def judge_pending(row: VerificationRow, *, checker: DomainChecker,
+                        store: VerificationStore, announcer: Announces, policy: VerifyPolicy,
+                        clock: Clock) -> VerifierOutcome:
     name, customer = row.name, row.customer_id
     verdict = await checker.check(name)
     now = clock()
@@ -170,11 +172,11 @@ async def judge_pending(row: VerificationRow, *, checker: DomainChecker, store: 
                 name, customer, from_status=DomainStatus.PENDING, matched_by=verdict.matched_by,
                 dns_chain=verdict.description, check_due_at=policy.next_periodic_check(now),
                 now=now):
-            return Outcome("changed-meanwhile")
+            return VerifierOutcome("changed-meanwhile")
         await announcer.announce(DomainVerified(
             domain=name, customer_id=customer, matched_by=verdict.matched_by,
             chain=list(verdict.chain)))
-        return Outcome("verified", matched_by=verdict.matched_by)
+        return VerifierOutcome("verified", matched_by=verdict.matched_by)
     age_s = (now - row.created_at).total_seconds()
     if age_s >= policy.deadline_s:
         reason = (f"{verdict.reason} (still not right {format_age(policy.deadline_s)} after "
@@ -182,28 +184,28 @@ async def judge_pending(row: VerificationRow, *, checker: DomainChecker, store: 
         if await store.mark_rejected(name, customer, last_error=f"{verdict.code}: {reason}",
                                      now=now):
             await announce_rejected(announcer, name, customer, verdict.code, reason)
-            return Outcome("rejected", verdict.code)
-        return Outcome("changed-meanwhile")
+            return VerifierOutcome("rejected", verdict.code)
+        return VerifierOutcome("changed-meanwhile")
     delay_s = policy.recheck_delay_s(age_s)
     if not await store.note_pending(name, customer, last_error=f"{verdict.code}: {verdict.reason}",
                                     check_due_at=now + timedelta(seconds=delay_s), now=now):
-        return Outcome("changed-meanwhile")  # deleted or decided meanwhile: stop here
-    return Outcome("not-yet" if verdict.code[:4] != "dns_" else "dns-unavailable",
-                   verdict.code, recheck_in_s=delay_s,
-                   reason=f"{verdict.code}: {verdict.reason}")
+        return VerifierOutcome("changed-meanwhile")  # deleted or decided meanwhile: stop here
+    return VerifierOutcome("not-yet" if verdict.code[:4] != "dns_" else "dns-unavailable",
+                   verdict.code, retry_in_s=delay_s,
+                   detail=f"{verdict.code}: {verdict.reason}")
 
 
 async def forget_domain(event: Event[DomainDeleted], *, store: VerificationStore,
-                        policy: VerifyPolicy, clock: Clock) -> Outcome:
+                        policy: VerifyPolicy, clock: Clock) -> VerifierOutcome:
     data = event.data
     try:
         name = normalise_domain(data.domain)
     except InvalidDomain:
-        return Outcome("absent")
+        return VerifierOutcome("absent")
     now = clock()
     result = await store.forget(name, data.customer_id, now=now,
                                 tombstone_until=now + timedelta(seconds=policy.tombstone_s))
-    return Outcome(result)
+    return VerifierOutcome(result)
 
 
 async def announce_rejected(announcer: Announces, domain: str, customer_id: str, code: str,

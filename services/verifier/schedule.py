@@ -31,6 +31,7 @@ from services.verifier.store import VerificationRow, VerificationStore
 from shared.domain_status import DomainStatus
 from shared.events import DomainLapsed, DomainVerified
 from shared.metrics import VerifierMetrics
+from shared.outcomes import Outcome
 from shared.verification.checks import DomainChecker
 from shared.verification.judge import CAA_FORBIDS, NotYet, Verdict, Verified
 
@@ -42,22 +43,24 @@ UNSURE_FRACTION = 0.1
 
 async def recheck_domain(row: VerificationRow, *, store: VerificationStore, checker: DomainChecker,
                          announcer: Announces, policy: VerifyPolicy,
-                         clock: Clock = utc_now, metrics: VerifierMetrics | None = None) -> str:
+                         clock: Clock = utc_now,
+                         metrics: VerifierMetrics | None = None) -> Outcome:
     """Check one claimed domain again; returns what happened (also logged, once)."""
     started = time.perf_counter()
-    outcome, code = "error", None
+    outcome = Outcome("error")
     try:
         verdict = await checker.check(row.name)
         code = getattr(verdict, "code", None)
-        outcome = await _apply(row, verdict, store=store, announcer=announcer, policy=policy,
-                               clock=clock)
+        outcome = Outcome("error", code)  # until the verdict is applied
+        outcome = Outcome(await _apply(row, verdict, store=store, announcer=announcer,
+                                       policy=policy, clock=clock), code)
         return outcome
     finally:
         log.info("domain.rechecked", domain=row.name, customer_id=row.customer_id,
-                 status=row.status, outcome=outcome, code=code,
+                 status=row.status, outcome=outcome.name, code=outcome.code,
                  duration_ms=round((time.perf_counter() - started) * 1000, 2))
         if metrics is not None:
-            metrics.verification("recheck", outcome, code)
+            metrics.verification("recheck", outcome)
 
 
 async def _apply(row: VerificationRow, verdict: Verdict, *, store: VerificationStore,
@@ -159,7 +162,7 @@ class Rechecker:
                 log.warning("recheck.failures", count=len(failed), error=str(failed[0]))
         return len(rows)
 
-    async def _one(self, row: VerificationRow) -> str:
+    async def _one(self, row: VerificationRow) -> Outcome:
         async with self._limit:
             return await recheck_domain(row, store=self._store, checker=self._checker,
                                         announcer=self._announcer, policy=self._policy,

@@ -35,6 +35,7 @@ from shared.metrics import (
     VerifierMetrics,
     new_registry,
 )
+from shared.outcomes import Outcome
 from shared.settings import BrokerSettings, DatabaseSettings
 from tests.support.amqp import batch_message, click_event, message
 
@@ -48,7 +49,7 @@ def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
 async def test_the_metrics_server_serves_text_and_openmetrics_and_survives_a_taken_port(
 ) -> None:
     registry = new_registry()
-    VerifierMetrics(registry).verification("created", "verified", None)
+    VerifierMetrics(registry).verification("created", Outcome("verified"))
     port = free_port()
     server = MetricsServer(registry, ("127.0.0.1", port))
     assert await server.start()

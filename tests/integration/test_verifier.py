@@ -20,7 +20,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, 
 from demo.databases import execute, fetch
 from demo.dns import DnsServer
 from services.verifier.announcer import Announcer
-from services.verifier.handlers import Outcome, handle_domain_events, handle_event
+from services.verifier.handlers import VerifierOutcome, handle_domain_events, handle_event
 from services.verifier.schedule import Rechecker
 from services.verifier.settings import VerifyPolicy
 from services.verifier.store import VerificationStore
@@ -82,7 +82,7 @@ class Harness:
     exchange: AbstractExchange
     observed: AbstractQueue
 
-    async def handle(self, item: Event[Any]) -> Outcome | TransientError:
+    async def handle(self, item: Event[Any]) -> VerifierOutcome | TransientError:
         try:
             return await handle_event(item, store=self.store, checker=self.checker,
                                       announcer=self.announcer, policy=self.policy)
@@ -180,7 +180,7 @@ async def test_a_multi_hop_cname_chain_to_the_host_is_verified_and_announced(
 
     outcome = await harness.handle(created("Track.Customer-A.test."))
 
-    assert outcome == Outcome("verified", matched_by="cname")
+    assert outcome == VerifierOutcome("verified", matched_by="cname")
     row = await harness.row()
     assert row is not None
     assert (row["status"], row["verified"], row["matched_by"], row["customer_id"]) == (
@@ -200,7 +200,7 @@ async def test_a_flattened_name_with_the_hosts_addresses_is_verified_by_address(
         harness: Harness) -> None:
     harness.dns.a(NAME, HOST_V4)
     harness.dns.aaaa(NAME, HOST_V6)
-    assert await harness.handle(created()) == Outcome("verified", matched_by="address")
+    assert await harness.handle(created()) == VerifierOutcome("verified", matched_by="address")
     row = await harness.row()
     assert row is not None and row["matched_by"] == "address" and row["verified"]
     assert HOST_V4 in row["dns_chain"] and HOST in row["dns_chain"]
@@ -246,7 +246,7 @@ async def test_a_wrong_target_names_both_names_and_verifies_once_fixed(
     assert f"should point to {HOST}" in row["last_error"]
 
     harness.dns.cname(NAME, HOST)
-    assert await harness.handle(created()) == Outcome("verified", matched_by="cname")
+    assert await harness.handle(created()) == VerifierOutcome("verified", matched_by="cname")
     row = await harness.row()
     assert row is not None and row["status"] == "verified" and row["last_error"] is None
 
@@ -288,7 +288,7 @@ async def test_servfail_and_timeouts_are_transient_and_keep_the_domain_pending(
     harness.dns.fault(NAME, None)
     harness.dns.cname(NAME, HOST)
     harness.dns.delay(NAME, 0.2)
-    assert await harness.handle(created()) == Outcome("verified", matched_by="cname")
+    assert await harness.handle(created()) == VerifierOutcome("verified", matched_by="cname")
 
 
 async def test_caa_that_forbids_the_ca_keeps_it_pending_and_allowing_it_verifies(
@@ -303,7 +303,7 @@ async def test_caa_that_forbids_the_ca_keeps_it_pending_and_allowing_it_verifies
 
     # The closest non-empty set wins: allowing it at the name itself is enough.
     harness.dns.caa(NAME, 'issue "letsencrypt.org"')
-    assert await harness.handle(created()) == Outcome("verified", matched_by="cname")
+    assert await harness.handle(created()) == VerifierOutcome("verified", matched_by="cname")
 
 
 async def test_caa_at_the_cname_target_is_the_names_caa(harness: Harness) -> None:
@@ -327,7 +327,7 @@ async def test_caa_at_the_cname_target_is_the_names_caa(harness: Harness) -> Non
 ])
 async def test_bad_names_are_rejected_at_once_without_a_row(
         harness: Harness, domain: str, code: str) -> None:
-    assert await harness.handle(created(domain)) == Outcome("rejected", code)
+    assert await harness.handle(created(domain)) == VerifierOutcome("rejected", code)
     [rejected] = await harness.events(1)
     assert rejected["type"] == "domain.rejected"
     assert rejected["data"]["code"] == code and rejected["data"]["domain"] == domain
@@ -340,7 +340,7 @@ async def test_a_name_owned_by_another_customer_is_rejected_and_left_alone(
         harness: Harness) -> None:
     harness.dns.cname(NAME, HOST)
     await harness.seed(NAME, "active", customer="cust-b")
-    assert await harness.handle(created()) == Outcome("rejected", "owned_by_other_customer")
+    assert await harness.handle(created()) == VerifierOutcome("rejected", "owned_by_other_customer")
     [rejected] = await harness.events(1)
     assert rejected["data"]["code"] == "owned_by_other_customer"
     assert rejected["data"]["customer_id"] == CUSTOMER
@@ -350,7 +350,7 @@ async def test_a_name_owned_by_another_customer_is_rejected_and_left_alone(
 
 async def test_a_rejection_nobody_listens_for_is_logged_not_retried(harness: Harness) -> None:
     await harness.observed.unbind(harness.exchange, DOMAIN_REJECTED)
-    assert await harness.handle(created("*.customer-a.test")) == Outcome("rejected",
+    assert await harness.handle(created("*.customer-a.test")) == VerifierOutcome("rejected",
                                                                           "invalid_name")
 
 
@@ -385,7 +385,7 @@ async def test_past_the_deadline_it_is_rejected_and_redeliveries_only_reannounce
     await execute(harness.database, "UPDATE tracking_domains SET created_at = now() - "
                   "interval '49 hours' WHERE name = $1", NAME)
 
-    assert await harness.handle(original) == Outcome("rejected", "wrong_target")
+    assert await harness.handle(original) == VerifierOutcome("rejected", "wrong_target")
     row = await harness.row()
     assert row is not None and row["status"] == "rejected" and not row["verified"]
     assert row["last_error"].startswith("wrong_target: ") and "48 h" in row["last_error"]
@@ -396,13 +396,13 @@ async def test_past_the_deadline_it_is_rejected_and_redeliveries_only_reannounce
 
     # The same message again (a redelivery): announced again, nothing re-checked.
     queries = sum(harness.dns.queries.values())
-    assert await harness.handle(original) == Outcome("already-rejected", "wrong_target")
+    assert await harness.handle(original) == VerifierOutcome("already-rejected", "wrong_target")
     assert sum(harness.dns.queries.values()) == queries
     assert (await harness.events(1))[0]["data"]["code"] == "wrong_target"
 
     # The customer fixes DNS and asks again: a new event starts afresh.
     harness.dns.cname(NAME, HOST)
-    assert await harness.handle(created()) == Outcome("verified", matched_by="cname")
+    assert await harness.handle(created()) == VerifierOutcome("verified", matched_by="cname")
 
 
 @pytest.mark.parametrize("status", ["verified", "active"])
@@ -410,7 +410,8 @@ async def test_a_repeated_created_never_downgrades_and_reannounces(
         harness: Harness, status: str) -> None:
     await harness.seed(NAME, status)
     harness.dns.cname(NAME, "somewhere.else.test")  # would fail if it were checked
-    assert await harness.handle(created()) == Outcome(f"already-{status}", matched_by="cname")
+    assert await harness.handle(created()) == VerifierOutcome(f"already-{status}",
+                                                              matched_by="cname")
     row = await harness.row()
     assert row is not None and row["status"] == status and row["verified"]
     [verified] = await harness.events(1)
@@ -421,23 +422,23 @@ async def test_deleted_removes_the_row_idempotently_and_a_late_recheck_cannot_re
         harness: Harness) -> None:
     await harness.seed("active.customer-a.test", "active")
     gone = event(DomainDeleted(domain="Active.Customer-A.test", customer_id=CUSTOMER))
-    assert await harness.handle(gone) == Outcome("deleted")
-    assert await harness.handle(gone) == Outcome("absent")
+    assert await harness.handle(gone) == VerifierOutcome("deleted")
+    assert await harness.handle(gone) == VerifierOutcome("absent")
     assert await harness.row("active.customer-a.test") is None
 
     # Another customer cannot delete someone's domain.
     await harness.seed("b.customer-b.test", "active", customer="cust-b")
     theirs = event(DomainDeleted(domain="b.customer-b.test", customer_id=CUSTOMER))
-    assert await harness.handle(theirs) == Outcome("not-owner")
+    assert await harness.handle(theirs) == VerifierOutcome("not-owner")
     assert await harness.row("b.customer-b.test") is not None
 
     # A pending domain: its recheck is still in a retry tier when it is deleted.
     original = created()
     assert isinstance(await harness.handle(original), TransientError)
     assert await harness.handle(event(DomainDeleted(domain=NAME, customer_id=CUSTOMER))) == \
-        Outcome("tombstoned")
+        VerifierOutcome("tombstoned")
     harness.dns.cname(NAME, HOST)
-    assert await harness.handle(original) == Outcome("ignored-deleted")
+    assert await harness.handle(original) == VerifierOutcome("ignored-deleted")
     row = await harness.row()
     assert row is not None and row["status"] == "rejected" and not row["verified"]
     await harness.no_more_events()
@@ -673,8 +674,8 @@ async def test_a_domain_cnamed_to_an_alias_is_verified_and_its_reason_names_the_
     harness.dns.cname(NAME, OLD_HOST)  # pointed at the old host, never moved
     harness.dns.cname("track.customer-b.test", HOST)  # already on the new one
 
-    assert await harness.handle(created()) == Outcome("verified", matched_by="cname")
-    assert await harness.handle(created("track.customer-b.test", "cust-b")) == Outcome(
+    assert await harness.handle(created()) == VerifierOutcome("verified", matched_by="cname")
+    assert await harness.handle(created("track.customer-b.test", "cust-b")) == VerifierOutcome(
         "verified", matched_by="cname")
 
     row = await harness.row()
@@ -695,7 +696,7 @@ async def test_a_domain_cnamed_to_an_alias_is_verified_and_its_reason_names_the_
 async def test_an_alias_is_never_a_customers_domain_and_other_targets_stay_wrong(
         harness: Harness) -> None:
     harness = with_alias(harness)
-    assert await harness.handle(created(f"x.{OLD_HOST}")) == Outcome("rejected",
+    assert await harness.handle(created(f"x.{OLD_HOST}")) == VerifierOutcome("rejected",
                                                                       "platform_host")
     [rejected] = await harness.events(1)
     assert rejected["type"] == "domain.rejected"

@@ -30,6 +30,7 @@ from shared.events import (
 )
 from shared.events import encode_event as encode
 from shared.links import LinkSigner
+from shared.outcomes import Outcome
 from shared.settings import LinkKey
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,7 +144,7 @@ def test_certifier_counts_the_certificate_events_it_publishes() -> None:
                                         reason="r"))
     metrics.published(CertificateExpiring(domain="a.test", customer_id="c", not_after=WHEN,
                                           reason="r"))
-    metrics.renewal("renewed")
+    metrics.renewal(Outcome("renewed"))
     assert value(registry, "tracking_certificates_issued_total") == 1
     assert value(registry, "tracking_certificates_failed_total", code="caa") == 1
     assert value(registry, "tracking_certificate_expiring_notices_total") == 1
@@ -153,8 +154,8 @@ def test_certifier_counts_the_certificate_events_it_publishes() -> None:
 def test_verifier_counts_outcomes_by_code() -> None:
     registry = CollectorRegistry()
     metrics = m.VerifierMetrics(registry)
-    metrics.verification("created", "not-yet", "no_cname")
-    metrics.verification("recheck", "still-verified", None)
+    metrics.verification("created", Outcome("not-yet", "no_cname"))
+    metrics.verification("recheck", Outcome("still-verified"))
     assert value(registry, "tracking_verifications_total", check="created", outcome="not-yet",
                  code="no_cname") == 1
     assert value(registry, "tracking_verifications_total", check="recheck",
