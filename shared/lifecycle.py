@@ -17,7 +17,9 @@ S = TypeVar("S")
 
 
 class _HasLogLevel(Protocol):
-    log_level: str
+    # A read-only property, so that frozen settings dataclasses match it.
+    @property
+    def log_level(self) -> str: ...
 
 
 L = TypeVar("L", bound=_HasLogLevel)

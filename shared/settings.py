@@ -8,6 +8,7 @@ the setting's name, so the entry point can print exactly one line and exit.
 
 from __future__ import annotations
 
+import builtins
 import ipaddress
 import math
 import re
@@ -91,7 +92,8 @@ class Env:
             return default
         return value
 
-    def int(self, name: str, default: int, *, minimum: int = 0) -> int:
+    # From here on, builtins.*: in this class `str` and `int` name the methods.
+    def int(self, name: builtins.str, default: int, *, minimum: int = 0) -> int:
         value = self.raw(name)
         if value is None:
             return default
@@ -103,7 +105,7 @@ class Env:
             raise SettingsError(f"{name} must be at least {minimum}, got {number}")
         return number
 
-    def float(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+    def float(self, name: builtins.str, default: float, *, minimum: float = 0.0) -> float:
         value = self.raw(name)
         if value is None:
             return default
@@ -117,7 +119,8 @@ class Env:
             raise SettingsError(f"{name} must be at least {minimum}, got {number}")
         return number
 
-    def host_port(self, name: str, default: str) -> tuple[str, int]:
+    def host_port(self, name: builtins.str,
+                  default: builtins.str) -> tuple[builtins.str, builtins.int]:
         value = self.str(name, default)
         host, sep, port = value.rpartition(":")
         host = host.strip("[]")
@@ -149,7 +152,7 @@ class Env:
         return DatabaseSettings(url=normalise_database_url(self.str("DATABASE_URL",
                                                                     DEFAULT_DATABASE_URL)))
 
-    def tracking_host(self) -> str:
+    def tracking_host(self) -> builtins.str:
         # Imported here: domains.py is pure, but keeping settings free of it at
         # import time avoids a cycle when domains grows DNS-aware helpers.
         from shared.domains import InvalidDomain, normalise_domain
@@ -163,7 +166,9 @@ class Env:
     def link_keys(self) -> tuple[LinkKey, ...]:
         return parse_link_keys(self.str("LINK_KEYS"))
 
-    def networks(self, name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    def networks(
+        self, name: builtins.str,
+    ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         value = self.raw(name)
         if value is None:
             return ()

@@ -48,4 +48,4 @@ async def open_channel(connection: AbstractRobustConnection, *,
     channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
     if prefetch:
         await channel.set_qos(prefetch_count=prefetch)
-    return channel  # type: ignore[return-value]
+    return channel

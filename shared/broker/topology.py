@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange
+from aio_pika.abc import AbstractChannel, AbstractExchange, FieldValue
 
 from shared.broker.names import (
     BINDINGS,
@@ -20,7 +20,7 @@ from shared.broker.names import (
     RETRY_SUFFIX,
 )
 
-QUORUM = {"x-queue-type": "quorum"}
+QUORUM: dict[str, FieldValue] = {"x-queue-type": "quorum"}
 
 
 @dataclass(frozen=True)
