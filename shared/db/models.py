@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import ClassVar
 
 from sqlalchemy import (
     BigInteger,
@@ -13,6 +14,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     and_,
     func,
@@ -35,6 +37,9 @@ NAMING = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
+    # Every model here maps one Table; SQLAlchemy types `__table__` as any FromClause
+    # (a model may map a join), which update()/insert()/delete() do not accept.
+    __table__: ClassVar[Table]
 
 
 class TrackingLog(Base):
