@@ -7,6 +7,7 @@ import contextlib
 import os
 
 import structlog
+from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
 
 from services.redirector import settings as redirector_settings
@@ -28,7 +29,7 @@ log = structlog.get_logger("services.redirector")
 
 
 async def link_broker(settings: RedirectorSettings, forwarder: Forwarder, source: str,
-                      held: list[object]) -> None:
+                      held: list[AbstractRobustConnection]) -> None:
     """Connect (waiting as long as it takes), declare topology, give the forwarder a publisher."""
     connection = await connect(settings.broker, name=f"redirector {source}")
     held.append(connection)
@@ -83,7 +84,7 @@ async def serve(settings: RedirectorSettings, stop: asyncio.Event) -> None:
     host, port = settings.bind
     site = web.TCPSite(runner, host, port, reuse_port=True, backlog=1024)
     await site.start()
-    held: list[object] = []
+    held: list[AbstractRobustConnection] = []
     tasks = [
         asyncio.create_task(forwarder.run(), name="forwarder"),
         asyncio.create_task(refresh_forever(directory, engine, settings.domain_refresh_s),
@@ -115,7 +116,7 @@ async def serve(settings: RedirectorSettings, stop: asyncio.Event) -> None:
     spool.close()
     for connection in held:
         with contextlib.suppress(Exception):
-            await connection.close()  # type: ignore[attr-defined]
+            await connection.close()
     await engine.dispose()
     await metrics_server.stop()
     log.info("redirector.stopped", drained=drained, published=forwarder.published,

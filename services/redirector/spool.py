@@ -185,8 +185,7 @@ class Spool:
         start = active.size
         end = start + len(data)
         if end > self._map_size:
-            self._start_segment(len(data))
-            active = self._active
+            active = self._start_segment(len(data))
             start, end = 0, len(data)
         self._map[start:end] = data
         active.size = end
@@ -301,8 +300,8 @@ class Spool:
         except OSError as exc:
             log.warning("spool.rotate_failed", error=str(exc))
 
-    def _start_segment(self, min_bytes: int = 0) -> None:
-        """Make a new, preallocated and mapped segment the active one.
+    def _start_segment(self, min_bytes: int = 0) -> _Segment:
+        """Make a new, preallocated and mapped segment the active one, and return it.
 
         Raises `OSError` (a full disk) before anything changes, so the spool stays usable.
         """
@@ -340,9 +339,10 @@ class Spool:
             self._dirty = False
             self._maybe_delete(old)
         self._write_fd, self._map, self._map_size = fd, mapping, size
-        self._active = _Segment(seq=seq, path=path, size=0, active=True)
-        self._segments[seq] = self._active
+        self._active = active = _Segment(seq=seq, path=path, size=0, active=True)
+        self._segments[seq] = active
         self._order.append(seq)
+        return active
 
     def _recover(self, path: Path, *, first: bool = False) -> None:
         data = path.read_bytes()

@@ -69,7 +69,7 @@ def _utc(value: datetime | None) -> datetime | None:
     return value
 
 
-def _row(row: Row[Any]) -> VerificationRow:
+def _row(row: Row[*tuple[Any, ...]]) -> VerificationRow:
     values = dict(row._mapping)
     for key in ("check_due_at", "created_at", "updated_at", "verified_at"):
         values[key] = _utc(values[key])
