@@ -105,8 +105,8 @@ async def existing_queue(connection: AbstractConnection, channel: AbstractChanne
     finally:
         if not probe.is_closed:
             await probe.close()
-    result = declared.declaration_result
-    count = result.message_count if result is not None else 0
+    # DeclareOk always carries the count; pamqp types it optional, as for any frame field.
+    count = declared.declaration_result.message_count or 0
     return await channel.get_queue(name, ensure=False), count
 
 

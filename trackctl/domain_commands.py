@@ -130,7 +130,7 @@ def recheck_plan(row: Mapping[str, Any]) -> RecheckPlan:
 async def fetch_domain(engine: AsyncEngine, name: str) -> dict[str, Any] | None:
     async with engine.connect() as connection:
         row = (await connection.execute(select(*COLUMNS).where(T.name == name))).first()
-    return None if row is None else jsonable(row._mapping)
+    return None if row is None else jsonable(row._asdict())
 
 
 async def fetch_domains(engine: AsyncEngine, *, customer: str | None, status: str | None,
@@ -141,7 +141,7 @@ async def fetch_domains(engine: AsyncEngine, *, customer: str | None, status: st
     if status is not None:
         query = query.where(T.status == status)
     async with engine.connect() as connection:
-        return [jsonable(row._mapping) for row in (await connection.execute(query)).all()]
+        return [jsonable(row._asdict()) for row in (await connection.execute(query)).all()]
 
 
 async def fetch_acme_events(engine: AsyncEngine, name: str, limit: int = 10
@@ -149,7 +149,7 @@ async def fetch_acme_events(engine: AsyncEngine, name: str, limit: int = 10
     query = (select(A.kind, A.at).where(A.name == name).order_by(A.at.desc(), A.id.desc())
              .limit(limit))
     async with engine.connect() as connection:
-        return [jsonable(row._mapping) for row in (await connection.execute(query)).all()]
+        return [jsonable(row._asdict()) for row in (await connection.execute(query)).all()]
 
 
 async def schedule_dns_check(engine: AsyncEngine, name: str, now: datetime) -> bool:
@@ -329,13 +329,16 @@ async def delete(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     given = check_customer(args.customer) if args.customer is not None else None
     async with connections.database(environ) as engine:
         row = await fetch_domain(engine, name)
-    if row is None and given is None:
-        raise CliError(f"no tracking domain {name} in the database; to publish "
-                       "domain.deleted anyway, name its customer with --customer")
-    if row is not None and given is not None and row["customer_id"] != given:
-        raise CliError(f"{name} belongs to customer {row['customer_id']}, not {given}; the "
-                       "services ignore a delete from another customer")
-    customer = given or row["customer_id"]  # type: ignore[index]
+    if row is None:
+        if given is None:
+            raise CliError(f"no tracking domain {name} in the database; to publish "
+                           "domain.deleted anyway, name its customer with --customer")
+        customer = given
+    else:
+        if given is not None and row["customer_id"] != given:
+            raise CliError(f"{name} belongs to customer {row['customer_id']}, not {given}; "
+                           "the services ignore a delete from another customer")
+        customer = row["customer_id"]
     if not args.yes:
         raise CliError(f"this deletes {name} of customer {customer}: its certificate and "
                        "nginx server are removed and its links fall back to the platform "

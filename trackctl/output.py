@@ -12,7 +12,7 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, overload
 
 OK = 0
 FAILED = 1
@@ -32,6 +32,14 @@ class CliError(Exception):
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+@overload
+def as_utc(value: datetime) -> datetime: ...
+
+
+@overload
+def as_utc(value: None) -> None: ...
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -97,7 +105,7 @@ def parse_since(text: str, now: datetime) -> datetime:
                            "30m, or a date/time such as 2026-05-01 or 2026-05-01T10:00Z",
                            USAGE) from None
         parsed = datetime(day.year, day.month, day.day)
-    return as_utc(parsed)  # type: ignore[return-value]
+    return as_utc(parsed)
 
 
 # --- text ------------------------------------------------------------------------------------
@@ -151,7 +159,7 @@ def fields(pairs: Sequence[tuple[str, object]]) -> str:
 
 def _json_default(value: object) -> Any:
     if isinstance(value, datetime):
-        return as_utc(value).isoformat().replace("+00:00", "Z")  # type: ignore[union-attr]
+        return as_utc(value).isoformat().replace("+00:00", "Z")
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, bytes):
