@@ -120,7 +120,7 @@ class DnsServer:
         self.port = port
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _Udp(self), sock=udp_sock)
-        self._udp = transport  # type: ignore[assignment]
+        self._udp = transport
         self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp_sock)
 
     # --- records ----------------------------------------------------------------------
@@ -275,8 +275,11 @@ class _Udp(asyncio.DatagramProtocol):
         self._server = server
         self._transport: asyncio.DatagramTransport | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+    # asyncio gives a datagram protocol a datagram transport: typeshed's DatagramProtocol
+    # narrows the parameter the same way, with the same ignore. No isinstance check
+    # instead: uvloop's UDPTransport is not a subclass of asyncio.DatagramTransport.
+    def connection_made(self, transport: asyncio.DatagramTransport) -> None:  # type: ignore[override]
+        self._transport = transport
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         transport = self._transport

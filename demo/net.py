@@ -62,7 +62,6 @@ def first_redirect(port: int, host: str, path: str, context: ssl.SSLContext,
     """Poll until HTTPS answers 302 (before that: handshake refused, or 404 while the
     redirector has not loaded the domain yet); (status, headers, seconds waited)."""
     started = time.monotonic()
-    status, headers = 0, {}
     while True:
         try:
             status, headers, _ = https_get(port, host, path, context, timeout_s=2)

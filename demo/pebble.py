@@ -35,14 +35,16 @@ def make_listener_ca(directory: Path) -> tuple[Path, Path, Path]:
     ext = directory / "ext.cnf"
     ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n"
                    "extendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n")
-    quiet = {"check": True, "capture_output": True}
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:P-256", "-nodes", "-keyout", ca_key, "-out", ca_cert,
-                    "-days", "2", "-subj", "/CN=tracking-domains local listener CA"], **quiet)
-    subprocess.run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-                    "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=localhost"], **quiet)
-    subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca_cert, "-CAkey", ca_key,
-                    "-CAcreateserial", "-out", cert, "-days", "2", "-extfile", ext], **quiet)
+    def openssl(*args: str | Path) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", ca_key, "-out", ca_cert, "-days", "2",
+            "-subj", "/CN=tracking-domains local listener CA")
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", key, "-out", csr, "-subj", "/CN=localhost")
+    openssl("x509", "-req", "-in", csr, "-CA", ca_cert, "-CAkey", ca_key, "-CAcreateserial",
+            "-out", cert, "-days", "2", "-extfile", ext)
     return ca_cert, cert, key
 
 
@@ -60,7 +62,7 @@ class Pebble:
         self.management_port = free_port()
         self.dns_port = free_port()
         self.dns_management_port = free_port()
-        self.processes: list[subprocess.Popen[bytes]] = []
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}  # by program name
         self.listener_ca = directory / "listener" / "ca.pem"
 
     @property
@@ -93,9 +95,9 @@ class Pebble:
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         log = open(self.directory / f"{name}.log", "wb")  # noqa: SIM115 - child owns it
-        self.processes.append(subprocess.Popen(
+        self.processes[argv[0]] = subprocess.Popen(
             argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-            cwd=self.directory))
+            cwd=self.directory)
         log.close()
 
     def _context(self) -> ssl.SSLContext:
@@ -109,9 +111,9 @@ class Pebble:
                                             timeout=1):
                     return
             except OSError as exc:
-                for process in self.processes:
+                for program, process in self.processes.items():
                     if process.poll() is not None:
-                        raise StartError(f"{process.args[0]} exited: {self.logs()}") from exc
+                        raise StartError(f"{program} exited: {self.logs()}") from exc
                 if time.monotonic() > deadline:
                     raise StartError(f"Pebble not ready: {exc}\n{self.logs()}") from exc
                 time.sleep(0.05)
@@ -131,10 +133,10 @@ class Pebble:
     def stop(self) -> None:
         """Kill the processes and wait for them."""
         # Pebble keeps everything in memory: nothing to save, so no graceful wait.
-        for process in self.processes:
+        for process in self.processes.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)
-        for process in self.processes:
+        for process in self.processes.values():
             process.wait(10)
 
     def __enter__(self) -> Pebble:
