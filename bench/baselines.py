@@ -30,6 +30,7 @@ import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -37,6 +38,9 @@ from aiohttp import web
 
 from shared.links import LinkError, LinkSigner
 from shared.settings import parse_link_keys
+
+if TYPE_CHECKING:
+    import asyncpg  # imported by `naive` alone, when it runs
 
 INSERT = (
     "INSERT INTO tracking_logs (event_id, customer_id, campaign_id, recipient_id, domain, url,"
@@ -46,7 +50,8 @@ INSERT = (
 _HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 
 
-def build(kind: str, signer: LinkSigner, pool: object | None) -> web.Application:
+def build(kind: str, signer: LinkSigner, pool: asyncpg.Pool | None) -> web.Application:
+    """The `hmac` or the `naive` application; `naive` writes through `pool`."""
     async def hmac_302(request: web.Request) -> web.Response:
         try:
             link = signer.verify(request.match_info["token"])
@@ -54,19 +59,25 @@ def build(kind: str, signer: LinkSigner, pool: object | None) -> web.Application
             return web.Response(status=404)
         return web.Response(status=302, headers={"Location": link.url, **_HEADERS})
 
+    app = web.Application()
+    if kind == "hmac":
+        app.router.add_get("/t/{token}", hmac_302)
+        return app
+    if pool is None:
+        raise ValueError("the naive baseline needs a database pool")
+
     async def naive_302(request: web.Request) -> web.Response:
         try:
             link = signer.verify(request.match_info["token"])
         except LinkError:
             return web.Response(status=404)
-        await pool.execute(  # type: ignore[union-attr]
+        await pool.execute(
             INSERT, str(uuid.uuid4()), link.customer_id, link.campaign_id, link.recipient_id,
             request.host.partition(":")[0], link.url, request.remote,
             request.headers.get("User-Agent"), request.method, datetime.now(UTC), False, None)
         return web.Response(status=302, headers={"Location": link.url, **_HEADERS})
 
-    app = web.Application()
-    app.router.add_get("/t/{token}", hmac_302 if kind == "hmac" else naive_302)
+    app.router.add_get("/t/{token}", naive_302)
     return app
 
 

@@ -814,9 +814,9 @@ def bench_redirector(cfg: Config, links: list[tuple[str, dict[str, str]]],
             rows_total, _ = wait_rows(database, state["rows"], timeout_s=30)
             logger.stop()
         finally:
-            for proc in (*extra, redirector):
-                if proc is not None:
-                    proc.stop()
+            for started in (*extra, redirector):
+                if started is not None:
+                    started.stop()
             logger.stop()
             shutil.rmtree(spool, ignore_errors=True)
     commands = [
@@ -1051,7 +1051,8 @@ async def copy_runs(rows: list[tuple[Any, ...]], runs: int,
 
 def bench_logger(cfg: Config, links: list[tuple[str, dict[str, str]]]) -> dict[str, Any]:
     events = make_events(links, cfg.logger_rows)
-    runs, command = [], ""
+    runs: list[LoggerRun] = []
+    command = ""
     disturbed: list[LoggerRun] = []
     for number in range(1, 2 * cfg.logger_runs + 1):
         if len(runs) >= cfg.logger_runs:
@@ -1214,7 +1215,7 @@ def report(cfg: Config, systems: dict[str, SystemResult], logger: dict[str, Any]
             add("")
             add("| comparison | value | target | |")
             add("|---|---:|---:|---|")
-            rows = []
+            rows: list[tuple[str, str, str, bool | None]] = []  # ok: None when only reported
 
             def compare(label: str, a: SystemResult, b: str, style: str,
                         target: float | None = None) -> None:
