@@ -15,12 +15,13 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TypeGuard
 
 ROOT = Path(__file__).resolve().parents[2]
 _PROJECT_PACKAGES = ("shared", "services", "trackctl")
 
 
-def _is_setting_name(value: object) -> bool:
+def _is_setting_name(value: object) -> TypeGuard[str]:
     if not isinstance(value, str) or "_" not in value:
         return False
     parts = value.split("_")

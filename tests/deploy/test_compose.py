@@ -118,7 +118,8 @@ def test_docker_compose_accepts_the_file_and_requires_what_it_must() -> None:
 
 def test_it_runs_every_service_rabbitmq_postgres_and_nginx(config: dict[str, Any]) -> None:
     services = _services(config)
-    modules = {_module_of(service) for service in services.values()} - {None}
+    modules = {module for service in services.values()
+               if (module := _module_of(service)) is not None}
     assert modules == {"redirector", "logger", "verifier", "certifier"}, modules
     for module in modules:
         assert (ROOT / "services" / module / "__main__.py").is_file(), module
@@ -315,7 +316,9 @@ def test_the_containers_share_challenges_certificates_and_the_nginx_include(
 def test_volumes_are_prepared_for_the_services_user(config: dict[str, Any]) -> None:
     services = _services(config)
     prepare = services["prepare-volumes"]
-    uid = re.search(r"useradd .*--uid (\d+)", _dockerfile_text()).group(1)  # type: ignore[union-attr]
+    useradd = re.search(r"useradd .*--uid (\d+)", _dockerfile_text())
+    assert useradd is not None, "the Dockerfile creates no user with a fixed uid"
+    uid = useradd.group(1)
     assert prepare["command"][:2] == ["chown", f"{uid}:{uid}"]
     prepared = {_volume_at(prepare, path)[0] for path in prepare["command"][2:]}
     for name, service in _ours(config):

@@ -150,7 +150,9 @@ class Platform:
         while True:
             got = await self._inbox.get(no_ack=True, fail=False)
             if got is not None:
-                self.heard.extend(decode_message(got.body, got.content_type))
+                for item in decode_message(got.body, got.content_type):
+                    assert isinstance(item, Event), item  # our services publish no junk
+                    self.heard.append(item)
                 continue
             mine = [e for e in self.heard if e.data.domain == domain]
             found_all = wanted is not None and wanted <= {e.type for e in mine}

@@ -24,7 +24,7 @@ from demo.pebble import Pebble
 from demo.processes import ServiceProcess
 from shared.broker import topology as broker_topology
 from shared.broker.publisher import Publisher
-from shared.events import DomainVerified, decode_message
+from shared.events import DomainVerified, Event, decode_message
 from shared.links import LinkSigner
 from shared.settings import BrokerSettings, DatabaseSettings, LinkKey
 from tests.conftest import TRACKING_HOST, service_env
@@ -132,6 +132,7 @@ async def test_verified_domain_serves_its_links_over_https_with_a_valid_chain(
             active_s = time.monotonic() - started
             [message] = await get_messages(channel, platform.name, 1, timeout_s=5)
             [issued] = decode_message(message.body, message.content_type)
+            assert isinstance(issued, Event), issued
             assert issued.type == "certificate.issued" and issued.data.domain == NAME
 
             root = tmp_path / "pebble-root.pem"

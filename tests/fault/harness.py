@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aio_pika
 import aiohttp
 import asyncpg
+import msgspec
 from sqlalchemy.engine import make_url
 
 from demo.net import free_port
@@ -283,8 +284,10 @@ async def queue_depth(broker: BrokerSettings, queue: str) -> tuple[int, int]:
     async with connection:
         channel = await connection.channel()
         declared = await channel.declare_queue(name, passive=True)
-        result = declared.declaration_result
-        return result.message_count, result.consumer_count
+        ready = declared.declaration_result.message_count
+        consumers = declared.declaration_result.consumer_count
+        assert ready is not None and consumers is not None  # a DeclareOk carries both
+        return ready, consumers
 
 
 async def drain_queue(broker: BrokerSettings, name: str,
@@ -304,14 +307,13 @@ async def drain_queue(broker: BrokerSettings, name: str,
 
 
 def click_event(recipient: str, *, event_id: str | None = None, **changes: object) -> bytes:
-    fields: dict[str, object] = {
-        "customer_id": "cust-fault", "campaign_id": "camp-direct", "recipient_id": recipient,
-        "domain": TRACKING_HOST, "url": "https://shop.example/direct", "ip": "127.0.0.1",
-        "user_agent": BROWSER, "method": "GET", "bot": False, "bot_reason": None,
-    }
-    fields.update(changes)
-    return encode_event(ClickTracked(**fields), source="/fault-tests",  # type: ignore[arg-type]
-                        event_id=event_id or new_event_id())
+    """A click as the redirector would publish it; `changes` may set any field to anything."""
+    click = msgspec.structs.replace(ClickTracked(
+        customer_id="cust-fault", campaign_id="camp-direct", recipient_id=recipient,
+        domain=TRACKING_HOST, url="https://shop.example/direct", ip="127.0.0.1",
+        user_agent=BROWSER, method="GET", bot=False, bot_reason=None,
+    ), **changes)
+    return encode_event(click, source="/fault-tests", event_id=event_id or new_event_id())
 
 
 async def publish_raw(broker: BrokerSettings, messages: Sequence[aio_pika.Message],

@@ -189,9 +189,9 @@ async def test_malformed_messages_are_dead_lettered_and_valid_clicks_stored(
 
     plan = [template for _ in range(COPIES) for template in _malformed_templates()]
     plan += _huge_templates()
-    for label, body, content_type, dead in plan:
+    for label, body, content_type, dead_bodies in plan:
         messages.append(_message(body, content_type))
-        expected_dead.update(dead)
+        expected_dead.update(dead_bodies)
         messages.append(_message(add_valid(), STRUCTURED))  # interleaved valid click
         if label == "batch of bad elements":  # and a batch mixing good and bad elements
             mixed_bad = [b'{"specversion":"1.0"}', _envelope(_data(url=""))]

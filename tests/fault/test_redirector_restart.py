@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,7 +34,8 @@ def _spooled_bytes(spool: Path) -> int:
     return sum(path.stat().st_size for path in spool.rglob("*.spool"))
 
 
-def _logged(line: str) -> dict[str, object]:
+def _logged(line: str) -> dict[str, Any]:
+    """The JSON fields of a service's log line (values of any JSON type)."""
     return json.loads(line[line.index("{"):])
 
 
@@ -44,7 +46,7 @@ async def test_sigterm_while_broker_is_cut_keeps_spooled_clicks_for_the_next_sta
     logger = await start_logger(services)  # the logger reaches the broker directly
     with proxy_to(amqp_target(broker.url)) as proxy:
         env = {"AMQP_URL": amqp_via(broker.url, proxy), "DRAIN_TIMEOUT_S": "2"}
-        redirector, base = await start_redirector(services, **env)
+        redirector, base = await start_redirector(services, port=None, **env)
         await asyncio.to_thread(redirector.wait_for_log, "broker.connected", 20.0)
 
         before = await click_stream(base, mint_tokens(signer, 100, "before"), rate=200)
@@ -61,13 +63,13 @@ async def test_sigterm_while_broker_is_cut_keeps_spooled_clicks_for_the_next_sta
         assert exit_code == 0
         stopped = _logged(log_lines(redirector, "redirector.stopped")[-1])
         assert stopped["drained"] is False
-        assert int(stopped["left_in_spool_bytes"]) > 0  # type: ignore[arg-type]
+        assert int(stopped["left_in_spool_bytes"]) > 0
         assert _spooled_bytes(spool) > 0, "the spooled clicks are gone from disk"
 
         proxy.restore()
-        again, _ = await start_redirector(services, **env)
+        again, _ = await start_redirector(services, port=None, **env)
         started = _logged(log_lines(again, "redirector.listening")[-1])
-        assert int(started["recovered_clicks"]) >= 400  # type: ignore[arg-type]
+        assert int(started["recovered_clicks"]) >= 400
 
         counts = await wait_rows(database, 500, timeout_s=30)
         assert_exactly_once(counts, before.served | during.served)

@@ -32,6 +32,7 @@ from tests.support.amqp import (
     get_messages,
     message,
     message_count,
+    text_header,
     wait_count,
 )
 
@@ -205,13 +206,13 @@ async def test_malformed_messages_are_dead_lettered_with_their_reason_and_good_o
     for body, needle in expected_errors.items():
         headers = by_body[body].headers
         assert headers["x-dead-reason"] == "malformed", body
-        assert needle in headers["x-dead-error"], (body, headers["x-dead-error"])
+        assert needle in text_header(headers, "x-dead-error"), (body, headers["x-dead-error"])
         assert headers["x-attempt"] == 1
         assert headers["x-original-queue"] == topology.queue(LOGGER_QUEUE)
         assert headers["x-original-routing-key"] == CLICK_TRACKED
-        assert datetime.fromisoformat(headers["x-dead-at"]).tzinfo is not None
-    assert "`$.ip`" in by_body[bad_element[1]].headers["x-dead-error"]
-    assert "campaign_id" in by_body[bad_data].headers["x-dead-error"]
+        assert datetime.fromisoformat(text_header(headers, "x-dead-at")).tzinfo is not None
+    assert "`$.ip`" in text_header(by_body[bad_element[1]].headers, "x-dead-error")
+    assert "campaign_id" in text_header(by_body[bad_data].headers, "x-dead-error")
 
 
 # --- (c) ---------------------------------------------------------------------------------
@@ -307,7 +308,8 @@ async def test_work_handed_back_untried_spends_no_attempt(
 async def test_unexpected_exception_is_retried_then_dead_lettered_never_dropped(
         broker: BrokerSettings, topology: Topology, side: AbstractConnection) -> None:
     async def bug(_call: int, events: Sequence[Event[Any]]) -> None:
-        _ = {}["no-such-key"]
+        empty: dict[str, int] = {}
+        _ = empty["no-such-key"]
 
     recorder = Recorder(then=bug)
     event_id, raw = click_event(1)
@@ -322,8 +324,8 @@ async def test_unexpected_exception_is_retried_then_dead_lettered_never_dropped(
     assert dead.body == raw
     assert dead.content_type == STRUCTURED
     assert dead.headers["x-dead-reason"] == "exhausted"
-    assert "KeyError" in dead.headers["x-dead-error"]
-    assert "no-such-key" in dead.headers["x-dead-error"]
+    assert "KeyError" in text_header(dead.headers, "x-dead-error")
+    assert "no-such-key" in text_header(dead.headers, "x-dead-error")
 
 
 # --- (f) ---------------------------------------------------------------------------------
@@ -399,5 +401,5 @@ async def test_event_of_a_type_the_queue_does_not_consume_is_dead_lettered_not_d
     assert [e.id for e in recorder.calls[0]] == [good_id]
     dead = {m.body: m.headers for m in await dead_letters(side, topology, 2)}
     assert dead[domain_event]["x-dead-reason"] == "malformed"
-    assert "'domain.created' is not one" in dead[domain_event]["x-dead-error"]
-    assert "NUL" in dead[with_nul]["x-dead-error"], nul_id
+    assert "'domain.created' is not one" in text_header(dead[domain_event], "x-dead-error")
+    assert "NUL" in text_header(dead[with_nul], "x-dead-error"), nul_id

@@ -7,7 +7,7 @@ import time
 
 import aio_pika
 import pytest
-from aio_pika.abc import AbstractConnection
+from aio_pika.abc import AbstractConnection, FieldValue
 
 from shared.broker import topology as broker_topology
 from shared.broker.connection import connect, open_channel
@@ -36,7 +36,7 @@ SERVICES = (LOGGER_QUEUE, VERIFIER_QUEUE, CERTIFIER_QUEUE)
 
 
 async def _declare_fails(connection: AbstractConnection, name: str,
-                         arguments: dict[str, object]) -> bool:
+                         arguments: dict[str, FieldValue]) -> bool:
     """True when re-declaring `name` with these arguments is refused as inequivalent."""
     channel = await connection.channel()
     try:
@@ -182,11 +182,14 @@ async def test_retry_tiers_dead_letter_back_to_the_main_queue_after_their_ttl(
         if got is None:
             await asyncio.sleep(0.01)
             continue
-        delay = int(got.headers["x-probe"])
+        probe = got.headers["x-probe"]
+        assert isinstance(probe, int)
+        delay = probe
         arrived[delay] = time.monotonic() - started
         assert got.body == f"body-{delay}".encode()
         assert got.headers["x-attempt"] == 2  # our headers survive the trip
         deaths = got.headers["x-death"]
+        assert isinstance(deaths, list) and isinstance(deaths[0], dict)
         assert deaths[0]["reason"] == "expired"
         assert deaths[0]["queue"] == topology.retry_queue(LOGGER_QUEUE, delay)
     assert set(arrived) == {200, 400}

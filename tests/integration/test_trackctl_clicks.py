@@ -27,7 +27,11 @@ def trackctl(database: DatabaseSettings, *args: str) -> subprocess.CompletedProc
                           capture_output=True, text=True, timeout=60)
 
 
-def insert(database: DatabaseSettings, rows: list[tuple[object, ...]]) -> None:
+# customer, campaign, recipient, domain, bot, bot reason, hours ago
+Click = tuple[str, str, str, str, bool, str | None, float]
+
+
+def insert(database: DatabaseSettings, rows: list[Click]) -> None:
     async def _insert() -> None:
         for number, (customer, campaign, recipient, domain, bot, reason, age_h) in enumerate(
                 rows):

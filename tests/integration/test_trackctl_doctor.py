@@ -17,6 +17,7 @@ import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -94,7 +95,8 @@ def serve_site(nginx: Nginx, site: Site, ca_pem: Path, upstream: str) -> None:
             time.sleep(0.05)
 
 
-def checks_of(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, object]]:
+def checks_of(result: subprocess.CompletedProcess[str]) -> dict[str, dict[str, Any]]:
+    """trackctl doctor --json's checks by name (parsed JSON: values of any JSON type)."""
     document = json.loads(result.stdout)
     return {check["name"]: check for check in document["checks"]}
 

@@ -7,7 +7,7 @@ import asyncio
 import functools
 import itertools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -121,7 +121,7 @@ class Harness:
 
 
 @pytest.fixture
-def dns_server() -> AsyncIterator[DnsServer]:
+def dns_server() -> Iterator[DnsServer]:
     with DnsServer() as server:
         server.a(HOST, HOST_V4)
         server.aaaa(HOST, HOST_V6)

@@ -9,7 +9,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+import msgspec
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    HeadersType,
+)
 
 from shared.events import BATCH, STRUCTURED, ClickTracked, encode_batch, encode_event
 
@@ -34,9 +40,9 @@ async def message_count(connection: AbstractConnection, queue: str) -> int:
     channel = await connection.channel()
     try:
         declared = await channel.declare_queue(queue, passive=True)
-        result = declared.declaration_result
-        assert result is not None
-        return result.message_count
+        count = declared.declaration_result.message_count
+        assert count is not None  # a DeclareOk always carries it
+        return count
     finally:
         await channel.close()
 
@@ -75,14 +81,20 @@ async def get_messages(channel: AbstractChannel, queue: str, expected: int,
     return messages
 
 
+def text_header(headers: HeadersType, name: str) -> str:
+    """A header that must be a string (the broker's header values are of many types)."""
+    value = headers[name]
+    assert isinstance(value, str), (name, value)
+    return value
+
+
 def click(number: int = 0, **overrides: object) -> ClickTracked:
-    fields: dict[str, object] = {
-        "customer_id": "cust-1", "campaign_id": "camp-1", "recipient_id": f"rcpt-{number}",
-        "domain": "click.platform.test", "url": f"https://shop.example/item/{number}",
-        "ip": "192.0.2.10", "user_agent": "Mozilla/5.0 (test)",
-    }
-    fields.update(overrides)
-    return ClickTracked(**fields)  # type: ignore[arg-type]
+    """A click; `overrides` may set any field to anything, invalid values included."""
+    return msgspec.structs.replace(ClickTracked(
+        customer_id="cust-1", campaign_id="camp-1", recipient_id=f"rcpt-{number}",
+        domain="click.platform.test", url=f"https://shop.example/item/{number}",
+        ip="192.0.2.10", user_agent="Mozilla/5.0 (test)",
+    ), **overrides)
 
 
 def click_event(number: int = 0, *, event_id: str | None = None,
@@ -93,7 +105,7 @@ def click_event(number: int = 0, *, event_id: str | None = None,
 
 
 def message(body: bytes, *, content_type: str | None = STRUCTURED,
-            headers: dict[str, object] | None = None) -> aio_pika.Message:
+            headers: HeadersType | None = None) -> aio_pika.Message:
     return aio_pika.Message(body, content_type=content_type, headers=headers,
                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                             message_id=str(uuid.uuid4()))

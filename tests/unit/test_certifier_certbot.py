@@ -208,9 +208,10 @@ def test_settings_defaults_and_errors(tmp_path: Path) -> None:
             certifier_settings.load({name: value})
 
 
-def certbot_in(base: Path, **options: float) -> Certbot:
+def certbot_in(base: Path, lock_timeout_s: float | None = None) -> Certbot:
     return Certbot(command="certbot", base_dir=base, server="https://ca.test/dir", email=None,
-                   ca_bundle=None, challenge_dir=base / "challenges", **options)
+                   ca_bundle=None, challenge_dir=base / "challenges",
+                   lock_timeout_s=lock_timeout_s)
 
 
 async def test_two_certifiers_on_one_directory_take_turns(tmp_path: Path) -> None:

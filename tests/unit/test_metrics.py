@@ -167,7 +167,7 @@ def test_verifier_counts_outcomes_by_code() -> None:
 KEYS = (LinkKey("k1", b"s" * 40),)
 
 
-def make_redirector(tmp_path: Path, **extra: object) -> tuple[Redirector, CollectorRegistry]:
+def make_redirector(tmp_path: Path) -> tuple[Redirector, CollectorRegistry]:
     registry = CollectorRegistry()
     metrics = m.RedirectorMetrics(registry)
     spool = Spool(tmp_path / "spool")
@@ -176,7 +176,7 @@ def make_redirector(tmp_path: Path, **extra: object) -> tuple[Redirector, Collec
     redirector = Redirector(
         signer=LinkSigner(KEYS), domains=DomainDirectory(HOST), clients=ClientAddress(()),
         spool=spool, forwarder=forwarder, source="/test", spool_max_bytes=1 << 30,
-        metrics=metrics, **extra)  # type: ignore[arg-type]
+        metrics=metrics)
     metrics.watch(backlog_bytes=spool.backlog_bytes, spool_clicks=spool.unconfirmed_lines,
                   connected=lambda: float(forwarder.connected))
     return redirector, registry

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -38,6 +39,11 @@ def redirector(tmp_path: Path) -> Iterator[Redirector]:
 
 def get(path: str, method: str = "GET") -> web.Request:
     return make_mocked_request(method, path, headers={"Host": HOST, "User-Agent": "Mozilla/5.0"})
+
+
+def json_body(response: web.Response) -> Any:
+    assert isinstance(response.body, bytes)
+    return json.loads(response.body)
 
 
 def token() -> str:
@@ -80,10 +86,10 @@ async def test_challenges_and_probes(redirector: Redirector) -> None:
     challenge = await redirector.handle(get("/.well-known/acme-challenge/tok-1"))
     assert (challenge.status, challenge.body) == (200, b"tok-1.thumbprint")
     health = await redirector.handle(get("/healthz"))
-    assert (health.status, json.loads(health.body)) == (200, {"status": "ok"})
+    assert (health.status, json_body(health)) == (200, {"status": "ok"})
     ready = await redirector.handle(get("/readyz"))
     assert ready.status == 503  # no broker attached in a unit test
-    assert json.loads(ready.body)["problems"] == ["broker not connected"]
+    assert json_body(ready)["problems"] == ["broker not connected"]
 
 
 async def test_a_click_the_spool_cannot_take_is_a_503_never_a_302(
@@ -99,7 +105,7 @@ async def test_a_click_the_spool_cannot_take_is_a_503_never_a_302(
     assert redirector.metrics.unavailable.value == 1
     ready = await redirector.handle(get("/readyz"))
     assert ready.status == 503
-    assert any("cannot be written" in p for p in json.loads(ready.body)["problems"])
+    assert any("cannot be written" in p for p in json_body(ready)["problems"])
     monkeypatch.undo()
     again = await redirector.handle(get(f"/t/{token()}"))
     assert again.status == 302  # the disk has room again: clicks are redirected at once

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import pytest
 
@@ -38,7 +39,15 @@ def opened() -> Iterator[list[Spool]]:
         crash(spool)
 
 
-def open_spool(root: Path, opened: list[Spool], **kwargs: int | bool) -> Spool:
+class SpoolOptions(TypedDict, total=False):
+    """Spool's keyword arguments."""
+
+    segment_bytes: int
+    rotate_confirmed_bytes: int
+    defer_unlinks: bool
+
+
+def open_spool(root: Path, opened: list[Spool], **kwargs: Unpack[SpoolOptions]) -> Spool:
     spool = Spool(root, **kwargs)
     spool.open()
     opened.append(spool)
