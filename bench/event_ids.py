@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import asyncpg
-from run import _proc_cpu, dsn, fresh_database, say
 
+from bench.run import _proc_cpu, dsn, fresh_database, say
 from services.logger.database import COLUMNS
 from services.redirector.event_ids import EventIds
 

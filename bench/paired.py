@@ -22,10 +22,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
-from run import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.run import (
     AMQP_URL,
     LINK_KEYS,
     LUA,
