@@ -59,7 +59,7 @@ def _utc(value: datetime) -> datetime:
 def _row(row: Sequence[object]) -> CertificateRow:
     name, customer, status, verified, serial, expires, renew = row
     return CertificateRow(
-        name=str(name), customer_id=str(customer), status=DomainStatus(status),
+        name=str(name), customer_id=str(customer), status=DomainStatus(str(status)),
         verified=bool(verified),
         certificate_serial=serial if isinstance(serial, str) else None,
         certificate_expires_at=_utc(expires) if isinstance(expires, datetime) else None,

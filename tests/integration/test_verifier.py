@@ -38,6 +38,7 @@ from shared.broker.publisher import Publisher
 from shared.broker.topology import Topology
 from shared.db.engine import create_engine
 from shared.db.migrate import upgrade
+from shared.domain_status import DomainStatus
 from shared.errors import TransientError
 from shared.events import (
     DomainCreated,
@@ -630,7 +631,7 @@ async def test_the_store_works_on_sqlite(tmp_path: Path, dns_server: DnsServer) 
         assert row == added and row.created_at.tzinfo is not None
         assert await store.note_pending(NAME, CUSTOMER, last_error="nxdomain: x",
                                         check_due_at=now, now=now)
-        assert await store.mark_verified(NAME, CUSTOMER, from_status="pending",
+        assert await store.mark_verified(NAME, CUSTOMER, from_status=DomainStatus.PENDING,
                                          matched_by="cname", dns_chain=f"{NAME} -> {HOST}",
                                          check_due_at=now - timedelta(seconds=1), now=now)
         claimed = await store.claim_due(datetime.now(UTC), 10,
