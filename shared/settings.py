@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import unquote
 
 from shared.errors import SettingsError
 
@@ -56,20 +56,70 @@ class DatabaseSettings:
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by '***', for logs.
+    """The URL with any password replaced by '***', for logs: the one in the userinfo,
+    and the value of any query parameter whose name speaks of a secret (`?password=`,
+    `sslpassword`, `secret`, `token`, `key`; any letter case, percent-escapes decoded).
 
     Parsed by hand, not with urlsplit: a password holding an unescaped '/', '?' or '#'
     would end urlsplit's netloc early and leave the password in plain sight. Erring
     the other way (redacting a little too much of an odd URL) is harmless.
     """
     scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
     at = rest.rfind("@")
-    if not sep or at == -1:
-        return url
-    user, colon, _password = rest[:at].partition(":")
-    if not colon:
-        return url
-    return f"{scheme}://{user}:***@{rest[at + 1:]}"
+    if at != -1:
+        user, colon, _password = rest[:at].partition(":")
+        if colon:
+            rest = f"{user}:***@{rest[at + 1:]}"
+    return f"{scheme}://{_SECRET_PARAMETER.sub(_redact_parameter, rest)}"
+
+
+# A query parameter (its name, '=') and its value, up to the next '&', ';' or '#'.
+_SECRET_PARAMETER = re.compile(r"([?&;])([^=&;#]*)=([^&;#]*)")
+_SECRET_NAME = re.compile(r"pass|pwd|secret|token|key|auth", re.IGNORECASE)
+
+
+def _redact_parameter(match: re.Match[str]) -> str:
+    if _SECRET_NAME.search(unquote(match.group(2))):
+        return f"{match.group(1)}{match.group(2)}=***"
+    return match.group(0)
+
+
+def _secret_parameters(url: str) -> bool:
+    """Whether the URL (after its userinfo) has a query parameter `redact_url` hides."""
+    rest = url.partition("://")[2]
+    return any(_SECRET_NAME.search(unquote(match.group(2)))
+               for match in _SECRET_PARAMETER.finditer(rest[rest.rfind("@") + 1:]))
+
+
+def _authority(url: str) -> str:
+    """`host[:port]` of a URL: after the last '@' of the part before the path, so a
+    password holding '/', '?', '#' or '@' is never taken for the host or the port."""
+    rest = url.partition("://")[2]
+    end = len(rest)
+    for delimiter in "/?#":
+        found = rest.find(delimiter, rest.rfind("@") + 1)
+        if found != -1:
+            end = min(end, found)
+    return rest[:end].rpartition("@")[2]
+
+
+def _check_port(name: str, url: str) -> None:
+    """Refuse a port that is not a whole number 1-65535, naming the setting, never the
+    password (the URL is shown redacted)."""
+    host = _authority(url)
+    port: str | None = None
+    if host.startswith("["):
+        closing = host.find("]")
+        if closing == -1 or host[closing + 1:closing + 2] not in ("", ":"):
+            raise SettingsError(f"{name} has an unreadable IPv6 address: {redact_url(url)!r}")
+        port = host[closing + 2:]
+    elif ":" in host:
+        port = host.rpartition(":")[2]
+    if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise SettingsError(f"{name} has a port that is not a number from 1 to 65535: "
+                            f"{redact_url(url)!r}")
 
 
 class Env:
@@ -131,16 +181,16 @@ class Env:
 
     def broker(self) -> BrokerSettings:
         url = self.str("AMQP_URL", DEFAULT_AMQP_URL)
-        try:
-            parts = urlsplit(url)
-            parts.port  # noqa: B018 - raises ValueError on a bad port or IPv6 literal
-        except ValueError as exc:
-            raise SettingsError(f"AMQP_URL is not a valid URL ({exc}): {redact_url(url)!r}"
-                                ) from None
-        if parts.scheme not in ("amqp", "amqps"):
+        if url.partition("://")[0] not in ("amqp", "amqps"):
             raise SettingsError(
                 f"AMQP_URL must start with amqp:// or amqps://, got {redact_url(url)!r}"
             )
+        _check_port("AMQP_URL", url)
+        if _secret_parameters(url):
+            # aio-pika reads no password from the query, and prints the query in its own
+            # reconnect warnings: refused rather than used and logged.
+            raise SettingsError("AMQP_URL must give the password as amqp://user:password@host/, "
+                                f"not as a query parameter: {redact_url(url)!r}")
         exchange = self.str("AMQP_EXCHANGE", DEFAULT_EXCHANGE)
         if not _NAME_RE.match(exchange):
             raise SettingsError(
@@ -149,8 +199,9 @@ class Env:
         return BrokerSettings(url=url, exchange=exchange)
 
     def database(self) -> DatabaseSettings:
-        return DatabaseSettings(url=normalise_database_url(self.str("DATABASE_URL",
-                                                                    DEFAULT_DATABASE_URL)))
+        url = normalise_database_url(self.str("DATABASE_URL", DEFAULT_DATABASE_URL))
+        _check_port("DATABASE_URL", url)
+        return DatabaseSettings(url=url)
 
     def tracking_host(self) -> builtins.str:
         # Imported here: domains.py is pure, but keeping settings free of it at
@@ -189,22 +240,28 @@ class Env:
 def parse_link_keys(value: str) -> tuple[LinkKey, ...]:
     """Parse `kid:secret,kid:secret`; the first key signs, all verify."""
     keys: list[LinkKey] = []
+    # Nothing from an entry is ever echoed, not even its key id: an entry written
+    # secret:kid holds the secret where the key id belongs.
+    spelling = "entries are kid:secret, the key id first"
     for number, item in enumerate(value.split(","), start=1):
         kid, sep, secret = item.strip().partition(":")
         if not sep:
             raise SettingsError(f"LINK_KEYS entry {number} must be kid:secret (no ':' found)")
         if not _KID_RE.match(kid):
             raise SettingsError(
-                f"LINK_KEYS entry {number}: key id must be 1-32 of A-Z a-z 0-9 _ -, got {kid!r}"
+                f"LINK_KEYS entry {number}: the key id (before the first ':') must be 1-32 of "
+                f"A-Z a-z 0-9 _ -, got {len(kid)} characters ({spelling})"
             )
         if len(secret) < MIN_SECRET_LENGTH:
             # The length is safe to say; the secret is not.
             raise SettingsError(
-                f"LINK_KEYS entry {number} ({kid}): secret must be at least "
-                f"{MIN_SECRET_LENGTH} characters, got {len(secret)}"
+                f"LINK_KEYS entry {number}: the secret (after the first ':') must be at "
+                f"least {MIN_SECRET_LENGTH} characters, got {len(secret)} ({spelling})"
             )
-        if any(key.kid == kid for key in keys):
-            raise SettingsError(f"LINK_KEYS entry {number}: key id {kid!r} appears twice")
+        first = next((n for n, key in enumerate(keys, start=1) if key.kid == kid), None)
+        if first is not None:
+            raise SettingsError(f"LINK_KEYS entries {first} and {number}: the same key id "
+                                "appears twice")
         keys.append(LinkKey(kid=kid, secret=secret.encode()))
     return tuple(keys)
 
