@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import aio_pika
 import structlog
@@ -13,6 +14,18 @@ from shared.settings import BrokerSettings
 log = structlog.get_logger(__name__)
 
 
+class _SaidElsewhere(logging.Filter):
+    """Drops aiormq's ERROR line for a connection attempt that failed: the same attempt is
+    reported once already, by `connect` below at start, or by aio-pika's reconnect
+    warning afterwards. One line per retry, not two."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("error when creating transport")
+
+
+_SAID_ELSEWHERE = _SaidElsewhere()
+
+
 async def connect(settings: BrokerSettings, *, name: str, attempts: int | None = None,
                   max_backoff_s: float = 10.0) -> AbstractRobustConnection:
     """Connect, retrying with capped backoff; `attempts=None` waits for ever.
@@ -20,6 +33,7 @@ async def connect(settings: BrokerSettings, *, name: str, attempts: int | None =
     Services start before the broker in a compose stack or after a broker restart,
     so failing to connect at once is normal and is logged, not fatal.
     """
+    logging.getLogger("aiormq.connection").addFilter(_SAID_ELSEWHERE)  # once: same instance
     backoff = 0.2
     attempt = 0
     while True:

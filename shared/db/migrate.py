@@ -8,6 +8,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db.engine import create_engine
@@ -85,14 +86,26 @@ async def check_at_head(engine: AsyncEngine) -> None:
 async def open_migrated(settings: DatabaseSettings, *, service: str,
                         pool_size: int = 5, pre_ping: bool = True) -> AsyncEngine:
     """An engine on a database at this release's schema; otherwise the service exits
-    with one line saying to run `trackctl db upgrade`."""
+    with one line: run `trackctl db upgrade`, or why the database cannot be reached."""
     engine = create_engine(settings, pool_size=pool_size, pre_ping=pre_ping)
     try:
         await check_at_head(engine)
     except SchemaOutOfDate as exc:
         await engine.dispose()
         raise SystemExit(f"{service}: {exc}") from None
+    except (DBAPIError, OSError, TimeoutError) as exc:
+        await engine.dispose()
+        raise SystemExit(f"{service}: cannot reach the database at {settings.safe_url}: "
+                         f"{_reason(exc)}") from None
     return engine
+
+
+def _reason(exc: BaseException) -> str:
+    """The driver's own words, first line only (SQLAlchemy's wrapper adds the SQL and a
+    link); never the URL, which only `safe_url` may show."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    text = str(cause).strip().splitlines()
+    return (text[0] if text else type(cause).__name__)[:300]
 
 
 class SchemaOutOfDate(Exception):

@@ -449,7 +449,7 @@ def test_amqp_url_with_a_password_query_parameter_is_refused_without_showing_it(
 
 
 @pytest.mark.parametrize("url", [
-    f"amqp://u:{SECRET[:8]}/{SECRET[8:]}@mq:5672/",  # '/' in the password: urlsplit's netloc ends early
+    f"amqp://u:{SECRET[:8]}/{SECRET[8:]}@mq:5672/",  # urlsplit's netloc ends at the '/'
     f"amqp://u:{SECRET}@mq:notaport/",
 ])
 def test_an_amqp_url_urlsplit_misreads_never_echoes_the_password(url: str) -> None:
