@@ -59,6 +59,9 @@ server_names_hash_max_size 65536;
 ssl_protocols TLSv1.2 TLSv1.3;
 ssl_session_cache shared:tracking_tls:10m;
 ssl_session_timeout 1h;
+# The longest tracking link (docs/links.md: a token of 8192 characters) in one request
+# line: nginx's default buffers (8k) answer it 414.
+large_client_header_buffers 4 16k;
 
 upstream $upstream {
 $servers    keepalive 32;

@@ -8,14 +8,20 @@ cost about a sixth of the CPU of a click here (bench/run.py measures both server
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import stat
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from time import monotonic, perf_counter
+from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry
 
 from services.redirector.active_domains import DomainDirectory
@@ -26,7 +32,7 @@ from services.redirector.forwarder import Forwarder
 from services.redirector.spool import Spool
 from shared.domains import host_from_header
 from shared.events import ClickTracked, encode_event
-from shared.links import LinkError, LinkSigner
+from shared.links import MAX_TOKEN_LENGTH, LinkError, LinkSigner
 from shared.metrics import RedirectorMetrics
 
 log = structlog.get_logger(__name__)
@@ -47,8 +53,17 @@ _UNAVAILABLE_HEADERS = {**_NOT_FOUND_HEADERS, "Retry-After": "30"}
 SPOOL_FAILURE_WINDOW_S = 10.0
 _MAX_UA = 1024
 _CHALLENGE_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+# An HTTP-01 answer is a key authorization, about 90 bytes: anything much larger is not one.
+MAX_CHALLENGE_BYTES = 4096
+# How long a challenge read may take (a slow shared mount) before the CA gets a 404.
+CHALLENGE_READ_TIMEOUT_S = 5.0
+_CHALLENGE_OPEN_FLAGS = (os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+                         | os.O_CLOEXEC)
 TRACK_PREFIX = "/t/"
 CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
+# The request line of the longest link (docs/links.md), with room for a query string a
+# mail gateway may append: aiohttp's default (8190) refused the longest tokens.
+MAX_REQUEST_LINE = len("HEAD ") + len(TRACK_PREFIX) + MAX_TOKEN_LENGTH + 1024 + len(" HTTP/1.1")
 _READ_METHODS = frozenset({"GET", "HEAD"})
 # LinkSigner.verify's reasons, by the class of fault they are counted under
 # (tests/unit/test_metrics.py keeps this in step with shared/links.py).
@@ -77,6 +92,10 @@ class Redirector:
     spool_max_bytes: int
     access_log: bool = False
     challenge_dir: Path | None = None
+    # Challenge reads run here, never on the event loop and never in the default executor
+    # that the forwarder's spool work shares: a hung shared mount stalls only challenges.
+    challenge_reads: Executor = field(default_factory=lambda: ThreadPoolExecutor(
+        max_workers=2, thread_name_prefix="acme-challenge"))
     event_ids: EventIds = field(default_factory=EventIds)
     spool_failed_at: float | None = None  # monotonic time of the last failed append
     spool_failure_logged_at: float | None = None
@@ -90,7 +109,7 @@ class Redirector:
             if path.startswith(TRACK_PREFIX):
                 return self.track(request, path[len(TRACK_PREFIX):])
             if path.startswith(CHALLENGE_PREFIX):
-                return self.acme_challenge(request, path[len(CHALLENGE_PREFIX):])
+                return await self.acme_challenge(request, path[len(CHALLENGE_PREFIX):])
             if path == "/healthz":
                 return self.healthz()
             if path == "/readyz":
@@ -109,10 +128,17 @@ class Redirector:
             return self._refuse(request, "wrong-host",
                                 "host does not serve this customer's links")
         method = request.method
-        user_agent = request.headers.get("User-Agent")
-        if user_agent and len(user_agent) > _MAX_UA:
-            user_agent = user_agent[:_MAX_UA]
+        headers = request.headers
+        user_agent = headers.get("User-Agent")
+        if user_agent:
+            if not user_agent.isascii():
+                user_agent = printable_bytes(user_agent)
+            if len(user_agent) > _MAX_UA:
+                user_agent = user_agent[:_MAX_UA]
         bot_reason = classify(method, user_agent)
+        # Every X-Forwarded-For line, in order, is one list (RFC 9110 §5.3): a proxy that
+        # adds its own line after the client's is read from the right like one appending.
+        forwarded = headers.getall("X-Forwarded-For", None)
         event_id = self.event_ids.next()
         try:
             self.spool.append(encode_event(
@@ -120,7 +146,7 @@ class Redirector:
                     customer_id=link.customer_id, campaign_id=link.campaign_id,
                     recipient_id=link.recipient_id, domain=host, url=link.url,
                     ip=self.clients.resolve(request.remote,
-                                            request.headers.get("X-Forwarded-For")),
+                                            ",".join(forwarded) if forwarded else None),
                     user_agent=user_agent, method=method, bot=bot_reason is not None,
                     bot_reason=bot_reason,
                 ),
@@ -164,14 +190,24 @@ class Redirector:
                      refusal=refusal, reason=reason)
         return not_found(request, reason)
 
-    def acme_challenge(self, request: web.BaseRequest, token: str) -> web.Response:
-        """HTTP-01 answers, read from the directory the certifier writes (shared by every edge)."""
+    async def acme_challenge(self, request: web.BaseRequest, token: str) -> web.Response:
+        """HTTP-01 answers, read from the directory the certifier writes (shared by every
+        edge): a regular file directly in it, read off the event loop."""
         if self.challenge_dir is None or not _CHALLENGE_TOKEN.match(token):
             return not_found(request, "no such challenge")
+        loop = asyncio.get_running_loop()
         try:
-            body = (self.challenge_dir / token).read_bytes()
+            async with asyncio.timeout(CHALLENGE_READ_TIMEOUT_S):
+                body = await loop.run_in_executor(self.challenge_reads, read_challenge,
+                                                  self.challenge_dir / token)
+        except TimeoutError:
+            log.warning("challenge.read_timeout", token=token, dir=str(self.challenge_dir),
+                        timeout_s=CHALLENGE_READ_TIMEOUT_S)
+            return not_found(request, "challenge read timed out")
         except OSError:
             return not_found(request, "no such challenge")
+        if body is None:
+            return not_found(request, "not a challenge file")
         return web.Response(body=body, content_type="text/plain",
                             headers={"Cache-Control": "no-store"})
 
@@ -193,6 +229,59 @@ class Redirector:
         return web.json_response(body, status=503 if problems else 200)
 
 
+def read_challenge(path: Path) -> bytes | None:
+    """The file's bytes if it is a regular file of at most MAX_CHALLENGE_BYTES, else None.
+
+    Never follows a symlink (O_NOFOLLOW; the token holds no '/', so the file is directly
+    in the directory), never blocks on a FIFO or a device (O_NONBLOCK, then fstat).
+    Blocking I/O: run it in an executor.
+    """
+    fd = os.open(path, _CHALLENGE_OPEN_FLAGS)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_CHALLENGE_BYTES:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, MAX_CHALLENGE_BYTES + 1 - size):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_CHALLENGE_BYTES:  # grew after fstat
+                return None
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def printable_bytes(text: str) -> str:
+    """A header value as stored: valid UTF-8 as is, and each byte that is not UTF-8
+    (which aiohttp hands over as a lone surrogate) as the four characters `\\xNN`
+    (docs/events.md). A JSON event cannot carry a lone surrogate at all."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+class BadRequestLog:
+    """The HTTP server's logger: a malformed request costs one short info line (what was
+    wrong, never the bytes the parser echoes back); a handler that fails is a bug,
+    logged at error with its traceback."""
+
+    def exception(self, _message: str, *args: Any, exc_info: BaseException | None = None,
+                  **_kwargs: Any) -> None:
+        peer = args[0] if args else None
+        if exc_info is None or isinstance(exc_info, HttpProcessingError):
+            message = exc_info.message if exc_info is not None else ""
+            # The first line, up to where a repr of the offending bytes starts.
+            reason = re.split(r"""[:\s]*(?:bytearray\()?b?['"]""",
+                              str(message).split("\n", 1)[0], maxsplit=1)[0]
+            log.info("http.bad_request", peer=peer, error=type(exc_info).__name__,
+                     reason=reason[:100].rstrip(": ") or None)
+        else:
+            log.error("http.handler_failed", peer=peer, exc_info=exc_info)
+
+    def debug(self, *_args: Any, **_kwargs: Any) -> None:
+        """aiohttp's debug notes (a client gone early, TLS on the plain port): dropped."""
+
+
 def not_found(request: web.BaseRequest, reason: str) -> web.Response:
     log.debug("link.refused", reason=reason, host=request.host)
     return web.Response(status=404, body=NOT_FOUND_PAGE, headers=_NOT_FOUND_HEADERS)
@@ -200,6 +289,8 @@ def not_found(request: web.BaseRequest, reason: str) -> web.Response:
 
 def build_server(redirector: Redirector) -> web.Server:
     """The HTTP server: no access log (REDIRECTOR_ACCESS_LOG logs clicks with their event
-    ids instead); header fields up to 16 KiB (long user agents and cookies are common).
-    The redirector never reads a request body."""
-    return web.Server(redirector.handle, access_log=None, max_field_size=16384)
+    ids instead); header fields up to 16 KiB (long user agents and cookies are common);
+    a request line that holds the longest link; malformed requests logged in one short
+    line (`BadRequestLog`). The redirector never reads a request body."""
+    return web.Server(redirector.handle, access_log=None, max_field_size=16384,
+                      max_line_size=MAX_REQUEST_LINE, logger=BadRequestLog())

@@ -1,0 +1,91 @@
+"""The ACME challenge route never reads on the event loop: a challenge read that hangs (a
+slow or dead shared mount under ACME_CHALLENGE_DIR) holds up that challenge only, while
+clicks and probes on the same server keep being answered.
+
+The redirector's real HTTP server, in-process on loopback; the hung mount is stood in
+for by the challenge executor's one worker being kept busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from demo.net import free_port
+from services.redirector.clients import ClientAddress
+from services.redirector.domains import DomainDirectory
+from services.redirector.forwarder import Forwarder
+from services.redirector.handlers import Redirector, build_server
+from services.redirector.spool import Spool
+from shared.links import LinkSigner
+from shared.settings import LinkKey
+
+HOST = "click.platform.test"
+KEYS = (LinkKey(kid="k1", secret=b"s" * 40),)
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[tuple[str, threading.Event, Redirector]]:
+    """(base URL, the event that lets the stuck challenge read go on, the redirector)."""
+    challenges = tmp_path / "challenges"
+    challenges.mkdir()
+    (challenges / "tok-1").write_bytes(b"tok-1.thumbprint")
+    spool = Spool(tmp_path / "spool")
+    spool.open()
+    reads = ThreadPoolExecutor(max_workers=1)
+    release = threading.Event()
+    redirector = Redirector(
+        signer=LinkSigner(KEYS), domains=DomainDirectory(HOST), clients=ClientAddress(()),
+        spool=spool, forwarder=Forwarder(spool), source="/test", spool_max_bytes=1 << 30,
+        challenge_dir=challenges, challenge_reads=reads)
+    runner = web.ServerRunner(build_server(redirector))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}", release, redirector
+    finally:
+        release.set()
+        await runner.cleanup()
+        reads.shutdown(wait=True)
+        spool.close()
+
+
+async def test_a_hung_challenge_read_stalls_neither_clicks_nor_probes(
+        served: tuple[str, threading.Event, Redirector]) -> None:
+    base, release, redirector = served
+    # The one challenge worker is stuck, as on a mount that stopped answering.
+    stuck = asyncio.get_running_loop().run_in_executor(redirector.challenge_reads,
+                                                       release.wait, 30)
+    token = LinkSigner(KEYS).mint_token(customer_id="c", campaign_id="k", recipient_id="r",
+                                        url="https://shop.example/")
+    headers = {"Host": HOST, "User-Agent": "Mozilla/5.0"}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        challenge = asyncio.create_task(http.get(
+            f"{base}/.well-known/acme-challenge/tok-1", headers=headers))
+        await asyncio.sleep(0.2)
+        assert not challenge.done()
+        started = time.monotonic()
+        async with http.get(f"{base}/t/{token}", headers=headers,
+                            allow_redirects=False) as click:
+            assert click.status == 302
+        async with http.get(f"{base}/healthz", headers=headers) as probe:
+            assert probe.status == 200
+        assert time.monotonic() - started < 1.0
+        assert not challenge.done()  # still waiting for its read
+
+        release.set()  # the mount answers again
+        await stuck
+        response = await asyncio.wait_for(challenge, 5)
+        assert response.status == 200
+        assert await response.read() == b"tok-1.thumbprint"
+        response.release()
+    assert redirector.spool.appended == 1
