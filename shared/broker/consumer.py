@@ -2,8 +2,11 @@
 
 For each delivered message:
 
-- every element that does not decode (not JSON, not a CloudEvent, invalid data)
-  goes to the queue's dead-letter queue on its own, its reason in the headers;
+- the elements that do not decode (not JSON, not a CloudEvent, invalid data) go to
+  the queue's dead-letter queue together, as one message, with their count and the
+  first reasons in the headers: a batch of thousands of bad elements costs one
+  publish, not thousands, so it is parked in bounded time (and a SIGTERM meanwhile
+  finds it done, not half done and redelivered to be dead-lettered again);
 - the valid events go to the handler together (a batched message stays a batch);
 - the handler succeeding, or its failure being parked (retry tier or dead-letter
   queue, confirmed by the broker), is what acks the message. Nothing is acked
@@ -51,6 +54,7 @@ QUEUE_HEADER = "x-original-queue"
 ROUTING_KEY_HEADER = "x-original-routing-key"
 DEAD_AT_HEADER = "x-dead-at"
 MAX_HEADER_TEXT = 1000
+REASONS_SHOWN = 3  # of a message's malformed elements, the first reasons kept in the header
 
 log = structlog.get_logger(__name__)
 
@@ -117,14 +121,14 @@ class Consumer:
         attempt = _int_header(headers.get(ATTEMPT_HEADER), 1)
         decoded = decode_message(message.body, message.content_type)
         events: list[Event[Any]] = []
-        invalid: list[InvalidEvent] = []
-        for item in decoded:
+        invalid: list[tuple[int, InvalidEvent]] = []  # (position in the message, why)
+        for position, item in enumerate(decoded, start=1):
             if isinstance(item, InvalidEvent):
-                invalid.append(item)
+                invalid.append((position, item))
             elif self._accepted and item.type not in self._accepted:
-                invalid.append(InvalidEvent(
+                invalid.append((position, InvalidEvent(
                     f"event type {item.type!r} is not one {self._queue_name} consumes "
-                    f"({', '.join(sorted(self._accepted))})", item.raw))
+                    f"({', '.join(sorted(self._accepted))})", item.raw)))
             else:
                 events.append(item)
         structlog.contextvars.bind_contextvars(
@@ -135,10 +139,12 @@ class Consumer:
         error: str | None = None
         metrics = self._metrics
         try:
-            for item in invalid:
-                log.warning("event.malformed", reason=item.reason)
-                await self._dead_letter([item.raw], message, "malformed", item.reason, attempt)
-                metrics.malformed()
+            if invalid:
+                reason = _malformed_reason(invalid)
+                log.warning("event.malformed", count=len(invalid), reason=reason)
+                await self._dead_letter([item.raw for _, item in invalid], message,
+                                        "malformed", reason, attempt)
+                metrics.malformed(len(invalid))
             if events:
                 try:
                     await self._handler(events)
@@ -212,6 +218,19 @@ class Consumer:
                      DEAD_AT_HEADER: datetime.now(UTC).isoformat()},
         )
         self._metrics.dead_lettered[kind].inc()
+
+
+def _malformed_reason(invalid: Sequence[tuple[int, InvalidEvent]]) -> str:
+    """One element's reason as it is; for several, their count and the first reasons
+    with each element's position in the message, within the header's limit."""
+    if len(invalid) == 1:
+        return invalid[0][1].reason[:MAX_HEADER_TEXT]
+    room = (MAX_HEADER_TEXT - 100) // REASONS_SHOWN
+    shown = "; ".join(f"#{position}: {item.reason[:room]}"
+                      for position, item in invalid[:REASONS_SHOWN])
+    more = len(invalid) - REASONS_SHOWN
+    return (f"{len(invalid)} malformed elements: {shown}"
+            + (f"; and {more} more" if more > 0 else ""))
 
 
 def _outcome_label(outcome: str) -> str:

@@ -1,5 +1,5 @@
 """Garbage in: malformed messages on the click routing key end in the logger's dead-letter
-queue (each bad element on its own, with its reason) while the valid clicks around them
+queue (a message's bad elements together, with their reasons) while the valid clicks around them
 become rows; garbage HTTP gets a 404-ish answer, never a 5xx, never a 302, never a row.
 
 The tests at the end pin down inputs that pass the event contract (or a signed link)
@@ -157,10 +157,10 @@ def _malformed_templates() -> list[tuple[str, bytes, str, list[bytes]]]:
     not_event = b'{"hello":"world"}'
     templates += [
         ("batch of bad elements", _batch([not_event, bad_time, b"1"]), B,
-         [not_event, bad_time, b"1"]),
+         [_batch([not_event, bad_time, b"1"])]),
         ("nested batch", _batch([_batch([_envelope()])]), B, []),  # filled below
         ("batch of nulls and strings", _batch([b"null", b'"s"', b"{}"]), B,
-         [b"null", b'"s"', b"{}"]),
+         [_batch([b"null", b'"s"', b"{}"])]),
     ]
     label, body, content_type, _ = templates[-2]
     templates[-2] = (label, body, content_type, [body[1:-1]])
@@ -197,7 +197,7 @@ async def test_malformed_messages_are_dead_lettered_and_valid_clicks_stored(
             mixed_bad = [b'{"specversion":"1.0"}', _envelope(_data(url=""))]
             mixed = [add_valid(), mixed_bad[0], add_valid(), mixed_bad[1], add_valid()]
             messages.append(_message(_batch(mixed), BATCH))
-            expected_dead.update(mixed_bad)
+            expected_dead.update([_batch(mixed_bad)])
     malformed_count = len(plan) + COPIES
     assert malformed_count >= 200, malformed_count
 
@@ -215,7 +215,7 @@ async def test_malformed_messages_are_dead_lettered_and_valid_clicks_stored(
         if rows >= len(valid) and dead >= total_dead:
             break
         await asyncio.sleep(0.2)
-    print(f"{malformed_count} malformed messages ({total_dead} bad elements), {len(valid)} "
+    print(f"{malformed_count} malformed messages ({total_dead} dead letters), {len(valid)} "
           f"valid clicks: {rows} rows and {dead} dead letters in "
           f"{time.monotonic() - started:.1f}s")
     await asyncio.sleep(0.5)
@@ -526,3 +526,49 @@ async def test_text_that_merely_spells_backslash_u0000_is_stored_not_refused(
     stored = await row_counts(database)
     assert_exactly_once(stored, {"bs"})
     assert logger.process is not None and logger.process.poll() is None
+
+
+async def test_a_batch_of_many_malformed_elements_is_one_dead_letter_even_across_a_sigterm(
+        broker: BrokerSettings, database: DatabaseSettings, services: Services) -> None:
+    """Thousands of bad elements in one batched message are parked as one dead letter
+    (their count and first reasons in its headers), in bounded time. A SIGTERM after the
+    dead letter is published and before the message is acked (its good clicks wait for
+    their commit) lets the logger finish the message: nothing is dead-lettered again and
+    every good click is one row."""
+    bad = [json.dumps({"hello": number}).encode() if number % 2 else
+           _envelope(time=DROP) for number in range(3000)]
+    good = [f"good-{number}" for number in range(20)]
+    elements = list(bad)
+    for number, recipient in enumerate(good):
+        elements.insert(number * 150, click_event(recipient))
+    # Commits wait 3 s, so the message stays unacked well after its dead letter is out.
+    logger = await start_logger(services, LOGGER_FLUSH_MS="3000")
+    published = time.monotonic()
+    await publish_raw(broker, [_message(_batch(elements), BATCH)])
+    deadline = published + 20
+    while time.monotonic() < deadline:
+        if (await queue_depth(broker, "logger.dead"))[0]:
+            break
+        await asyncio.sleep(0.05)
+    parked_s = time.monotonic() - published
+    assert (await count_rows(database)) == 0, "SIGTERM came too late to be in the middle"
+    assert logger.terminate() == 0, tail(logger)
+    print(f"{len(bad)} malformed elements parked in {parked_s:.2f}s")
+    assert parked_s < 10
+
+    await start_logger(services)
+    await asyncio.sleep(3)
+    counts = await row_counts(database)
+    assert_exactly_once(counts, good)
+    letters = await drain_queue(broker, broker_topology.Topology(broker.exchange)
+                                .dead_queue("logger"), limit=len(bad) + 10)
+    assert len(letters) == 1, f"{len(letters)} dead letters for one message"
+    [letter] = letters
+    headers = letter.headers or {}
+    assert letter.body == _batch(bad)
+    assert letter.content_type == BATCH
+    assert headers["x-dead-reason"] == "malformed"
+    error = str(headers["x-dead-error"])
+    assert error.startswith(f"{len(bad)} malformed elements: #2: "), error  # #1 is good
+    assert len(error) <= 1000 and "and 2997 more" in error, error
+    assert (await queue_depth(broker, "logger"))[0] == 0
