@@ -5,8 +5,9 @@ For each delivered message:
 - the elements that do not decode (not JSON, not a CloudEvent, invalid data) go to
   the queue's dead-letter queue together, as one message, with their count and the
   first reasons in the headers: a batch of thousands of bad elements costs one
-  publish, not thousands, so it is parked in bounded time (and a SIGTERM meanwhile
-  finds it done, not half done and redelivered to be dead-lettered again);
+  publish, not thousands, so it is parked in bounded time. They are parked after the
+  valid events are handled, next to the ack: a message that is redelivered because
+  a stop came first has not dead-lettered them yet, so they are never parked twice;
 - the valid events go to the handler together (a batched message stays a batch);
 - the handler succeeding, or its failure being parked (retry tier or dead-letter
   queue, confirmed by the broker), is what acks the message. Nothing is acked
@@ -139,12 +140,6 @@ class Consumer:
         error: str | None = None
         metrics = self._metrics
         try:
-            if invalid:
-                reason = _malformed_reason(invalid)
-                log.warning("event.malformed", count=len(invalid), reason=reason)
-                await self._dead_letter([item.raw for _, item in invalid], message,
-                                        "malformed", reason, attempt)
-                metrics.malformed(len(invalid))
             if events:
                 try:
                     await self._handler(events)
@@ -163,6 +158,15 @@ class Consumer:
                     log.exception("handler.unexpected_error")
                     outcome, error = await self._retry(
                         events, message, attempt, f"{type(exc).__name__}: {exc}", None)
+            if invalid:
+                # Parked only now, next to the ack: a message left unacked while its good
+                # events wait (a stop, a database down) comes back with its bad elements
+                # not yet dead-lettered, so they never are twice.
+                reason = _malformed_reason(invalid)
+                log.warning("event.malformed", count=len(invalid), reason=reason)
+                await self._dead_letter([item.raw for _, item in invalid], message,
+                                        "malformed", reason, attempt)
+                metrics.malformed(len(invalid))
             await message.ack()
             if outcome == "unfinished":
                 outcome = "ok"

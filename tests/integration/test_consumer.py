@@ -381,6 +381,39 @@ async def test_stop_waits_for_the_in_flight_handler_and_its_ack(
     assert await message_count(side, topology.dead_queue(LOGGER_QUEUE)) == 0
 
 
+async def test_a_batch_redelivered_after_a_stop_mid_handler_dead_letters_its_bad_elements_once(
+        broker: BrokerSettings, topology: Topology, side: AbstractConnection) -> None:
+    """A stopping service whose handler cannot finish in time (its database is down)
+    leaves the message unacked, and the broker hands it to the next consumer. Its bad
+    elements must not be dead-lettered by both: they are parked only together with the
+    ack, once the good ones are done."""
+    release = asyncio.Event()
+
+    async def stuck(_call: int, _events: Sequence[Event[Any]]) -> None:
+        await release.wait()  # as a commit to a database that is down
+
+    first = Recorder(then=stuck)
+    bad = [b'{"hello": 1}', b'{"hello": 2}']
+    good_id, good = click_event(1)
+    async with running(broker, topology, first) as run:
+        await run.send(batch_message([bad[0], good, bad[1]]))
+        assert await until(lambda: len(first.calls) == 1)
+        await asyncio.sleep(0.3)
+        await run.consumer.stop(timeout_s=0.5)  # the drain gives up: still unacked
+    release.set()  # too late: the connection is gone and the broker has it back
+
+    second = Recorder()
+    async with running(broker, topology, second):
+        assert await until(lambda: len(second.successes) == 1)
+        assert await wait_count(side, topology.dead_queue(LOGGER_QUEUE), 1) == 1
+        await asyncio.sleep(0.3)
+    assert [e.id for e in second.successes[0]] == [good_id]
+    await assert_queues_empty(side, topology, dead=1)
+    [dead] = await dead_letters(side, topology, 1)
+    assert dead.body == encode_batch(bad)
+    assert dead.headers["x-dead-error"].startswith("2 malformed elements: #1: ")
+
+
 # --- events this queue does not consume, and text no database can store -----------------
 
 async def test_event_of_a_type_the_queue_does_not_consume_is_dead_lettered_not_dropped(
