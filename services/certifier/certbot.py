@@ -80,6 +80,9 @@ _KINDS: dict[str, FailureKind] = {
 _RETRY_AFTER_TEXT = re.compile(
     r"retry after (\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:\.\d+)?)(?: ?(?:UTC|Z))?", re.I)
 _RETRY_AFTER_HEADER = re.compile(r"^Retry-After: *(\d+)\s*$", re.M | re.I)
+# The furthest a rate limit's reset is believed: a CA may say anything (up to numbers no
+# datetime can hold); no CA limit runs longer than a week or so.
+MAX_RETRY_AFTER = timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,7 @@ def problems_in_log(text: str) -> list[dict[str, Any]]:
     for match in re.finditer(r"^\{", text, re.M):
         try:
             document, _ = decoder.raw_decode(text, match.start())
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # nested beyond the parser's depth
             continue
         found.extend(_problems(document))
     if not found:  # bodies logged on one line, or truncated: fall back to the bare URNs
@@ -145,15 +148,18 @@ def problems_in_log(text: str) -> list[dict[str, Any]]:
 
 
 def _problems(document: object) -> Iterator[dict[str, Any]]:
-    if isinstance(document, dict):
-        kind = document.get("type")
-        if isinstance(kind, str) and kind.startswith(ACME_ERROR):
-            yield document
-        for value in document.values():
-            yield from _problems(value)
-    elif isinstance(document, list):
-        for item in document:
-            yield from _problems(item)
+    """Every problem object in the document, in document order: walked with a stack of
+    its own, not by recursion, so no nesting the JSON parser accepts can overflow it."""
+    stack = [document]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            kind = node.get("type")
+            if isinstance(kind, str) and kind.startswith(ACME_ERROR):
+                yield node
+            stack.extend(reversed(node.values()))
+        elif isinstance(node, list):
+            stack.extend(reversed(node))
 
 
 def classify_log(text: str, now: datetime) -> CertbotFailure | None:
@@ -173,13 +179,20 @@ def classify_log(text: str, now: datetime) -> CertbotFailure | None:
 
 
 def _retry_after(detail: str, text: str, now: datetime) -> datetime | None:
+    """When the CA says to come back, at most MAX_RETRY_AFTER from now."""
+    latest = now + MAX_RETRY_AFTER
     match = _RETRY_AFTER_TEXT.search(detail)
     if match:
         with contextlib.suppress(ValueError):
-            return datetime.fromisoformat(match.group(1).replace(" ", "T")).replace(tzinfo=UTC)
+            return min(datetime.fromisoformat(match.group(1).replace(" ", "T"))
+                       .replace(tzinfo=UTC), latest)
     headers = _RETRY_AFTER_HEADER.findall(text)
     if headers:
-        return now + timedelta(seconds=int(headers[-1]))
+        seconds = headers[-1]
+        # Compared as text first: int() refuses over 4300 digits, timedelta far fewer.
+        if len(seconds) > 12 or int(seconds) > MAX_RETRY_AFTER.total_seconds():
+            return latest
+        return now + timedelta(seconds=int(seconds))
     return None
 
 
@@ -335,6 +348,8 @@ class Certbot:
                     return f"{self.server} is not an ACME directory"
         except aiohttp.ClientConnectorError as exc:
             return f"{self.server} unreachable: {exc.os_error}"
+        except RecursionError:  # JSON nested deeper than the parser goes
+            return f"{self.server} is not an ACME directory (JSON nested too deep)"
         except (aiohttp.ClientError, TimeoutError, ssl.SSLError, ValueError) as exc:
             return f"{self.server} unreachable: {str(exc) or type(exc).__name__}"
         return None

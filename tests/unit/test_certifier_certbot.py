@@ -16,6 +16,7 @@ from cryptography.x509.oid import NameOID
 from services.certifier import challenge_hook
 from services.certifier import settings as certifier_settings
 from services.certifier.certbot import (
+    MAX_RETRY_AFTER,
     Certbot,
     CertbotError,
     CertbotFailure,
@@ -126,6 +127,45 @@ def test_rate_limit_retry_after_from_the_detail_or_the_header() -> None:
     assert failure.retry_after == datetime(2026, 11, 28, 10, 30, tzinfo=UTC)
     failure = classify_log(_RATE_LIMITED % "too many new orders recently", NOW)
     assert failure is not None and failure.retry_after == NOW + timedelta(hours=1)
+
+
+@pytest.mark.parametrize("depth", [900, 990, 100_000])
+def test_a_problem_document_nested_absurdly_deep_is_still_classified(depth: int) -> None:
+    """A CA (or whatever answers in its place) can nest JSON as deep as it likes: the
+    failure is still classified from the problem types, never a RecursionError."""
+    nested = "[" * depth + "]" * depth
+    text = _REQUEST + (
+        "2026-11-26 23:05:26,395:DEBUG:acme.client:Received response:\nHTTP 403\n\n"
+        '{\n  "type": "urn:ietf:params:acme:error:caa",\n  "detail": "CAA forbids",\n'
+        f'  "subproblems": {nested}\n}}\n')
+    failure = classify_log(text, NOW)
+    assert failure is not None
+    assert failure.kind is FailureKind.REFUSED and failure.acme_error == "caa"
+
+
+def test_subproblems_nested_deep_inside_a_parsed_document_are_found() -> None:
+    inner = '{"type": "urn:ietf:params:acme:error:dns", "detail": "NXDOMAIN"}'
+    depth = 480  # parses (within json's own limit), then walked without recursion
+    text = ('{\n"type": "urn:ietf:params:acme:error:compound", "subproblems": '
+            + '[{"x": ' * depth + inner + "}]" * depth + "}\n")
+    failure = classify_log(text, NOW)
+    assert failure is not None and failure.acme_error == "dns"
+
+
+@pytest.mark.parametrize("seconds", ["99999999999999999999", "9" * 5000, "315360000000"])
+def test_a_retry_after_too_large_to_represent_is_a_classified_rate_limit(
+        seconds: str) -> None:
+    text = (_RATE_LIMITED % "too many new orders recently").replace(
+        "Retry-After: 3600", f"Retry-After: {seconds}")
+    failure = classify_log(text, NOW)
+    assert failure is not None and failure.kind is FailureKind.RATE_LIMITED
+    assert failure.retry_after == NOW + MAX_RETRY_AFTER
+
+
+def test_a_retry_after_date_beyond_the_cap_is_capped() -> None:
+    detail = "too many certificates, retry after 9999-12-31 23:59:59 UTC: see https://x"
+    failure = classify_log(_RATE_LIMITED % detail, NOW)
+    assert failure is not None and failure.retry_after == NOW + MAX_RETRY_AFTER
 
 
 def test_problem_types_are_found_even_in_one_line_bodies() -> None:
