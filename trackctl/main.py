@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from shared.domain_status import DomainStatus
 from shared.errors import SettingsError
-from trackctl.output import USAGE, CliError
+from trackctl.output import USAGE, CliError, EscapingStream
 
 COMMAND_MODULES = {"db": "db", "link": "links", "domain": "domain_commands", "dlq": "dlq",
                    "clicks": "clicks", "doctor": "doctor"}
@@ -184,6 +184,9 @@ def quiet_logs() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    # Stored data never reaches the terminal with its control characters (output.py).
+    sys.stdout = EscapingStream(sys.stdout)  # type: ignore[assignment]
+    sys.stderr = EscapingStream(sys.stderr)  # type: ignore[assignment]
     args = build_parser().parse_args(argv)
     if args.command != "up":
         quiet_logs()

@@ -12,7 +12,7 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, overload
+from typing import Any, TextIO, overload
 
 OK = 0
 FAILED = 1
@@ -155,6 +155,39 @@ def fields(pairs: Sequence[tuple[str, object]]) -> str:
     return "\n".join(f"{label + ':':<{width + 1}} {_cell(value)}" for label, value in pairs)
 
 
+# --- the terminal ----------------------------------------------------------------------------
+
+# What trackctl never writes raw, whatever stored data holds: the C0 controls but newline
+# and tab, DEL, the C1 controls (0x9b is a CSI on many terminals) and the bidi controls
+# that reorder what is shown. Stored data comes from customers, CAs, browsers and anyone
+# who can publish on the broker.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def escape_controls(text: str) -> str:
+    """`text` with each unsafe character as `\\xNN` (or `\\uNNNN` above 0xff)."""
+    return _UNSAFE.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+class EscapingStream:
+    """A text stream that passes everything written through `escape_controls`: set as
+    sys.stdout and sys.stderr for a trackctl command, so no output path is missed."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(escape_controls(text))
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, fileno, encoding, ...
+        return getattr(self._stream, name)
+
+
 # --- JSON ------------------------------------------------------------------------------------
 
 def _json_default(value: object) -> Any:
@@ -170,7 +203,10 @@ def _json_default(value: object) -> Any:
 
 
 def to_json(document: object) -> str:
-    return json.dumps(document, default=_json_default, indent=2, ensure_ascii=False)
+    """Indented JSON, non-ASCII kept; json escapes C0 itself, and the other characters
+    `escape_controls` would catch are written as `\\uNNNN` (still valid JSON)."""
+    text = json.dumps(document, default=_json_default, indent=2, ensure_ascii=False)
+    return _UNSAFE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
 def emit_json(document: object) -> None:

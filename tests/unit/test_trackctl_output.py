@@ -97,3 +97,16 @@ def test_to_json_writes_utc_times_with_z() -> None:
                                    "s": {1}}))
     assert document == {"at": "2026-05-01T12:00:00Z", "naive": "2026-05-01T00:00:00Z",
                         "b": "x", "s": [1]}
+
+
+def test_control_characters_are_escaped_and_everything_else_kept() -> None:
+    from trackctl.output import escape_controls
+
+    assert escape_controls("a\x1b[2Jb\x07\x9b\x7f\u202e") == "a\\x1b[2Jb\\x07\\x9b\\x7f\\u202e"
+    assert escape_controls("line\n\ttab café ✓") == "line\n\ttab café ✓"
+
+
+def test_json_output_escapes_what_json_leaves_raw_and_stays_valid() -> None:
+    text = to_json({"error": "\x1b[2J\x9b\x7f\u2066é"})
+    assert "\x9b" not in text and "\x7f" not in text and "\u2066" not in text
+    assert json.loads(text) == {"error": "\x1b[2J\x9b\x7f\u2066é"}
