@@ -83,7 +83,11 @@ async def serve(settings: RedirectorSettings, stop: asyncio.Event) -> None:
     await runner.setup()
     host, port = settings.bind
     site = web.TCPSite(runner, host, port, reuse_port=True, backlog=1024)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:  # taken by another program, or an address this host lacks
+        raise SystemExit(f"redirector: REDIRECTOR_BIND {host}:{port} cannot be used: "
+                         f"{exc.strerror or exc}") from None
     held: list[AbstractRobustConnection] = []
     tasks = [
         asyncio.create_task(forwarder.run(), name="forwarder"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from demo.net import free_port
+from shared.settings import DatabaseSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("logger", "verifier", "certifier", "redirector")
@@ -130,3 +132,16 @@ def test_each_broker_retry_is_one_line(tmp_path: Path) -> None:
     assert not [line for line in lines if '"level": "error"' in line]
     assert SENTINEL not in err and SENTINEL not in out
     assert process.returncode == 0
+
+
+def test_a_redirector_bind_already_taken_is_one_line(tmp_path: Path,
+                                                     database: DatabaseSettings) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _run("redirector", _env(tmp_path, REDIRECTOR_BIND=f"127.0.0.1:{port}",
+                                       DATABASE_URL=database.url))
+    line = _failure_line(done)
+    assert done.returncode == 1
+    assert line.startswith(f"redirector: REDIRECTOR_BIND 127.0.0.1:{port} cannot be used: "), line
