@@ -38,7 +38,7 @@ signal.sigwait([signal.SIGTERM])
 
 PARENT = """
 import os, sys
-from shared.trackctl import up
+from trackctl import up
 names = ("logger", "verifier", "certifier", "redirector")
 sys.exit(up.run(os.environ, {name: [sys.executable, "-c", CHILD, name] for name in names}))
 """
