@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from demo.databases import fetch
 from demo.net import free_port
 from demo.processes import ServiceProcess
 from shared.links import MAX_TOKEN_LENGTH, LinkSigner
 from shared.settings import BrokerSettings, DatabaseSettings, LinkKey
 from tests.conftest import TRACKING_HOST, service_env
-from tests.support.databases import fetch
 
 pytestmark = pytest.mark.e2e
 TRACKCTL = Path(sys.executable).with_name("trackctl")

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from demo.databases import fetch
 from demo.net import free_port
 from demo.processes import ROOT, ServiceProcess
 from shared.settings import BrokerSettings, DatabaseSettings
 from tests.conftest import TEST_LINK_KEYS, service_env
-from tests.support.databases import fetch
 
 pytestmark = pytest.mark.e2e
 

@@ -21,12 +21,12 @@ from datetime import UTC, datetime
 import aio_pika
 import pytest
 
+from demo.databases import execute
 from demo.processes import ROOT
 from shared.broker import topology as broker_topology
 from shared.broker.names import LOGGER_QUEUE
 from shared.broker.topology import Topology
 from shared.settings import BrokerSettings, DatabaseSettings
-from tests.support.databases import execute
 
 pytestmark = pytest.mark.integration
 
