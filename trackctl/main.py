@@ -185,8 +185,8 @@ def quiet_logs() -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     # Stored data never reaches the terminal with its control characters (output.py).
-    sys.stdout = EscapingStream(sys.stdout)  # type: ignore[assignment]
-    sys.stderr = EscapingStream(sys.stderr)  # type: ignore[assignment]
+    sys.stdout = EscapingStream(sys.stdout)
+    sys.stderr = EscapingStream(sys.stderr)
     args = build_parser().parse_args(argv)
     if args.command != "up":
         quiet_logs()

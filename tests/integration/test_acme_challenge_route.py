@@ -20,8 +20,8 @@ import pytest
 from aiohttp import web
 
 from demo.net import free_port
+from services.redirector.active_domains import DomainDirectory
 from services.redirector.clients import ClientAddress
-from services.redirector.domains import DomainDirectory
 from services.redirector.forwarder import Forwarder
 from services.redirector.handlers import Redirector, build_server
 from services.redirector.spool import Spool

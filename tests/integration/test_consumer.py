@@ -411,7 +411,7 @@ async def test_a_batch_redelivered_after_a_stop_mid_handler_dead_letters_its_bad
     await assert_queues_empty(side, topology, dead=1)
     [dead] = await dead_letters(side, topology, 1)
     assert dead.body == encode_batch(bad)
-    assert dead.headers["x-dead-error"].startswith("2 malformed elements: #1: ")
+    assert text_header(dead.headers, "x-dead-error").startswith("2 malformed elements: #1: ")
 
 
 # --- events this queue does not consume, and text no database can store -----------------
