@@ -40,21 +40,15 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
-from shared.errors import SettingsError
 from shared.events import CertificateExpiring, CertificateFailed, CertificateIssued
 from shared.outcomes import Outcome
-from shared.settings import Env
+
+# METRICS_BIND is read in shared.settings, light enough for the container healthcheck
+# (shared/healthcheck.py); the services' settings import it from here.
+from shared.settings import load_bind as load_bind
 
 log = structlog.get_logger(__name__)
 
-# Where each service serves /metrics unless METRICS_BIND says otherwise.
-DEFAULT_BINDS: Mapping[str, str] = {
-    "redirector": "127.0.0.1:9101",
-    "logger": "127.0.0.1:9102",
-    "verifier": "127.0.0.1:9103",
-    "certifier": "127.0.0.1:9104",
-}
-_OFF = frozenset({"", "off", "none", "no", "false", "0"})
 
 # The redirector's work is tens of microseconds; the buckets resolve that and reach
 # the 5 ms target (and ten times it) so the p99 panel and alert have edges to use.
@@ -72,17 +66,6 @@ HANDLE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
 # limited to this many distinct values per label; later newcomers become "other".
 MAX_LABEL_VALUES = 50
 OTHER = "other"
-
-
-def load_bind(environ: Mapping[str, str], service: str) -> tuple[str, int] | None:
-    """`METRICS_BIND` (host:port) for `service`; None when set empty or to `off`."""
-    value = environ.get("METRICS_BIND")
-    if value is not None and value.strip().lower() in _OFF:
-        return None
-    try:
-        return Env(environ).host_port("METRICS_BIND", DEFAULT_BINDS[service])
-    except SettingsError as exc:
-        raise SettingsError(f"{exc} (or 'off' to serve no metrics)") from None
 
 
 def new_registry(*, process: bool = True) -> CollectorRegistry:

@@ -21,6 +21,17 @@ from shared.errors import SettingsError
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///var/tracking.db"
 DEFAULT_EXCHANGE = "tracking"
+# Where each service listens unless its settings say otherwise; read here, not in the
+# services' heavier modules, because the container healthcheck (shared/healthcheck.py)
+# reads them too and runs every few seconds.
+DEFAULT_REDIRECTOR_BIND = "127.0.0.1:8080"
+DEFAULT_METRICS_BINDS: Mapping[str, str] = {
+    "redirector": "127.0.0.1:9101",
+    "logger": "127.0.0.1:9102",
+    "verifier": "127.0.0.1:9103",
+    "certifier": "127.0.0.1:9104",
+}
+_OFF = frozenset({"", "off", "none", "no", "false", "0"})
 MIN_SECRET_LENGTH = 32
 _KID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
@@ -235,6 +246,17 @@ class Env:
                     f"{name} must be comma-separated IP addresses or CIDR ranges, got {item!r}"
                 ) from None
         return tuple(networks)
+
+
+def load_bind(environ: Mapping[str, str], service: str) -> tuple[str, int] | None:
+    """`METRICS_BIND` (host:port) for `service`; None when set empty or to `off`."""
+    value = environ.get("METRICS_BIND")
+    if value is not None and value.strip().lower() in _OFF:
+        return None
+    try:
+        return Env(environ).host_port("METRICS_BIND", DEFAULT_METRICS_BINDS[service])
+    except SettingsError as exc:
+        raise SettingsError(f"{exc} (or 'off' to serve no metrics)") from None
 
 
 def parse_link_keys(value: str) -> tuple[LinkKey, ...]:

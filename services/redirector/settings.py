@@ -9,7 +9,13 @@ from pathlib import Path
 
 from shared.domains import parse_host_aliases
 from shared.metrics import load_bind
-from shared.settings import BrokerSettings, DatabaseSettings, Env, LinkKey
+from shared.settings import (
+    DEFAULT_REDIRECTOR_BIND,
+    BrokerSettings,
+    DatabaseSettings,
+    Env,
+    LinkKey,
+)
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,7 @@ def load(environ: Mapping[str, str]) -> RedirectorSettings:
     env = Env(environ)
     tracking_host = env.tracking_host()
     return RedirectorSettings(
-        bind=env.host_port("REDIRECTOR_BIND", "127.0.0.1:8080"),
+        bind=env.host_port("REDIRECTOR_BIND", DEFAULT_REDIRECTOR_BIND),
         tracking_host=tracking_host,
         tracking_host_aliases=parse_host_aliases(env.raw("TRACKING_HOST_ALIASES"),
                                                  tracking_host),
