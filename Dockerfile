@@ -1,30 +1,46 @@
-# syntax=docker/dockerfile:1
 # One image for every service; the command picks which (compose.yaml):
 #   python -m services.redirector | logger | verifier | certifier,  trackctl db upgrade
 #
-# The base is pinned to a patch release, the same in both stages (the virtualenv built in
-# the first runs on the second's interpreter). For a release, pin the digest as well:
+# No `# syntax=` line: the builder's own Dockerfile frontend is used, so a build needs no
+# image registry but for the base image.
+#
+# The base comes from a build argument, the same in both stages (the virtualenv built in
+# the first runs on the second's interpreter). The default is the official image pinned
+# to a patch release; for a release, pin the digest as well:
 #   docker buildx imagetools inspect python:3.11.13-slim-bookworm   # -> sha256:...
-#   FROM python:3.11.13-slim-bookworm@sha256:<that digest>
+#   docker build --build-arg BASE_IMAGE=python:3.11.13-slim-bookworm@sha256:<digest> .
+# Without registry access, scripts/images makes a base from Debian's packages
+# (python3 and python3-venv) and builds with --build-arg BASE_IMAGE=local/python3:bookworm.
+# Only `python3` is assumed on the base's PATH: the official image and Debian's
+# package put the interpreter in different places.
+ARG BASE_IMAGE=python:3.11.13-slim-bookworm
+
+# --- requirements: the dependency list alone, from pyproject.toml -----------------------
+# Its own stage: the build stage copies only the list, so editing anything else in
+# pyproject.toml (tool settings) reuses the cached dependency layer.
+FROM ${BASE_IMAGE} AS requirements
+COPY pyproject.toml /src/
+RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"]))' > /requirements.txt
 
 # --- build: a virtualenv with the dependencies, then the project, compiled --------------
-FROM python:3.11.13-slim-bookworm AS build
+FROM ${BASE_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
-RUN python -m venv /opt/venv
+# /opt/venv is what the runtime gets; /opt/tools only builds the project's wheel.
+RUN python3 -m venv /opt/venv && python3 -m venv /opt/tools \
+ && /opt/tools/bin/pip install -q "setuptools>=68" wheel
+# Dependencies first, so editing the code rebuilds only the last layers (and needs no
+# package index).
+COPY --from=requirements /requirements.txt /tmp/requirements.txt
+RUN /opt/venv/bin/pip install -r /tmp/requirements.txt
 WORKDIR /src
-# Dependencies first, from pyproject.toml alone (empty packages stand in for the code),
-# so editing the code rebuilds only the last layer.
-COPY pyproject.toml README.md ./
-RUN mkdir shared services && touch shared/__init__.py services/__init__.py \
- && /opt/venv/bin/pip install . \
- && /opt/venv/bin/pip uninstall -y tracking-domains
-COPY shared ./shared
-COPY services ./services
-COPY trackctl ./trackctl
-RUN /opt/venv/bin/pip install --no-deps .
+# The whole build context: .dockerignore keeps out everything that is not the package,
+# so a new top-level package needs no change here.
+COPY . ./
+RUN /opt/tools/bin/pip wheel -q --no-deps --no-build-isolation --wheel-dir /tmp/wheel . \
+ && /opt/venv/bin/pip install --no-deps /tmp/wheel/*.whl
 
 # --- runtime: the interpreter, the virtualenv, an unprivileged user ----------------------
-FROM python:3.11.13-slim-bookworm
+FROM ${BASE_IMAGE}
 # uid/gid 10001: fixed, so volumes prepared by compose's `prepare-volumes` step match.
 RUN groupadd --system --gid 10001 tracking \
  && useradd --system --uid 10001 --gid tracking --home-dir /app --shell /usr/sbin/nologin \

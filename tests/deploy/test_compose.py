@@ -225,6 +225,21 @@ def test_every_long_running_container_has_a_healthcheck(config: dict[str, Any]) 
                 assert "healthcheck" in _services(config)[dependency], (name, dependency)
 
 
+def test_healthchecks_ask_the_port_each_service_is_given(config: dict[str, Any]) -> None:
+    """A fixed port in a healthcheck reports whatever holds that port (under host
+    networking, another container's process): ours read the service's own settings."""
+    for name, service in _ours(config):
+        module = _module_of(service)
+        if module is None:
+            continue
+        assert service["healthcheck"]["test"] == [
+            "CMD", "python", "-m", "shared.healthcheck", module], name
+    for name, service in _services(config).items():
+        test = " ".join(service.get("healthcheck", {}).get("test") or [])
+        assert not re.search(r"127\.0\.0\.1:\d+|localhost:\d+", test), (
+            f"{name}'s healthcheck names a fixed port: {test}")
+
+
 def test_nothing_stops_a_service_from_being_scaled(config: dict[str, Any]) -> None:
     for name, service in _services(config).items():
         assert "container_name" not in service, f"{name} has a fixed container_name"
@@ -366,20 +381,45 @@ def _dockerfile_copies() -> dict[str, str]:
     return copies
 
 
+def _build_args() -> dict[str, str]:
+    """ARG defaults declared before the first FROM (what a FROM may name)."""
+    args = {}
+    for keyword, rest in _instructions():
+        if keyword == "FROM":
+            break
+        if keyword == "ARG":
+            name, _, default = rest.partition("=")
+            args[name.strip()] = default.strip()
+    return args
+
+
+def test_the_dockerfile_builds_from_one_base_argument_with_no_registry_frontend() -> None:
+    """No `# syntax=` line (BuildKit would fetch that frontend from a registry); every
+    stage from the BASE_IMAGE argument, whose default is the official image pinned to a
+    release (scripts/images passes a base made from Debian packages instead)."""
+    text = _dockerfile_text()
+    assert not re.search(r"^#\s*syntax\s*=", text, re.MULTILINE | re.IGNORECASE), (
+        "a `# syntax=` line makes every build fetch the frontend from a registry")
+    default = _build_args().get("BASE_IMAGE")
+    assert default, "no `ARG BASE_IMAGE=...` before the first FROM"
+    assert re.match(r"\d+\.\d+\.\d+", default.partition(":")[2]), (
+        f"BASE_IMAGE={default}: pin the base to a release")
+    aliases: set[str] = set()
+    for keyword, rest in _instructions():
+        if keyword != "FROM":
+            continue
+        image, _, alias = rest.partition(" AS ")
+        image = image.split()[-1]
+        assert image in ("${BASE_IMAGE}", "$BASE_IMAGE") or image in aliases, (
+            f"FROM {image}: every stage starts from BASE_IMAGE (or an earlier stage)")
+        if alias:
+            aliases.add(alias.strip())
+
+
 def test_the_dockerfile_builds_a_small_image_run_by_an_unprivileged_user() -> None:
     instructions = _instructions()
     stages = [rest for keyword, rest in instructions if keyword == "FROM"]
     assert len(stages) >= 2, "not a multi-stage build"
-    names = set()
-    for stage in stages:
-        image, _, alias = stage.partition(" AS ")
-        image = image.split()[-1]
-        if image in names:
-            continue
-        tag = image.partition(":")[2]
-        assert re.match(r"\d+\.\d+\.\d+", tag), f"FROM {image}: pin the base to a release"
-        if alias:
-            names.add(alias.strip())
     final = [i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM"][-1]
     users = [rest for keyword, rest in instructions[final:] if keyword == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0"), "the image runs as root"
@@ -389,6 +429,11 @@ def test_the_dockerfile_builds_a_small_image_run_by_an_unprivileged_user() -> No
     assert command[0] in scripts or command[:2] == ["python", "-m"], command
     assert any(keyword == "COPY" and "--from=" in rest for keyword, rest in instructions), (
         "the runtime stage does not take its virtualenv from the build stage")
+    # Only `python3` is on every base's PATH (Debian's package has no `python`).
+    for keyword, rest in instructions[:final]:
+        if keyword == "RUN":
+            assert not re.search(r"(^|[\s&;|])python\s", rest), (
+                f"RUN {rest[:60]}...: call python3 (or the virtualenv's own python)")
 
 
 def _ignored(path: str, patterns: list[str]) -> bool:
@@ -408,16 +453,41 @@ def _ignored(path: str, patterns: list[str]) -> bool:
     return ignored
 
 
+# Packages setuptools finds that are for development only: kept out of the image.
+DEV_ONLY_PACKAGES = {"demo"}
+
+
+def _packaged_top_levels() -> set[str]:
+    """Top-level packages `[tool.setuptools.packages.find] include` matches."""
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"]["find"]["include"]
+    return {path.parent.name for path in ROOT.glob("*/__init__.py")
+            if any(fnmatch.fnmatch(path.parent.name, pattern) for pattern in patterns)}
+
+
 def test_dockerignore_keeps_what_the_dockerfile_copies_and_drops_the_rest() -> None:
     patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
                 if line.strip() and not line.startswith("#")]
-    for source in _dockerfile_copies():
+    copies = _dockerfile_copies()
+    for source in copies:
         assert (ROOT / source).exists(), f"COPY {source}: no such file"
-        assert not _ignored(source, patterns), f"COPY {source}, but .dockerignore drops it"
-        if (ROOT / source).is_dir():
-            for path in (ROOT / source).rglob("*.py"):
-                relative = str(path.relative_to(ROOT))
-                if "__pycache__" not in relative:
-                    assert not _ignored(relative, patterns), relative
-    for heavy in (".venv", ".git", "var", "tests", "bench", "deploy/grafana"):
+        if source != ".":
+            assert not _ignored(source, patterns), f"COPY {source}, but .dockerignore drops it"
+    assert "." in copies, "the Dockerfile names what it copies: a new package needs an edit"
+    # The whole context is copied: it must hold the package, all of it.
+    for needed in ("pyproject.toml", "README.md"):
+        assert not _ignored(needed, patterns), f".dockerignore drops {needed}"
+    packages = _packaged_top_levels()
+    assert {"shared", "services"} <= packages, packages
+    for package in packages:
+        files = [str(path.relative_to(ROOT)) for path in (ROOT / package).rglob("*")
+                 if path.is_file() and "__pycache__" not in path.parts]
+        if package in DEV_ONLY_PACKAGES:
+            assert all(_ignored(path, patterns) for path in files), (
+                f"{package} is for development; keep it out of the image")
+            continue
+        dropped = [path for path in files if _ignored(path, patterns)]
+        assert not dropped, f".dockerignore drops part of the package: {dropped[:5]}"
+    for heavy in (".venv", ".git", "var", "tests", "bench", "docs", "scripts",
+                  "deploy/grafana", "compose.yaml"):
         assert _ignored(heavy, patterns), f"{heavy} is sent to the Docker daemon"
