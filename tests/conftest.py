@@ -7,6 +7,8 @@ Tiers (what each may touch):
 - tests/e2e: the real service processes, started by the test, over real HTTP.
 - tests/deploy: deployment artefacts (compose.yaml, Dockerfile, nginx config) checked
   against the code, and nginx's reload hand-shake run for real.
+- tests/container: the images built (scripts/images) and compose.yaml run on a real
+  Docker engine, host-networked, against the real RabbitMQ and PostgreSQL.
 Fault tests (marked `fault`) cut dependencies through tests/support/proxy.py, never
 by stopping the shared servers.
 """
