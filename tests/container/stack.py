@@ -44,7 +44,10 @@ COMPOSE_FILE = ROOT / "compose.yaml"
 NGINX_CONF = ROOT / "deploy" / "nginx" / "nginx.conf"
 # Debian's client: /usr/local/bin/docker may be a newer one that this engine does not suit.
 DOCKER = "/usr/bin/docker"
+# The images scripts/images makes (the bases' names may be changed there too).
+PYTHON_BASE_IMAGE = os.environ.get("PYTHON_BASE_IMAGE", "local/python3:bookworm")
 NGINX_BASE_IMAGE = os.environ.get("NGINX_BASE_IMAGE", "local/nginx:bookworm")
+APP_IMAGE = "tracking-domains:latest"
 # compose.yaml's services that the machine's own servers replace.
 REPLACED = ("rabbitmq", "postgres")
 DROPPED_KEYS = ("ports", "expose", "hostname")

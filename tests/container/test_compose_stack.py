@@ -44,8 +44,12 @@ from shared.settings import DatabaseSettings, LinkKey
 from tests.conftest import TEST_LINK_KEYS, TRACKING_HOST
 from tests.container.conftest import CALL_FAILED, TIMES
 from tests.container.stack import (
+    APP_IMAGE,
     APP_SERVICES,
+    DOCKER,
     LONG_RUNNING,
+    NGINX_BASE_IMAGE,
+    PYTHON_BASE_IMAGE,
     ROOT,
     ComposeError,
     Ports,
@@ -113,8 +117,8 @@ def _ensure_images() -> float:
 def test_the_images_build_without_a_registry() -> None:
     """scripts/images: the engine answers, the bases and the project image exist."""
     _ensure_images()
-    for image in ("local/python3:bookworm", "local/nginx:bookworm", "tracking-domains:latest"):
-        run(["/usr/bin/docker", "image", "inspect", image])
+    for image in (PYTHON_BASE_IMAGE, NGINX_BASE_IMAGE, APP_IMAGE):
+        run([DOCKER, "image", "inspect", image])
 
 
 @pytest.fixture(scope="module")
