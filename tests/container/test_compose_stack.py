@@ -25,6 +25,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,68 +125,69 @@ def test_the_images_build_without_a_registry() -> None:
 @pytest.fixture(scope="module")
 def stack(amqp_url: str, pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory,
           pytestconfig: pytest.Config) -> Iterator[Stack]:
-    module_started = time.monotonic()
+    started = time.monotonic()
     times = pytestconfig.stash.setdefault(TIMES, {})
+    try:
+        yield from _stack(amqp_url, pg_admin_url, tmp_path_factory.mktemp("compose"), times)
+    finally:
+        times["stack fixture, images to down"] = time.monotonic() - started
+
+
+def _stack(amqp_url: str, pg_admin_url: str, directory: Path,
+           times: dict[str, float]) -> Iterator[Stack]:
     times["images"] = _ensure_images()
     for url in (amqp_url, pg_admin_url):
         assert "@127.0.0.1:" in url, f"host-networked containers reach 127.0.0.1 only: {url}"
-    directory = tmp_path_factory.mktemp("compose")
     suffix = uuid.uuid4().hex[:10]
     vhost, database_name, project_name = f"test-{suffix}", f"td_test_{suffix}", f"tdtest{suffix}"
     database = settings_for(pg_admin_url, database_name)
     vhost_url = _vhost_url(amqp_url, vhost)
     ports = Ports.pick()
-    asyncio.run(admin_execute(pg_admin_url, f'CREATE DATABASE "{database_name}"'))  # empty
-    _rabbitmqctl("add_vhost", vhost)
-    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    dns = DnsServer().start()
-    proxy = TcpProxy(*amqp_target(amqp_url)).start()
-    project = None
-    try:
+    with ExitStack() as cleanup:  # unwound in reverse: down first, the database last
+        asyncio.run(admin_execute(pg_admin_url, f'CREATE DATABASE "{database_name}"'))  # empty
+        cleanup.callback(lambda: asyncio.run(admin_execute(
+            pg_admin_url, f'DROP DATABASE IF EXISTS "{database_name}" WITH (FORCE)')))
+        _rabbitmqctl("add_vhost", vhost)
+        cleanup.callback(_rabbitmqctl, "delete_vhost", vhost)
+        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        dns = cleanup.enter_context(DnsServer())
         dns.a(TRACKING_HOST, "127.0.0.1")
         dns.cname(NAME, TRACKING_HOST)
+        proxy = TcpProxy(*amqp_target(amqp_url)).start()
+        cleanup.callback(proxy.stop)
         # Pebble validates HTTP-01 on the nginx container's plain-HTTP port.
-        with Pebble(directory / "pebble", http_port=ports.nginx_http,
-                    dns_server=dns.address) as pebble:
-            root = directory / "pebble-root.pem"
-            root.write_text(pebble.root_pem())
-            nginx_conf = directory / "nginx.conf"
-            nginx_conf.write_text(nginx_conf_on(ports.nginx_status))
-            amqp_urls = dict.fromkeys(APP_SERVICES, vhost_url)
-            amqp_urls["redirector"] = amqp_via(vhost_url, proxy)
-            override_file = directory / "compose.override.yaml"
-            override_file.write_text(yaml.safe_dump(override(
-                ports, amqp_urls=amqp_urls, database_url=database.url,
-                acme_ca=pebble.listener_ca, nginx_conf=nginx_conf)))
-            variables = {
-                "TRACKING_HOST": TRACKING_HOST, "LINK_KEYS": TEST_LINK_KEYS,
-                "ACME_DIRECTORY_URL": pebble.directory_url, "ACME_EMAIL": "certs@platform.test",
-                "DNS_NAMESERVERS": dns.address, "TRUSTED_PROXIES": "127.0.0.1",
-                "LOG_LEVEL": "INFO"}
-            config = host_networked(merged(project_name, override_file, variables))
-            project = Project(project_name, directory, config, variables)
-            busy = [port for port in ports.all() if listening(port)]
-            assert not busy, f"ports taken before the stack started: {busy}"
-
-            started = time.monotonic()
-            project.compose("up", "-d", "--no-build", timeout_s=HEALTHY_TIMEOUT_S)
-            times["compose up returned"] = time.monotonic() - started
-            project.wait_healthy(LONG_RUNNING, HEALTHY_TIMEOUT_S)
-            times["up to all healthy"] = time.monotonic() - started
-            yield Stack(project=project, ports=ports, database=database, amqp_url=vhost_url,
+        pebble = cleanup.enter_context(Pebble(directory / "pebble", http_port=ports.nginx_http,
+                                              dns_server=dns.address))
+        root = directory / "pebble-root.pem"
+        root.write_text(pebble.root_pem())
+        nginx_conf = directory / "nginx.conf"
+        nginx_conf.write_text(nginx_conf_on(ports.nginx_status))
+        amqp_urls = dict.fromkeys(APP_SERVICES, vhost_url)
+        amqp_urls["redirector"] = amqp_via(vhost_url, proxy)
+        override_file = directory / "compose.override.yaml"
+        override_file.write_text(yaml.safe_dump(override(
+            ports, amqp_urls=amqp_urls, database_url=database.url,
+            acme_ca=pebble.listener_ca, nginx_conf=nginx_conf)))
+        variables = {
+            "TRACKING_HOST": TRACKING_HOST, "LINK_KEYS": TEST_LINK_KEYS,
+            "ACME_DIRECTORY_URL": pebble.directory_url, "ACME_EMAIL": "certs@platform.test",
+            "DNS_NAMESERVERS": dns.address, "TRUSTED_PROXIES": "127.0.0.1", "LOG_LEVEL": "INFO"}
+        project = Project(project_name, directory,
+                          host_networked(merged(project_name, override_file, variables)),
+                          variables)
+        running = Stack(project=project, ports=ports, database=database, amqp_url=vhost_url,
                         dns=dns, pebble=pebble, root=root, redirector_broker=proxy,
                         times=times)
-    finally:
-        try:
-            if project is not None:
-                project.down()
-        finally:
-            proxy.stop()
-            dns.stop()
-            _rabbitmqctl("delete_vhost", vhost)
-            asyncio.run(admin_execute(
-                pg_admin_url, f'DROP DATABASE IF EXISTS "{database_name}" WITH (FORCE)'))
-            times["whole module"] = time.monotonic() - module_started
+        busy = [port for port in ports.all() if listening(port)]
+        assert not busy, f"ports taken before the stack started: {busy}"
+
+        cleanup.callback(lambda: running.down_done or project.down())
+        started = time.monotonic()
+        project.compose("up", "-d", "--no-build", timeout_s=HEALTHY_TIMEOUT_S)
+        times["compose up returned"] = time.monotonic() - started
+        project.wait_healthy(LONG_RUNNING, HEALTHY_TIMEOUT_S)
+        times["up to all healthy"] = time.monotonic() - started
+        yield running
 
 
 @pytest.fixture(autouse=True)
@@ -349,7 +351,7 @@ class Clicker(threading.Thread):
                 status = None
             self.outcomes.append((recipient, status, time.monotonic()))
             number += 1
-            self.halt.wait(0.02)
+            self.halt.wait(0.05)
 
     def served_since(self, moment: float) -> int:
         return sum(1 for _, status, when in list(self.outcomes)
