@@ -174,11 +174,11 @@ def merged(project: str, override_file: Path, variables: Mapping[str, str]) -> d
 def host_networked(config: Mapping[str, Any]) -> dict[str, Any]:
     """What an override cannot say: the replaced services gone (and every dependency
     on them), the keys compose refuses under host networking dropped."""
-    config = json.loads(json.dumps(config))  # a deep copy of plain data
-    services = config["services"]
+    changed: dict[str, Any] = json.loads(json.dumps(config))  # a deep copy of plain data
+    services = changed["services"]
     for name in REPLACED:
         services.pop(name, None)
-        (config.get("volumes") or {}).pop(name, None)
+        (changed.get("volumes") or {}).pop(name, None)
     for service in services.values():
         for key in DROPPED_KEYS:
             service.pop(key, None)
@@ -188,7 +188,7 @@ def host_networked(config: Mapping[str, Any]) -> dict[str, Any]:
                 depends.pop(name, None)
             if not depends:
                 del service["depends_on"]
-    return config
+    return changed
 
 
 # --- who a process talks to ---------------------------------------------------------------------
