@@ -4,15 +4,20 @@ Tracking domains arrive from customers in every spelling (`Track.Example.COM.`,
 Unicode, with a port). Stored names, the redirector's host lookups and the
 verifier's DNS queries all use the form returned by `normalise_domain`:
 lower-case A-labels (punycode), no trailing dot.
+
+`registered_domain` groups names the way blocklists and Let's Encrypt do, with the
+Public Suffix List shipped in the `publicsuffixlist` package (never fetched at run time).
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
 
 import idna
+from publicsuffixlist import PublicSuffixList
 
 from shared.errors import SettingsError
 
@@ -118,3 +123,29 @@ def platform_host_of(name: str, hosts: Iterable[str]) -> str | None:
     """The first of `hosts` (the platform's own names) that `name` is or is under; such a
     name can never be a customer's tracking domain."""
     return next((host for host in hosts if name == host or name.endswith("." + host)), None)
+
+
+@functools.cache
+def _public_suffixes() -> PublicSuffixList:
+    # Parsed on first use (a few tens of ms), not at import.
+    return PublicSuffixList()
+
+
+def registered_domain(name: str) -> str:
+    """The registered domain of `name`: its public suffix plus one label, as an A-label
+    name (`track.shop.co.uk` -> `shop.co.uk`, `Track.Bücher.example` ->
+    `xn--bcher-kva.example`), so U-label and A-label spellings group together.
+
+    The Public Suffix List is used whole, private section included (`a.github.io` ->
+    `a.github.io`): that is the list Let's Encrypt counts its certificates-per-registered-
+    domain limit by, and SURBL and URIBL likewise treat shared-hosting domains as
+    suffixes in their own multi-level lists, so for them it is the best approximation a
+    maintained list gives. An unknown TLD counts as a one-label suffix (`a.b.test` ->
+    `b.test`). A name that is itself a public suffix, or has one label, is its own
+    registered domain (nothing smaller can be grouped).
+    """
+    try:
+        ascii_name = normalise_domain(name, allow_single_label=True)
+    except InvalidDomain:
+        ascii_name = name.strip().lower().rstrip(".")
+    return _public_suffixes().privatesuffix(ascii_name) or ascii_name

@@ -14,6 +14,9 @@ domain per customer:
 | failed validations per name | 5 per hour | `failed_validation` rows, by name |
 | duplicate certificates | 5 per week | `certificate` rows for exactly this name |
 
+Registered domains are `shared.domains.registered_domain`: the Public Suffix List,
+private section included, as Let's Encrypt counts them (`acme_events.registered_domain`).
+
 Everything here is pure: the caller passes the timestamps; `hold_back` says whether
 and until when to wait.
 """
@@ -27,20 +30,6 @@ from datetime import datetime, timedelta
 ORDER = "order"
 CERTIFICATE = "certificate"
 FAILED_VALIDATION = "failed_validation"
-
-# Public suffixes with two labels that customers commonly register under. The
-# registered domain is the public suffix plus one label; for suffixes not listed
-# here the last two labels are used. Erring this way only ever groups more names
-# together (counts more, holds back sooner), never fewer.
-_TWO_LABEL_SUFFIXES = frozenset({
-    "co.uk", "org.uk", "ac.uk", "gov.uk", "ltd.uk", "plc.uk", "me.uk", "net.uk",
-    "com.au", "net.au", "org.au", "co.nz", "org.nz", "net.nz", "co.za", "org.za",
-    "co.jp", "ne.jp", "or.jp", "co.kr", "or.kr", "com.br", "net.br", "org.br",
-    "com.mx", "com.ar", "com.cn", "net.cn", "org.cn", "com.hk", "com.sg", "com.tw",
-    "co.in", "net.in", "org.in", "co.il", "com.tr", "com.pl", "co.id", "com.my",
-    "com.ua", "co.th", "com.vn", "com.ph", "com.pk", "com.eg", "com.sa", "com.co",
-})
-
 
 @dataclass(frozen=True)
 class Limits:
@@ -79,14 +68,6 @@ class Hold:
 
     def delay_s(self, now: datetime) -> float:
         return max((self.until - now).total_seconds(), 0.0)
-
-
-def registered_domain(name: str) -> str:
-    """The name's registered domain (`track.shop.co.uk` → `shop.co.uk`), approximately."""
-    labels = name.lower().rstrip(".").split(".")
-    if len(labels) >= 3 and ".".join(labels[-2:]) in _TWO_LABEL_SUFFIXES:
-        return ".".join(labels[-3:])
-    return ".".join(labels[-2:])
 
 
 def next_allowed(times: Sequence[datetime], limit: int, window: timedelta,

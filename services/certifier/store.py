@@ -21,10 +21,10 @@ from services.certifier.ratelimits import (
     ORDER,
     History,
     Limits,
-    registered_domain,
 )
 from shared.db.models import AcmeEvent, TrackingDomain
 from shared.domain_status import DomainStatus, sources
+from shared.domains import registered_domain
 
 # Statuses whose certificate is kept and served: `lapsed` keeps serving until the
 # certificate expires (its DNS may come back), it is only no longer renewed.

@@ -9,8 +9,8 @@ from services.certifier.ratelimits import (
     Limits,
     hold_back,
     next_allowed,
-    registered_domain,
 )
+from shared.domains import registered_domain
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -87,3 +87,22 @@ def test_registered_domain() -> None:
     assert registered_domain("track.shop.co.uk") == "shop.co.uk"
     assert registered_domain("Track.Shop.COM.") == "shop.com"
     assert registered_domain("example.com") == "example.com"
+
+
+def test_registered_domain_follows_the_public_suffix_list() -> None:
+    # ICANN suffixes beyond any hand-written list, and deeper ones.
+    assert registered_domain("track.shop.co.uk") == "shop.co.uk"
+    assert registered_domain("a.b.shop.kawasaki.jp") == "b.shop.kawasaki.jp"
+    assert registered_domain("track.city.kawasaki.jp") == "city.kawasaki.jp"  # !exception
+    # Private suffixes count, as Let's Encrypt counts them: each github.io site is its own.
+    assert registered_domain("track.alice.github.io") == "alice.github.io"
+    assert registered_domain("bob.github.io") == "bob.github.io"
+    assert registered_domain("github.io") == "github.io"
+    # IDNs: U-label and A-label spellings are one registered domain, in A-label form.
+    assert registered_domain("track.bücher.de") == "xn--bcher-kva.de"
+    assert registered_domain("links.xn--bcher-kva.de") == "xn--bcher-kva.de"
+    assert registered_domain("track.example.xn--p1ai") == "example.xn--p1ai"  # .рф
+    assert registered_domain("track.example.рф") == "example.xn--p1ai"
+    # One label, or a name that is itself a suffix: nothing smaller to group by.
+    assert registered_domain("localhost") == "localhost"
+    assert registered_domain("co.uk") == "co.uk"
