@@ -71,6 +71,11 @@ class DomainVerified(EventData, frozen=True):
     customer_id: Id
     matched_by: str  # "cname" or "address" (CNAME flattening)
     chain: list[str] = msgspec.field(default_factory=list)
+    # Added in version 1 (optional, so older producers and consumers are unaffected).
+    # The Public Suffix List's registered domain of `domain` (what SURBL/URIBL list).
+    registered_domain: DomainName | None = None
+    # Set when another customer's tracking domain or the platform host shares it.
+    isolation_warning: Reason | None = None
 
 
 class DomainRejected(EventData, frozen=True):

@@ -26,9 +26,9 @@ import structlog
 
 from services.verifier.announcer import Announces
 from services.verifier.settings import VerifyPolicy
-from services.verifier.store import VerificationRow, VerificationStore
+from services.verifier.store import Isolation, VerificationRow, VerificationStore
 from shared.domain_status import DomainStatus
-from shared.domains import InvalidDomain, normalise_domain
+from shared.domains import InvalidDomain, normalise_domain, registered_domain
 from shared.errors import TransientError
 from shared.events import DomainCreated, DomainDeleted, DomainRejected, DomainVerified, Event
 from shared.metrics import VerifierMetrics
@@ -147,7 +147,8 @@ async def verify_domain(event: Event[DomainCreated], *, store: VerificationStore
         # Never downgraded; re-announced so a certifier that missed it catches up.
         await announcer.announce(DomainVerified(
             domain=name, customer_id=customer, matched_by=row.matched_by or "cname",
-            chain=chain_of(row.dns_chain or name)))
+            chain=chain_of(row.dns_chain or name), registered_domain=row.registered_domain,
+            isolation_warning=row.isolation_warning))
         return VerifierOutcome(f"already-{row.status}", matched_by=row.matched_by)
     elif row.status == DomainStatus.REJECTED:
         if row.tombstone:
@@ -168,14 +169,19 @@ async def judge_pending(row: VerificationRow, *, checker: DomainChecker,
     verdict = await checker.check(name)
     now = clock()
     if isinstance(verdict, Verified):
+        isolation = await assess_isolation(name, customer, store=store, policy=policy)
         if not await store.mark_verified(
                 name, customer, from_status=DomainStatus.PENDING, matched_by=verdict.matched_by,
                 dns_chain=verdict.description, check_due_at=policy.next_periodic_check(now),
-                now=now):
+                now=now, isolation=isolation):
             return VerifierOutcome("changed-meanwhile")
+        if isolation.warning is not None:
+            log.warning("domain.shared_registered_domain", domain=name, customer_id=customer,
+                        registered_domain=isolation.registered_domain)
         await announcer.announce(DomainVerified(
             domain=name, customer_id=customer, matched_by=verdict.matched_by,
-            chain=list(verdict.chain)))
+            chain=list(verdict.chain), registered_domain=isolation.registered_domain,
+            isolation_warning=isolation.warning))
         return VerifierOutcome("verified", matched_by=verdict.matched_by)
     age_s = (now - row.created_at).total_seconds()
     if age_s >= policy.deadline_s:
@@ -193,6 +199,35 @@ async def judge_pending(row: VerificationRow, *, checker: DomainChecker,
     return VerifierOutcome("not-yet" if verdict.code[:4] != "dns_" else "dns-unavailable",
                    verdict.code, retry_in_s=delay_s,
                    detail=f"{verdict.code}: {verdict.reason}")
+
+
+async def assess_isolation(name: str, customer_id: str, *, store: VerificationStore,
+                           policy: VerifyPolicy) -> Isolation:
+    """Does `name` share its registered domain with another customer's tracking domain or
+    with the platform host? SURBL and URIBL list registered domains, so all of them share
+    one fate there: the isolation the product promises does not hold for this name."""
+    registered = registered_domain(name)
+    hosts = (policy.tracking_host, *policy.tracking_host_aliases)
+    platform = [host for host in hosts if registered_domain(host) == registered]
+    others = await store.other_customers_under(registered, customer_id)
+    return Isolation(registered, isolation_warning(name, registered, platform, others))
+
+
+def isolation_warning(name: str, registered: str, platform_hosts: Sequence[str],
+                      other_customers: int) -> str | None:
+    """The warning for the customer (None: isolated). Other customers' names are never
+    given; the platform's host is public anyway."""
+    sharers = []
+    if other_customers:
+        sharers.append("another customer's tracking domain" if other_customers == 1 else
+                       f"{other_customers} other customers' tracking domains")
+    if platform_hosts:
+        sharers.append(f"the platform host ({', '.join(platform_hosts)})")
+    if not sharers:
+        return None
+    return (f"{name} shares its registered domain {registered} with {' and '.join(sharers)}: "
+            "SURBL and URIBL list registered domains, so a listing caused by one lands on all "
+            "of them. Use a name under a domain of the customer's own.")
 
 
 async def forget_domain(event: Event[DomainDeleted], *, store: VerificationStore,

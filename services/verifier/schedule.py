@@ -76,7 +76,8 @@ async def _apply(row: VerificationRow, verdict: Verdict, *, store: VerificationS
             try:
                 await announcer.announce(DomainVerified(
                     domain=name, customer_id=customer, matched_by=verdict.matched_by,
-                    chain=list(verdict.chain)))
+                    chain=list(verdict.chain), registered_domain=row.registered_domain,
+                    isolation_warning=row.isolation_warning))
             except Exception:
                 # Put it back, due now: the next pass verifies and announces again.
                 await store.mark_lapsed(name, customer, last_error=row.last_error or "",

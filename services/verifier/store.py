@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, bindparam, delete, or_, select, update
+from sqlalchemy import Row, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -28,12 +28,21 @@ from shared.domain_status import (
     tombstoned_when_deleted,
     transition,
 )
+from shared.domains import registered_domain
 
 T = TrackingDomain.__table__.c
 TABLE = TrackingDomain.__table__
 # The statuses whose DNS the schedule re-verifies: every domain once verified and not
 # deleted (a lapsed one comes back when its DNS does).
 RECHECKED = (DomainStatus.VERIFIED, DomainStatus.ACTIVE, DomainStatus.LAPSED)
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """Whether a domain's registered domain is its customer's alone (`warning` None)."""
+
+    registered_domain: str
+    warning: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,8 @@ class VerificationRow:
     created_at: datetime
     updated_at: datetime
     verified_at: datetime | None
+    registered_domain: str | None = None
+    isolation_warning: str | None = None
 
     @property
     def tombstone(self) -> bool:
@@ -59,7 +70,8 @@ class VerificationRow:
 
 
 _COLUMNS = (T.name, T.customer_id, T.status, T.verified, T.matched_by, T.last_error,
-            T.dns_chain, T.check_due_at, T.created_at, T.updated_at, T.verified_at)
+            T.dns_chain, T.check_due_at, T.created_at, T.updated_at, T.verified_at,
+            T.registered_domain, T.isolation_warning)
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -100,7 +112,7 @@ class VerificationStore:
         """Add the domain as pending and return its row, or None if the name exists."""
         statement = self._insert(TABLE).values(
             name=name, customer_id=customer_id, status=INITIAL, verified=False,
-            created_at=now, updated_at=now,
+            registered_domain=registered_domain(name), created_at=now, updated_at=now,
         ).on_conflict_do_nothing(index_elements=["name"]).returning(*_COLUMNS)
         async with self._auto.connect() as connection:
             row = (await connection.execute(statement)).first()
@@ -126,14 +138,30 @@ class VerificationStore:
 
     async def mark_verified(self, name: str, customer_id: str, *, from_status: DomainStatus,
                             matched_by: str, dns_chain: str, check_due_at: datetime,
-                            now: datetime) -> bool:
+                            now: datetime, isolation: Isolation | None = None) -> bool:
+        """`isolation` given (a first verification): its registered domain and warning
+        are stored; else both are left as they were."""
+        values: dict[str, Any] = {}
+        if isolation is not None:
+            values.update(registered_domain=isolation.registered_domain,
+                          isolation_warning=isolation.warning)
         return await self._write(update(TABLE).where(
             T.name == name, T.customer_id == customer_id, T.status == from_status,
         ).values(
             status=transition(from_status, DomainStatus.VERIFIED), verified=True,
             matched_by=matched_by, dns_chain=dns_chain,
             last_error=None, check_due_at=check_due_at, verified_at=now, updated_at=now,
+            **values,
         )) == 1
+
+    async def other_customers_under(self, registered: str, customer_id: str) -> int:
+        """How many other customers hold a tracking domain (any status but a tombstone)
+        under the registered domain `registered`."""
+        async with self._auto.connect() as connection:
+            return (await connection.execute(
+                select(func.count(func.distinct(T.customer_id))).where(
+                    T.registered_domain == registered, T.customer_id != customer_id,
+                    ~tombstone_condition()))).scalar_one()
 
     async def mark_rejected(self, name: str, customer_id: str, *, last_error: str,
                             now: datetime) -> bool:

@@ -103,6 +103,12 @@ class TrackingDomain(Base):
         DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
     )
     verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # shared.domains.registered_domain(name): the unit SURBL/URIBL list and Let's Encrypt
+    # counts; indexed to find other customers' domains under the same one.
+    registered_domain: Mapped[str | None] = mapped_column(String(253), index=True)
+    # Set at verification when another customer's tracking domain or the platform host
+    # shares the registered domain (a shared fate on SURBL/URIBL); None otherwise.
+    isolation_warning: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         CheckConstraint(

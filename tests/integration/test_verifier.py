@@ -39,6 +39,7 @@ from shared.broker.topology import Topology
 from shared.db.engine import create_engine
 from shared.db.migrate import upgrade
 from shared.domain_status import DomainStatus
+from shared.domains import normalise_domain, registered_domain
 from shared.errors import TransientError
 from shared.events import (
     DomainCreated,
@@ -115,10 +116,11 @@ class Harness:
                    due: datetime | None = None, chain: str | None = None) -> None:
         await execute(self.database, (
             "INSERT INTO tracking_domains (name, customer_id, status, verified, matched_by, "
-            "dns_chain, check_due_at) VALUES ($1, $2, $3, $4, $5, $6, $7)"),
+            "dns_chain, check_due_at, registered_domain) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"),
             name, customer, status, status in ("verified", "active"),
             "cname" if status in ("verified", "active") else None,
-            chain or f"{name} -> {HOST}", due)
+            chain or f"{name} -> {HOST}", due, registered_domain(name))
 
 
 @pytest.fixture
@@ -194,7 +196,84 @@ async def test_a_multi_hop_cname_chain_to_the_host_is_verified_and_announced(
     [verified] = await harness.events(1)
     assert verified["type"] == "domain.verified"
     assert verified["data"] == {"domain": NAME, "customer_id": CUSTOMER, "matched_by": "cname",
-                                "chain": [NAME, "edge.customer-a.test", HOST]}
+                                "chain": [NAME, "edge.customer-a.test", HOST],
+                                "registered_domain": "customer-a.test",
+                                "isolation_warning": None}
+
+
+# --- isolation: a registered domain shared with another customer or the platform host -----
+
+@pytest.mark.parametrize(("other", "other_status", "name", "shared"), [
+    # Two customers under one registered domain share one fate on SURBL/URIBL.
+    ("track-a.shop-builder.test", "active", "track-b.shop-builder.test",
+     "shop-builder.test"),
+    ("a.shop.co.uk", "pending", "b.links.shop.co.uk", "shop.co.uk"),
+    ("x.alice.github.io", "verified", "y.alice.github.io", "alice.github.io"),
+    # An IDN groups with its A-label spelling.
+    ("track.xn--bcher-kva.test", "active", "links.bücher.test", "xn--bcher-kva.test"),
+    # Different registered domains under the same public suffix: isolated.
+    ("a.shop.co.uk", "active", "b.other.co.uk", None),
+    ("x.alice.github.io", "active", "y.bob.github.io", None),
+    # A deleted (tombstoned) domain no longer counts.
+    ("track-a.shop-builder.test", "tombstone", "track-b.shop-builder.test", None),
+])
+async def test_a_registered_domain_shared_with_another_customer_is_warned_about(
+        harness: Harness, other: str, other_status: str, name: str,
+        shared: str | None) -> None:
+    if other_status == "tombstone":
+        await harness.seed(other, "rejected", "cust-other", due=datetime.now(UTC))
+    else:
+        await harness.seed(other, other_status, "cust-other")
+    await harness.seed("mine." + (shared or "own.test"), "active")  # its own: never a warning
+    ascii_name = normalise_domain(name)
+    harness.dns.cname(ascii_name, HOST)
+
+    assert await harness.handle(created(name)) == VerifierOutcome("verified",
+                                                                  matched_by="cname")
+
+    row = await harness.row(ascii_name)
+    assert row is not None
+    [verified] = await harness.events(1)
+    assert row["registered_domain"] == verified["data"]["registered_domain"] == (
+        shared or registered_domain(ascii_name))
+    warning = row["isolation_warning"]
+    assert verified["data"]["isolation_warning"] == warning
+    if shared is None:
+        assert warning is None
+        return
+    assert warning == (
+        f"{ascii_name} shares its registered domain {shared} with another customer's "
+        "tracking domain: SURBL and URIBL list registered domains, so a listing caused by "
+        "one lands on all of them. Use a name under a domain of the customer's own.")
+    assert other not in warning  # the other customer's name is never told
+    # A redelivery re-announces the stored warning.
+    assert (await harness.handle(created(name))).name == "already-verified"
+    [again] = await harness.events(1)
+    assert again["data"]["isolation_warning"] == warning
+
+
+async def test_a_name_under_the_platform_hosts_registered_domain_is_warned_about(
+        harness: Harness) -> None:
+    harness.policy = fast_policy(tracking_host_aliases=("old-click.legacy.test",))
+    name, legacy = "track.platform.test", "track.legacy.test"
+    for domain in (name, legacy):
+        harness.dns.cname(domain, HOST)
+    await harness.seed("b.platform.test", "pending", "cust-b")
+    await harness.seed("c.platform.test", "active", "cust-c")
+
+    assert (await harness.handle(created(name))).name == "verified"
+    assert (await harness.handle(created(legacy))).name == "verified"
+
+    row = await harness.row(name)
+    assert row is not None
+    assert row["isolation_warning"].startswith(
+        f"{name} shares its registered domain platform.test with 2 other customers' tracking "
+        f"domains and the platform host ({HOST}): ")
+    legacy_row = await harness.row(legacy)
+    assert legacy_row is not None
+    assert legacy_row["isolation_warning"].startswith(
+        f"{legacy} shares its registered domain legacy.test with the platform host "
+        "(old-click.legacy.test): ")
 
 
 async def test_a_flattened_name_with_the_hosts_addresses_is_verified_by_address(
