@@ -15,6 +15,9 @@ The seed article's troubleshooting list, automated, in the order a click travels
    recipient `doctor-<uuid>`) answer 302 to its destination, through the same address
    and port (or straight from a redirector with `--redirector http://HOST:PORT`)?
 5. click: does that click reach `tracking_logs` within `--click-timeout` seconds?
+6. isolation: is NAME's registered domain (Public Suffix List) its customer's alone? The
+   verifier stores a warning when another customer's tracking domain or the platform host
+   shares it: SURBL and URIBL list registered domains, so they share one fate.
 
 Each check passes, fails (with the fix, worded as in docs/troubleshooting.md, whose
 section names are the codes), warns, or is skipped with the reason (a check that
@@ -42,6 +45,7 @@ from sqlalchemy import select
 from shared.db.engine import create_engine
 from shared.db.models import TrackingLog
 from shared.domain_status import DomainStatus
+from shared.domains import registered_domain
 from shared.errors import SettingsError
 from shared.links import LinkError, LinkSigner
 from shared.settings import Env
@@ -419,6 +423,30 @@ async def load_row(environ: Mapping[str, str], name: str
         await engine.dispose()
 
 
+def isolation_check(row: Mapping[str, Any] | None, *, name: str) -> Check:
+    """Does NAME share its registered domain with another customer or the platform host?
+    (pure: the verifier's finding, stored at verification)"""
+    if row is None:
+        return skipped("isolation", f"{name} has no row (see database)")
+    registered = row.get("registered_domain") or registered_domain(name)
+    data = {"registered_domain": registered}
+    warning = row.get("isolation_warning")
+    if warning is None:
+        return Check("isolation", PASS, f"registered domain {registered} is not shared with "
+                     "another customer's tracking domain or the platform host (as of "
+                     "verification)", data=data)
+    return Check("isolation", WARN, f"registered domain {registered} is shared", [
+        warning,
+        "consequence: SURBL and URIBL list registered domains, not host names; when one "
+        f"name under {registered} gets listed (abuse by any customer under it), every "
+        "name under it is listed with it, and mail with links to any of them is marked "
+        "as spam. This domain is not isolated from the others."],
+        f"give the customer a tracking domain under a registered domain of their own (e.g. "
+        f"track.<their-domain>); the platform host must be under a registered domain no "
+        f"customer's tracking domain uses ({DOCS}: `shared_registered_domain`).",
+        "shared_registered_domain", data)
+
+
 # --- redirect and click ----------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -660,6 +688,8 @@ async def diagnose(opts: Options, environ: Mapping[str, str]) -> list[Check]:
         database = database_check(row, name=name, host=opts.host,
                                   ca_identity=opts.ca_identity, now=now)
     checks.append(database)
+    if db_error is None:
+        checks.append(isolation_check(row, name=name))
 
     # redirect and click
     route: Route | None = None

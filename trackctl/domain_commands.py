@@ -51,7 +51,7 @@ A = AcmeEvent.__table__.c
 COLUMNS = (T.name, T.customer_id, T.status, T.verified, T.matched_by, T.dns_chain,
            T.last_error, T.check_due_at, T.certificate_serial, T.certificate_issued_at,
            T.certificate_expires_at, T.certificate_renew_at, T.created_at, T.updated_at,
-           T.verified_at)
+           T.verified_at, T.registered_domain, T.isolation_warning)
 MAX_CUSTOMER_ID = 256
 
 
@@ -275,6 +275,8 @@ def render_show(row: Mapping[str, Any], acme: list[dict[str, Any]], now: datetim
         ("verified", row["verified"]),
         ("matched by", row["matched_by"]),
         ("dns chain", row["dns_chain"]),
+        ("registered domain", row.get("registered_domain")),
+        ("isolation warning", row.get("isolation_warning")),
         ("last error", row["last_error"]),
         ("certificate serial", row["certificate_serial"]),
         ("certificate issued", row["certificate_issued_at"]),

@@ -141,7 +141,7 @@ def test_doctor_passes_a_working_domain_and_explains_broken_ones(
             assert f"{GOOD} -> {TRACKING_HOST} (matched by cname)" in ok.stdout
             assert f"127.0.0.1:{dns.port} (DNS_NAMESERVERS)" in ok.stdout
             assert f"serial {serial}" in ok.stdout
-            assert "5 passed: track.customer-a.test works" in ok.stdout
+            assert "6 passed: track.customer-a.test works" in ok.stdout
 
             as_json = trackctl(env, "doctor", GOOD, *https, "--json")
             assert as_json.returncode == 0, as_json.stderr
@@ -174,7 +174,7 @@ def test_doctor_passes_a_working_domain_and_explains_broken_ones(
             text = trackctl(env, "doctor", WRONG)
             assert text.returncode == 1
             assert "FAIL  dns" in text.stdout and "fix: change the CNAME target" in text.stdout
-            assert "SKIP  tls       skipped: DNS does not lead" in text.stdout
+            assert "SKIP  tls        skipped: DNS does not lead" in text.stdout
 
             # No certificate at the edge: nginx refuses the handshake; the redirector and
             # logger can still be tested directly.

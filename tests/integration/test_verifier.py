@@ -247,7 +247,8 @@ async def test_a_registered_domain_shared_with_another_customer_is_warned_about(
         "one lands on all of them. Use a name under a domain of the customer's own.")
     assert other not in warning  # the other customer's name is never told
     # A redelivery re-announces the stored warning.
-    assert (await harness.handle(created(name))).name == "already-verified"
+    assert await harness.handle(created(name)) == VerifierOutcome("already-verified",
+                                                                  matched_by="cname")
     [again] = await harness.events(1)
     assert again["data"]["isolation_warning"] == warning
 
@@ -261,8 +262,9 @@ async def test_a_name_under_the_platform_hosts_registered_domain_is_warned_about
     await harness.seed("b.platform.test", "pending", "cust-b")
     await harness.seed("c.platform.test", "active", "cust-c")
 
-    assert (await harness.handle(created(name))).name == "verified"
-    assert (await harness.handle(created(legacy))).name == "verified"
+    for domain in (name, legacy):
+        assert await harness.handle(created(domain)) == VerifierOutcome("verified",
+                                                                        matched_by="cname")
 
     row = await harness.row(name)
     assert row is not None

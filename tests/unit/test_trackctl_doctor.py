@@ -22,6 +22,7 @@ from trackctl.doctor import (
     click_check,
     database_check,
     fix_for,
+    isolation_check,
     location_of,
     parse_head,
     parse_redirector,
@@ -205,3 +206,19 @@ def test_render_names_the_aliases_of_the_platform_host() -> None:
         f"doctor {NAME} (platform host {HOST})")
     assert render(NAME, HOST, checks, ("click.old.test",)).splitlines()[0] == (
         f"doctor {NAME} (platform host {HOST}, aliases click.old.test)")
+
+
+def test_isolation_check_warns_with_the_consequence_and_the_fix() -> None:
+    warning = ("track-b.shop-builder.test shares its registered domain shop-builder.test "
+               "with another customer's tracking domain: ...")
+    check = isolation_check({"registered_domain": "shop-builder.test",
+                             "isolation_warning": warning}, name="track-b.shop-builder.test")
+    assert (check.status, check.code) == (WARN, "shared_registered_domain")
+    assert check.details[0] == warning
+    assert "SURBL and URIBL list registered domains" in check.details[1]
+    assert check.fix is not None and "under a registered domain of their own" in check.fix
+    assert "`shared_registered_domain`" in (ROOT / "docs/troubleshooting.md").read_text()
+    isolated = isolation_check({"registered_domain": None, "isolation_warning": None},
+                               name="track.shop.co.uk")
+    assert (isolated.status, isolated.data["registered_domain"]) == (PASS, "shop.co.uk")
+    assert isolation_check(None, name="track.shop.co.uk").status == SKIP

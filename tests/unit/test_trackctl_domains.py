@@ -89,3 +89,10 @@ def test_render_show() -> None:
     bare = render_show(row("rejected", check_due_at=NOW, last_error="deleted by the customer"),
                        [], NOW)
     assert "kept as a tombstone" in bare and "no ACME requests" in bare
+
+
+def test_render_show_shows_the_isolation_warning() -> None:
+    text = render_show(row("active", registered_domain="shop-builder.test",
+                           isolation_warning="shares its registered domain"), [], NOW)
+    assert "registered domain:   shop-builder.test" in text
+    assert "isolation warning:   shares its registered domain" in text
