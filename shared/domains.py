@@ -19,8 +19,6 @@ from collections.abc import Iterable
 import idna
 from publicsuffixlist import PublicSuffixList
 
-from shared.errors import SettingsError
-
 MAX_NAME_LENGTH = 253
 _LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
@@ -89,34 +87,6 @@ def host_from_header(host_header: str) -> str:
     if host.endswith("."):
         host = host[:-1]
     return host.lower()
-
-
-def parse_host_aliases(value: str | None, tracking_host: str) -> tuple[str, ...]:
-    """`TRACKING_HOST_ALIASES`: other names of the platform host, comma-separated.
-
-    While the platform moves to a new `TRACKING_HOST`, the old name stays accepted as a
-    CNAME target (verifier, `trackctl doctor`) and as the shared host of links
-    (redirector). Each is normalised like `TRACKING_HOST`; a malformed one, a repeat,
-    or `TRACKING_HOST` itself is a `SettingsError` naming the setting.
-    """
-    aliases: list[str] = []
-    for item in (value or "").split(","):
-        if not item.strip():
-            continue
-        try:
-            alias = normalise_domain(item, allow_single_label=True)
-        except InvalidDomain as exc:
-            raise SettingsError(
-                f"TRACKING_HOST_ALIASES entry {item.strip()!r} is not a valid host name: "
-                f"{exc}") from None
-        if alias == tracking_host:
-            raise SettingsError(
-                f"TRACKING_HOST_ALIASES names TRACKING_HOST ({tracking_host}) itself; list "
-                "only the platform's other names (e.g. the host it is moving away from)")
-        if alias in aliases:
-            raise SettingsError(f"TRACKING_HOST_ALIASES names {alias} twice")
-        aliases.append(alias)
-    return tuple(aliases)
 
 
 def platform_host_of(name: str, hosts: Iterable[str]) -> str | None:

@@ -19,7 +19,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 
 from shared.errors import SettingsError
-from shared.settings import DEFAULT_METRICS_BINDS, DEFAULT_REDIRECTOR_BIND, Env, load_bind
+from shared.settings import DEFAULT_METRICS_BINDS, REDIRECTOR_BIND, metrics_bind
 
 SERVICES = tuple(DEFAULT_METRICS_BINDS)
 TIMEOUT_S = 2.0
@@ -33,10 +33,10 @@ def probe_url(service: str, environ: Mapping[str, str]) -> str:
     either) or when the service serves nothing to ask (METRICS_BIND off).
     """
     if service == "redirector":
-        host, port = Env(environ).host_port("REDIRECTOR_BIND", DEFAULT_REDIRECTOR_BIND)
+        host, port = REDIRECTOR_BIND.read(environ)
         path = "/healthz"
     else:
-        bind = load_bind(environ, service)
+        bind = metrics_bind(service).read(environ)
         if bind is None:
             raise SettingsError(f"METRICS_BIND is off: the {service} serves nothing a "
                                 "healthcheck could ask (set it, or disable the healthcheck)")

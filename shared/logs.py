@@ -13,6 +13,12 @@ from typing import Any
 
 import structlog
 
+from shared.settings.declare import Setting
+from shared.settings.parsers import choice
+
+LOG_LEVEL = Setting(
+    "LOG_LEVEL", choice("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL"), "INFO",
+    "Least severe level logged (JSON lines when not on a terminal).")
 # Keys whose values must never reach a log line, whatever a caller passes.
 SECRET_KEYS = frozenset({"secret", "password", "link_keys", "authorization", "token"})
 

@@ -43,10 +43,6 @@ from prometheus_client.utils import floatToGoString
 from shared.events import CertificateExpiring, CertificateFailed, CertificateIssued
 from shared.outcomes import Outcome
 
-# METRICS_BIND is read in shared.settings, light enough for the container healthcheck
-# (shared/healthcheck.py); the services' settings import it from here.
-from shared.settings import load_bind as load_bind
-
 log = structlog.get_logger(__name__)
 
 

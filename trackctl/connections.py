@@ -21,8 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.broker.topology import Topology
 from shared.db.engine import create_engine
-from shared.settings import BrokerSettings, DatabaseSettings, Env
+from shared.settings import BrokerSettings, DatabaseSettings
 from trackctl.output import CliError
+from trackctl.settings import reader
 
 CONNECT_TIMEOUT_S = 10.0
 
@@ -39,7 +40,7 @@ def source() -> str:
 @asynccontextmanager
 async def database(environ: Mapping[str, str]) -> AsyncIterator[AsyncEngine]:
     """An engine on DATABASE_URL; connection and schema problems become `CliError`."""
-    settings = Env(environ).database()
+    settings = DatabaseSettings.read(reader(environ))
     engine = create_engine(settings, pool_size=1)
     try:
         yield engine
@@ -61,7 +62,7 @@ def database_problem(settings: DatabaseSettings, exc: BaseException) -> str:
 async def broker(environ: Mapping[str, str]) -> AsyncIterator[
         tuple[BrokerSettings, AbstractConnection, AbstractChannel]]:
     """A plain (not reconnecting) connection and a channel with publisher confirms."""
-    settings = Env(environ).broker()
+    settings = BrokerSettings.read(reader(environ))
     try:
         connection = await aio_pika.connect(
             settings.url, timeout=CONNECT_TIMEOUT_S,

@@ -7,11 +7,12 @@ import sys
 from collections.abc import Mapping
 
 from shared.db import migrate
-from shared.settings import Env
+from shared.settings import DatabaseSettings
+from trackctl.settings import reader
 
 
 async def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    settings = Env(environ).database()
+    settings = DatabaseSettings.read(reader(environ))
     if args.db_command == "upgrade":
         try:
             await migrate.upgrade(settings, args.revision)

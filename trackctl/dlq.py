@@ -38,7 +38,7 @@ from shared.broker.consumer import (
 from shared.broker.names import BINDINGS
 from shared.broker.topology import Topology
 from shared.events import Event, InvalidEvent, decode_message
-from shared.settings import Env
+from shared.settings import BrokerSettings
 from trackctl import connections
 from trackctl.output import (
     FAILED,
@@ -51,6 +51,7 @@ from trackctl.output import (
     shorten,
     table,
 )
+from trackctl.settings import reader
 
 # Headers that describe one trip to the dead-letter queue; dropped on replay so the
 # replayed message starts afresh (attempt 1) and is not dead-lettered at once.
@@ -258,7 +259,7 @@ def letter_of(index: int, message: AbstractIncomingMessage) -> DeadLetter:
 async def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.limit is not None and args.limit < 1:
         raise CliError("--limit must be at least 1", USAGE)
-    settings = Env(environ).broker()
+    settings = BrokerSettings.read(reader(environ))
     topology = connections.topology(settings)
     dead = queue_for(args.queue, topology)
     async with connections.broker(environ) as (settings, connection, channel):

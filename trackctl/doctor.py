@@ -48,7 +48,7 @@ from shared.domain_status import DomainStatus
 from shared.domains import registered_domain
 from shared.errors import SettingsError
 from shared.links import LinkError, LinkSigner
-from shared.settings import Env
+from shared.settings import LINK_KEYS, DatabaseSettings
 from shared.verification.checks import DomainChecker
 from shared.verification.dns import DnsResolver
 from shared.verification.judge import (
@@ -77,6 +77,7 @@ from trackctl.output import (
     fmt_relative,
     utc_now,
 )
+from trackctl.settings import reader
 
 PASS, FAIL, WARN, SKIP = "pass", "fail", "warn", "skipped"
 LABELS = {PASS: "PASS", FAIL: "FAIL", WARN: "WARN", SKIP: "SKIP"}
@@ -413,7 +414,7 @@ def database_check(row: Mapping[str, Any] | None, *, name: str, host: str, ca_id
 
 async def load_row(environ: Mapping[str, str], name: str
                    ) -> tuple[dict[str, Any] | None, str | None]:
-    settings = Env(environ).database()
+    settings = DatabaseSettings.read(reader(environ))
     engine = create_engine(settings, pool_size=1)
     try:
         return await fetch_domain(engine, name), None
@@ -566,7 +567,7 @@ def redirect_check(answer: HttpAnswer | None, error: str | None, *, name: str,
 
 async def wait_click(environ: Mapping[str, str], recipient: str, timeout_s: float
                      ) -> tuple[dict[str, Any] | None, float, str | None]:
-    settings = Env(environ).database()
+    settings = DatabaseSettings.read(reader(environ))
     engine = create_engine(settings, pool_size=1)
     c = TrackingLog.__table__.c
     query = (select(c.event_id, c.domain, c.bot, c.bot_reason, c.clicked_at, c.logged_at)
@@ -629,7 +630,7 @@ class Options:
 
 def options(args: argparse.Namespace, environ: Mapping[str, str]) -> Options:
     # The verifier's own loader: the same settings, validated the same way.
-    dns = load_dns_judgement(Env(environ))
+    dns = load_dns_judgement(reader(environ))
     host, aliases = dns.tracking_host, dns.tracking_host_aliases
     checked = validate_name(args.name, host, aliases)
     if isinstance(checked, Rejection):
@@ -731,7 +732,7 @@ async def request_link(opts: Options, environ: Mapping[str, str], route: Route,
                        customer: str) -> tuple[Check, str]:
     recipient = f"doctor-{uuid.uuid4()}"
     try:
-        signer = LinkSigner(Env(environ).link_keys())
+        signer = LinkSigner(reader(environ)[LINK_KEYS])
         token = signer.mint_token(customer_id=customer, campaign_id=DOCTOR_CAMPAIGN,
                                   recipient_id=recipient, url=opts.destination)
     except (SettingsError, LinkError) as exc:

@@ -26,12 +26,11 @@ from shared.domain_status import is_tombstone as status_is_tombstone
 from shared.domains import (
     InvalidDomain,
     normalise_domain,
-    parse_host_aliases,
     platform_host_of,
 )
 from shared.errors import TransientError
 from shared.events import DomainCreated, DomainDeleted, EventData, encode_event, new_event_id
-from shared.settings import Env
+from shared.settings import TRACKING_HOST, tracking_host_aliases
 from trackctl import connections
 from trackctl.output import (
     OK,
@@ -45,6 +44,7 @@ from trackctl.output import (
     table,
     utc_now,
 )
+from trackctl.settings import reader
 
 T = TrackingDomain.__table__.c
 A = AcmeEvent.__table__.c
@@ -65,11 +65,10 @@ def parse_name(raw: str, environ: Mapping[str, str]) -> str:
         name = normalise_domain(raw)
     except InvalidDomain as exc:
         raise CliError(f"{raw!r} cannot be a tracking domain: {exc}", USAGE) from None
-    env = Env(environ)
-    host = env.raw("TRACKING_HOST")
-    if host:
-        tracking_host = host.lower().rstrip(".")
-        aliases = parse_host_aliases(env.raw("TRACKING_HOST_ALIASES"), tracking_host)
+    env = reader(environ)
+    tracking_host = env[TRACKING_HOST.optional()]
+    if tracking_host:
+        aliases = tracking_host_aliases(env, tracking_host)
         if platform_host_of(name, (tracking_host, *aliases)) is not None:
             raise CliError(f"{name} is the platform's own tracking host (or under it); a "
                            f"customer's domain must CNAME to {tracking_host}", USAGE)

@@ -13,13 +13,14 @@ from shared.db.models import TrackingDomain
 from shared.domain_status import DomainStatus
 from shared.domains import InvalidDomain, normalise_domain
 from shared.links import LinkError, LinkSigner
-from shared.settings import Env
+from shared.settings import LINK_KEYS, TRACKING_HOST, DatabaseSettings
+from trackctl.settings import reader
 
 
 async def active_domain(environ: Mapping[str, str], customer_id: str,
                         name: str | None = None) -> str | None:
     """The customer's active tracking domain (the given one, or the newest)."""
-    engine = create_engine(Env(environ).database(), pool_size=1)
+    engine = create_engine(DatabaseSettings.read(reader(environ)), pool_size=1)
     try:
         query = (select(TrackingDomain.name)
                  .where(TrackingDomain.customer_id == customer_id,
@@ -34,9 +35,9 @@ async def active_domain(environ: Mapping[str, str], customer_id: str,
 
 
 async def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    env = Env(environ)
-    signer = LinkSigner(env.link_keys())
-    tracking_host = env.tracking_host()
+    env = reader(environ)
+    signer = LinkSigner(env[LINK_KEYS])
+    tracking_host = env[TRACKING_HOST]
     if args.domain:
         try:
             host = normalise_domain(args.domain, allow_single_label=True)

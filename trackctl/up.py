@@ -23,6 +23,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import BinaryIO
 
+from shared.settings import REDIRECTOR_BIND
+from trackctl.settings import reader
+
 SERVICES = ("logger", "verifier", "certifier", "redirector")
 
 
@@ -78,6 +81,7 @@ def run(environ: Mapping[str, str],
         commands = {name: [sys.executable, "-m", f"services.{name}"]
                     for name in available_services()}
     names = list(commands)
+    host, port = reader(environ)[REDIRECTOR_BIND]
     children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
 
@@ -103,7 +107,7 @@ def run(environ: Mapping[str, str],
             children[name] = subprocess.Popen(list(commands[name]), env=dict(environ),
                                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             relay.follow(children[name].stdout)  # type: ignore[arg-type]
-    bind = environ.get("REDIRECTOR_BIND", "127.0.0.1:8080")
+    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     say(f"running {', '.join(names)}; the redirector listens on http://{bind}/ "
         "(Ctrl-C stops everything)")
     failed = None

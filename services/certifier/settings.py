@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shlex
 import shutil
 import sys
 from collections.abc import Mapping
@@ -12,9 +11,32 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from services.certifier.ratelimits import Limits
-from shared.errors import SettingsError
-from shared.metrics import load_bind
-from shared.settings import BrokerSettings, DatabaseSettings, Env
+from shared.logs import LOG_LEVEL
+from shared.settings import (
+    ACME_CHALLENGE_DIR,
+    BROKER,
+    DATABASE_URL,
+    TRACKING_HOST,
+    BrokerSettings,
+    DatabaseSettings,
+    Env,
+    Invalid,
+    Program,
+    Setting,
+    metrics_bind,
+    optional,
+    retry_tiers,
+)
+from shared.settings.parsers import (
+    command,
+    flag,
+    items,
+    matching,
+    number,
+    path,
+    string,
+    whole,
+)
 from shared.verification.settings import EXPIRY_WARNING_DAYS
 
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
@@ -22,7 +44,127 @@ LETS_ENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 # nginx `listen` values we accept: a port, or address:port (IPv6 in brackets).
 _LISTEN_RE = re.compile(
     r"^(?:(?:\d{1,3}(?:\.\d{1,3}){3}|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):)?\d{1,5}$")
-_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def https_url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme != "https" or not parts.netloc:
+        raise Invalid(f"must be an https:// URL, got {text!r}")
+    return text
+
+
+def pem_file(text: str) -> Path:
+    if not Path(text).is_file():
+        raise Invalid(f"must name a readable PEM file, got {text!r}")
+    return Path(text)
+
+
+def listen(text: str) -> str:
+    """An nginx `listen` value: a port or address:port."""
+    if not _LISTEN_RE.match(text) or not 0 < int(text.rsplit(":", 1)[-1]) < 65536:
+        raise Invalid("must be a port or address:port (e.g. 443 or 127.0.0.1:8443), "
+                      f"got {text!r}")
+    return text
+
+
+def upstreams(text: str) -> tuple[str, ...]:
+    found = tuple(items(text))
+    for item in found:
+        if not _LISTEN_RE.match(item) or ":" not in item:
+            raise Invalid(f"must be comma-separated host:port, got {item!r}")
+    if not found:
+        raise Invalid("names no redirector")
+    return found
+
+
+def _default_certbot() -> str:
+    """certbot next to this interpreter (the virtualenv's), else the one on PATH."""
+    beside = Path(sys.executable).with_name("certbot")
+    if beside.exists():
+        return str(beside)
+    return shutil.which("certbot") or "certbot"
+
+
+_LIMITS = Limits()
+
+ACME_DIRECTORY_URL = Setting(
+    "ACME_DIRECTORY_URL", https_url, LETS_ENCRYPT, "The CA's ACME directory.")
+ACME_EMAIL = Setting(
+    "ACME_EMAIL", optional(matching(r"[^@\s]+@[^@\s]+\.[^@\s]+", "an email address")), "",
+    "Account contact for expiry notices from the CA.")
+ACME_CA_BUNDLE = Setting(
+    "ACME_CA_BUNDLE", optional(pem_file), "",
+    "PEM file to trust for the ACME server's own TLS.", shown="system trust")
+CERTBOT_COMMAND = Setting(
+    "CERTBOT_COMMAND", string, _default_certbot, "certbot executable.",
+    shown="the virtualenv's `certbot`")
+CERTBOT_DIR = Setting(
+    "CERTBOT_DIR", path, "var/certbot", "certbot's config, work and log directories.")
+CERTBOT_TIMEOUT_S = Setting(
+    "CERTBOT_TIMEOUT_S", number(minimum=1.0), "300", "A certbot run taking longer is killed.")
+NGINX_CONF_PATH = Setting(
+    "NGINX_CONF_PATH", path, "var/nginx/tracking-domains.conf", "The generated nginx include.")
+NGINX_RELOAD_COMMAND = Setting(
+    "NGINX_RELOAD_COMMAND", command, "", "Run after the include changed.",
+    shown="(none: write only)")
+NGINX_HTTPS_LISTEN = Setting(
+    "NGINX_HTTPS_LISTEN", listen, "443", "nginx `listen` value for HTTPS.")
+NGINX_HTTP_LISTEN = Setting(
+    "NGINX_HTTP_LISTEN", listen, "80", "nginx `listen` value for HTTP.")
+NGINX_UPSTREAMS = Setting(
+    "NGINX_UPSTREAMS", upstreams, "127.0.0.1:8080", "Redirector addresses, comma-separated.")
+NGINX_VERIFY_TLS = Setting(
+    "NGINX_VERIFY_TLS", flag, "1", "Confirm by a handshake that a new certificate is served.")
+# Only named in the reasons customers read.
+CERTIFIER_TRACKING_HOST = TRACKING_HOST.optional()
+ACME_LIMIT_ORDERS_PER_3H = Setting(
+    "ACME_LIMIT_ORDERS_PER_3H", whole(minimum=1), str(_LIMITS.orders_per_account),
+    "New orders per account in 3 hours.")
+ACME_LIMIT_CERTIFICATES_PER_WEEK = Setting(
+    "ACME_LIMIT_CERTIFICATES_PER_WEEK", whole(minimum=1), str(_LIMITS.certificates_per_domain),
+    "Certificates per registered domain in a week.")
+ACME_LIMIT_FAILED_VALIDATIONS_PER_HOUR = Setting(
+    "ACME_LIMIT_FAILED_VALIDATIONS_PER_HOUR", whole(minimum=1),
+    str(_LIMITS.failed_validations_per_name), "Failed validations per name in an hour.")
+ACME_LIMIT_DUPLICATES_PER_WEEK = Setting(
+    "ACME_LIMIT_DUPLICATES_PER_WEEK", whole(minimum=1), str(_LIMITS.duplicates_per_name),
+    "Duplicate certificates (same name) in a week.")
+CERTIFIER_VALIDATION_ATTEMPTS = Setting(
+    "CERTIFIER_VALIDATION_ATTEMPTS", whole(minimum=1), "3",
+    "Failed validations before certificate.failed.")
+CERTIFIER_VALIDATION_RETRY_S = Setting(
+    "CERTIFIER_VALIDATION_RETRY_S", number(), "60",
+    "First retry delay after a failed validation (x4 each time).")
+CERTIFIER_RENEW_CHECK_S = Setting(
+    "CERTIFIER_RENEW_CHECK_S", number(minimum=0.1), "3600", "How often renewals are looked for.")
+CERTIFIER_RENEW_RETRY_S = Setting(
+    "CERTIFIER_RENEW_RETRY_S", number(minimum=1.0), f"{6 * 3600}",
+    "Wait after a failed renewal.")
+CERTIFIER_EXPIRY_WARNING_DAYS = Setting(
+    "CERTIFIER_EXPIRY_WARNING_DAYS", number(), f"{EXPIRY_WARNING_DAYS:g}",
+    "From then on a failed renewal publishes certificate.expiring.")
+CERTIFIER_PREFETCH = Setting(
+    "CERTIFIER_PREFETCH", whole(minimum=1), "8", "Messages held at once.")
+CERTIFIER_MAX_ATTEMPTS = Setting(
+    "CERTIFIER_MAX_ATTEMPTS", whole(minimum=1), "24",
+    "Transient failures before a message is dead-lettered.")
+CERTIFIER_RETRY_DELAYS_MS = retry_tiers("CERTIFIER_RETRY_DELAYS_MS")
+CERTIFIER_DRAIN_TIMEOUT_S = Setting(
+    "CERTIFIER_DRAIN_TIMEOUT_S", number(), "60",
+    "On SIGTERM, how long the certbot run in progress may take to finish.")
+METRICS_BIND = metrics_bind("certifier")
+
+PROGRAM = Program("certifier", (
+    ACME_DIRECTORY_URL, ACME_EMAIL, ACME_CA_BUNDLE, NGINX_RELOAD_COMMAND, *BROKER,
+    DATABASE_URL, CERTBOT_COMMAND, CERTBOT_DIR, CERTBOT_TIMEOUT_S, ACME_CHALLENGE_DIR,
+    CERTIFIER_TRACKING_HOST, NGINX_CONF_PATH, NGINX_HTTPS_LISTEN, NGINX_HTTP_LISTEN,
+    NGINX_UPSTREAMS, NGINX_VERIFY_TLS, ACME_LIMIT_ORDERS_PER_3H,
+    ACME_LIMIT_CERTIFICATES_PER_WEEK, ACME_LIMIT_FAILED_VALIDATIONS_PER_HOUR,
+    ACME_LIMIT_DUPLICATES_PER_WEEK, CERTIFIER_VALIDATION_ATTEMPTS,
+    CERTIFIER_VALIDATION_RETRY_S, CERTIFIER_RENEW_CHECK_S, CERTIFIER_RENEW_RETRY_S,
+    CERTIFIER_EXPIRY_WARNING_DAYS, CERTIFIER_PREFETCH, CERTIFIER_MAX_ATTEMPTS,
+    CERTIFIER_RETRY_DELAYS_MS, LOG_LEVEL, METRICS_BIND, CERTIFIER_DRAIN_TIMEOUT_S,
+))
 
 
 @dataclass(frozen=True)
@@ -61,7 +203,7 @@ class CertifierSettings:
     expiry_warning_days: float
     prefetch: int
     max_attempts: int
-    retry_delays_ms: tuple[int, ...] | None
+    retry_delays_ms: tuple[int, ...]
     log_level: str
     metrics_bind: tuple[str, int] | None = None
     # On SIGTERM: how long the certbot run in progress may take to finish before it is
@@ -69,107 +211,42 @@ class CertifierSettings:
     drain_timeout_s: float = 60.0
 
 
-def _default_certbot() -> str:
-    """certbot next to this interpreter (the virtualenv's), else the one on PATH."""
-    beside = Path(sys.executable).with_name("certbot")
-    if beside.exists():
-        return str(beside)
-    return shutil.which("certbot") or "certbot"
-
-
-def _command(env: Env, name: str) -> tuple[str, ...]:
-    value = env.raw(name)
-    if value is None:
-        return ()
-    try:
-        return tuple(shlex.split(value))
-    except ValueError as exc:
-        raise SettingsError(f"{name} is not a valid command line: {exc}") from None
-
-
-def _listen(env: Env, name: str, default: str) -> str:
-    value = env.str(name, default)
-    if not _LISTEN_RE.match(value) or not 0 < int(value.rsplit(":", 1)[-1]) < 65536:
-        raise SettingsError(f"{name} must be a port or address:port (e.g. 443 or "
-                            f"127.0.0.1:8443), got {value!r}")
-    return value
-
-
-def _upstreams(env: Env) -> tuple[str, ...]:
-    value = env.str("NGINX_UPSTREAMS", "127.0.0.1:8080")
-    items = tuple(item.strip() for item in value.split(",") if item.strip())
-    for item in items:
-        if not _LISTEN_RE.match(item) or ":" not in item:
-            raise SettingsError(
-                f"NGINX_UPSTREAMS must be comma-separated host:port, got {item!r}")
-    if not items:
-        raise SettingsError("NGINX_UPSTREAMS names no redirector")
-    return items
-
-
-def _delays(env: Env) -> tuple[int, ...] | None:
-    value = env.raw("CERTIFIER_RETRY_DELAYS_MS")
-    if value is None:
-        return None
-    try:
-        delays = tuple(int(item) for item in value.split(","))
-    except ValueError:
-        raise SettingsError(
-            f"CERTIFIER_RETRY_DELAYS_MS must be comma-separated milliseconds, got {value!r}"
-        ) from None
-    if not delays or any(d <= 0 for d in delays) or list(delays) != sorted(delays):
-        raise SettingsError("CERTIFIER_RETRY_DELAYS_MS must be positive and increasing")
-    return delays
-
-
 def load(environ: Mapping[str, str]) -> CertifierSettings:
-    env = Env(environ)
-    url = env.str("ACME_DIRECTORY_URL", LETS_ENCRYPT)
-    if urlsplit(url).scheme != "https" or not urlsplit(url).netloc:
-        raise SettingsError(f"ACME_DIRECTORY_URL must be an https:// URL, got {url!r}")
-    email = env.raw("ACME_EMAIL")
-    if email is not None and not _EMAIL_RE.match(email):
-        raise SettingsError(f"ACME_EMAIL must be an email address, got {email!r}")
-    bundle = env.raw("ACME_CA_BUNDLE")
-    if bundle is not None and not Path(bundle).is_file():
-        raise SettingsError(f"ACME_CA_BUNDLE must name a readable PEM file, got {bundle!r}")
-    reload_command = _command(env, "NGINX_RELOAD_COMMAND")
+    env = Env(environ, PROGRAM)
     return CertifierSettings(
-        broker=env.broker(),
-        database=env.database(),
-        acme_directory_url=url,
-        acme_email=email,
-        acme_ca_bundle=Path(bundle) if bundle else None,
-        certbot_command=env.str("CERTBOT_COMMAND", _default_certbot()),
-        certbot_dir=Path(env.str("CERTBOT_DIR", "var/certbot")),
-        certbot_timeout_s=env.float("CERTBOT_TIMEOUT_S", 300.0, minimum=1.0),
-        challenge_dir=Path(env.str("ACME_CHALLENGE_DIR", "var/acme-challenge")),
-        # Only named in the reasons customers read; optional here.
-        tracking_host=env.tracking_host() if env.raw("TRACKING_HOST") else None,
+        broker=BrokerSettings.read(env),
+        database=DatabaseSettings.read(env),
+        acme_directory_url=env[ACME_DIRECTORY_URL],
+        acme_email=env[ACME_EMAIL],
+        acme_ca_bundle=env[ACME_CA_BUNDLE],
+        certbot_command=env[CERTBOT_COMMAND],
+        certbot_dir=env[CERTBOT_DIR],
+        certbot_timeout_s=env[CERTBOT_TIMEOUT_S],
+        challenge_dir=env[ACME_CHALLENGE_DIR],
+        tracking_host=env[CERTIFIER_TRACKING_HOST],
         nginx=NginxSettings(
-            conf_path=Path(env.str("NGINX_CONF_PATH", "var/nginx/tracking-domains.conf")),
-            reload_command=reload_command,
-            https_listen=_listen(env, "NGINX_HTTPS_LISTEN", "443"),
-            http_listen=_listen(env, "NGINX_HTTP_LISTEN", "80"),
-            upstreams=_upstreams(env),
-            verify_tls=env.str("NGINX_VERIFY_TLS", "1") in ("1", "true", "yes"),
+            conf_path=env[NGINX_CONF_PATH],
+            reload_command=env[NGINX_RELOAD_COMMAND],
+            https_listen=env[NGINX_HTTPS_LISTEN],
+            http_listen=env[NGINX_HTTP_LISTEN],
+            upstreams=env[NGINX_UPSTREAMS],
+            verify_tls=env[NGINX_VERIFY_TLS],
         ),
         limits=Limits(
-            orders_per_account=env.int("ACME_LIMIT_ORDERS_PER_3H", 300, minimum=1),
-            certificates_per_domain=env.int("ACME_LIMIT_CERTIFICATES_PER_WEEK", 50, minimum=1),
-            failed_validations_per_name=env.int("ACME_LIMIT_FAILED_VALIDATIONS_PER_HOUR", 5,
-                                                minimum=1),
-            duplicates_per_name=env.int("ACME_LIMIT_DUPLICATES_PER_WEEK", 5, minimum=1),
+            orders_per_account=env[ACME_LIMIT_ORDERS_PER_3H],
+            certificates_per_domain=env[ACME_LIMIT_CERTIFICATES_PER_WEEK],
+            failed_validations_per_name=env[ACME_LIMIT_FAILED_VALIDATIONS_PER_HOUR],
+            duplicates_per_name=env[ACME_LIMIT_DUPLICATES_PER_WEEK],
         ),
-        validation_attempts=env.int("CERTIFIER_VALIDATION_ATTEMPTS", 3, minimum=1),
-        validation_retry_s=env.float("CERTIFIER_VALIDATION_RETRY_S", 60.0, minimum=0.0),
-        renew_check_s=env.float("CERTIFIER_RENEW_CHECK_S", 3600.0, minimum=0.1),
-        renew_retry_s=env.float("CERTIFIER_RENEW_RETRY_S", 6 * 3600.0, minimum=1.0),
-        expiry_warning_days=env.float("CERTIFIER_EXPIRY_WARNING_DAYS", EXPIRY_WARNING_DAYS),
-        prefetch=env.int("CERTIFIER_PREFETCH", 8, minimum=1),
-        max_attempts=env.int("CERTIFIER_MAX_ATTEMPTS", 24, minimum=1),
-        retry_delays_ms=_delays(env),
-        log_level=env.str("LOG_LEVEL", "INFO").upper(),
-        metrics_bind=load_bind(environ, "certifier"),
-        drain_timeout_s=env.float("CERTIFIER_DRAIN_TIMEOUT_S", 60.0, minimum=0.0),
+        validation_attempts=env[CERTIFIER_VALIDATION_ATTEMPTS],
+        validation_retry_s=env[CERTIFIER_VALIDATION_RETRY_S],
+        renew_check_s=env[CERTIFIER_RENEW_CHECK_S],
+        renew_retry_s=env[CERTIFIER_RENEW_RETRY_S],
+        expiry_warning_days=env[CERTIFIER_EXPIRY_WARNING_DAYS],
+        prefetch=env[CERTIFIER_PREFETCH],
+        max_attempts=env[CERTIFIER_MAX_ATTEMPTS],
+        retry_delays_ms=env[CERTIFIER_RETRY_DELAYS_MS],
+        log_level=env[LOG_LEVEL],
+        metrics_bind=env[METRICS_BIND],
+        drain_timeout_s=env[CERTIFIER_DRAIN_TIMEOUT_S],
     )

@@ -5,8 +5,35 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from shared.metrics import load_bind
-from shared.settings import BrokerSettings, DatabaseSettings, Env
+from shared.logs import LOG_LEVEL
+from shared.settings import (
+    BROKER,
+    DATABASE_URL,
+    BrokerSettings,
+    DatabaseSettings,
+    Env,
+    Program,
+    Setting,
+    metrics_bind,
+)
+from shared.settings.parsers import number, whole
+
+LOGGER_BATCH_ROWS = Setting(
+    "LOGGER_BATCH_ROWS", whole(minimum=1), "5000", "Rows per database commit at most.")
+LOGGER_FLUSH_MS = Setting(
+    "LOGGER_FLUSH_MS", number(), "20", "How long a partial batch waits before it is committed.")
+LOGGER_PREFETCH = Setting(
+    "LOGGER_PREFETCH", whole(minimum=1), "64",
+    "Unacked messages a logger holds (bounds memory while PostgreSQL is down).")
+LOGGER_MAX_BACKOFF_S = Setting(
+    "LOGGER_MAX_BACKOFF_S", number(minimum=0.1), "5",
+    "Longest wait between retries of a failed commit.")
+METRICS_BIND = metrics_bind("logger")
+
+PROGRAM = Program("logger", (
+    *BROKER, DATABASE_URL, LOGGER_BATCH_ROWS, LOGGER_FLUSH_MS, LOGGER_PREFETCH,
+    LOGGER_MAX_BACKOFF_S, LOG_LEVEL, METRICS_BIND,
+))
 
 
 @dataclass(frozen=True)
@@ -22,14 +49,14 @@ class LoggerSettings:
 
 
 def load(environ: Mapping[str, str]) -> LoggerSettings:
-    env = Env(environ)
+    env = Env(environ, PROGRAM)
     return LoggerSettings(
-        broker=env.broker(),
-        database=env.database(),
-        batch_rows=env.int("LOGGER_BATCH_ROWS", 5000, minimum=1),
-        flush_ms=env.float("LOGGER_FLUSH_MS", 20.0),
-        prefetch=env.int("LOGGER_PREFETCH", 64, minimum=1),
-        max_backoff_s=env.float("LOGGER_MAX_BACKOFF_S", 5.0, minimum=0.1),
-        log_level=env.str("LOG_LEVEL", "INFO").upper(),
-        metrics_bind=load_bind(environ, "logger"),
+        broker=BrokerSettings.read(env),
+        database=DatabaseSettings.read(env),
+        batch_rows=env[LOGGER_BATCH_ROWS],
+        flush_ms=env[LOGGER_FLUSH_MS],
+        prefetch=env[LOGGER_PREFETCH],
+        max_backoff_s=env[LOGGER_MAX_BACKOFF_S],
+        log_level=env[LOG_LEVEL],
+        metrics_bind=env[METRICS_BIND],
     )

@@ -7,15 +7,58 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.domains import parse_host_aliases
-from shared.metrics import load_bind
+from shared.logs import LOG_LEVEL
 from shared.settings import (
-    DEFAULT_REDIRECTOR_BIND,
+    ACME_CHALLENGE_DIR,
+    BROKER,
+    DATABASE_URL,
+    LINK_KEYS,
+    REDIRECTOR_BIND,
+    TRACKING_HOST,
+    TRACKING_HOST_ALIASES,
     BrokerSettings,
     DatabaseSettings,
     Env,
     LinkKey,
+    Program,
+    Setting,
+    metrics_bind,
+    tracking_host_aliases,
 )
+from shared.settings.parsers import flag, networks, number, path, whole
+
+TRUSTED_PROXIES = Setting(
+    "TRUSTED_PROXIES", networks, "",
+    "Addresses or CIDR ranges whose X-Forwarded-For is believed, comma-separated.")
+SPOOL_DIR = Setting(
+    "SPOOL_DIR", path, "var/spool/redirector",
+    "Where clicks wait until the broker confirms them (local disk).")
+# Redirectors serve HTTP-01 answers only where a certifier writes them.
+CHALLENGE_DIR = ACME_CHALLENGE_DIR.optional()
+SPOOL_MAX_BYTES = Setting(
+    "SPOOL_MAX_BYTES", whole(minimum=1 << 20), str(1 << 30),
+    "Unsent clicks beyond this make /readyz answer 503.")
+CLICK_BATCH_SIZE = Setting(
+    "CLICK_BATCH_SIZE", whole(minimum=1), "500", "Most clicks per AMQP message.")
+CLICK_LINGER_MS = Setting(
+    "CLICK_LINGER_MS", number(), "50",
+    "How long a small batch may wait to fill before it is published.")
+DOMAIN_REFRESH_S = Setting(
+    "DOMAIN_REFRESH_S", number(minimum=0.1), "5",
+    "How often the active tracking domains are reloaded into memory.")
+DRAIN_TIMEOUT_S = Setting(
+    "DRAIN_TIMEOUT_S", number(), "20",
+    "On SIGTERM, how long to keep publishing spooled clicks before exiting.")
+REDIRECTOR_ACCESS_LOG = Setting(
+    "REDIRECTOR_ACCESS_LOG", flag, "0", "1 logs one line per click (costs throughput).")
+METRICS_BIND = metrics_bind("redirector")
+
+PROGRAM = Program("redirector", (
+    REDIRECTOR_BIND, TRACKING_HOST, TRACKING_HOST_ALIASES, LINK_KEYS, TRUSTED_PROXIES,
+    *BROKER, DATABASE_URL, SPOOL_DIR, CHALLENGE_DIR, SPOOL_MAX_BYTES, CLICK_BATCH_SIZE,
+    CLICK_LINGER_MS, DOMAIN_REFRESH_S, DRAIN_TIMEOUT_S, LOG_LEVEL, REDIRECTOR_ACCESS_LOG,
+    METRICS_BIND,
+))
 
 
 @dataclass(frozen=True)
@@ -41,25 +84,24 @@ class RedirectorSettings:
 
 
 def load(environ: Mapping[str, str]) -> RedirectorSettings:
-    env = Env(environ)
-    tracking_host = env.tracking_host()
+    env = Env(environ, PROGRAM)
+    tracking_host = env[TRACKING_HOST]
     return RedirectorSettings(
-        bind=env.host_port("REDIRECTOR_BIND", DEFAULT_REDIRECTOR_BIND),
+        bind=env[REDIRECTOR_BIND],
         tracking_host=tracking_host,
-        tracking_host_aliases=parse_host_aliases(env.raw("TRACKING_HOST_ALIASES"),
-                                                 tracking_host),
-        link_keys=env.link_keys(),
-        trusted_proxies=env.networks("TRUSTED_PROXIES"),
-        broker=env.broker(),
-        database=env.database(),
-        spool_dir=Path(env.str("SPOOL_DIR", "var/spool/redirector")),
-        challenge_dir=Path(value) if (value := env.raw("ACME_CHALLENGE_DIR")) else None,
-        spool_max_bytes=env.int("SPOOL_MAX_BYTES", 1 << 30, minimum=1 << 20),
-        batch_size=env.int("CLICK_BATCH_SIZE", 500, minimum=1),
-        linger_ms=env.float("CLICK_LINGER_MS", 50.0),
-        domain_refresh_s=env.float("DOMAIN_REFRESH_S", 5.0, minimum=0.1),
-        drain_timeout_s=env.float("DRAIN_TIMEOUT_S", 20.0),
-        log_level=env.str("LOG_LEVEL", "INFO").upper(),
-        access_log=env.str("REDIRECTOR_ACCESS_LOG", "0") in ("1", "true", "yes"),
-        metrics_bind=load_bind(environ, "redirector"),
+        tracking_host_aliases=tracking_host_aliases(env, tracking_host),
+        link_keys=env[LINK_KEYS],
+        trusted_proxies=env[TRUSTED_PROXIES],
+        broker=BrokerSettings.read(env),
+        database=DatabaseSettings.read(env),
+        spool_dir=env[SPOOL_DIR],
+        challenge_dir=env[CHALLENGE_DIR],
+        spool_max_bytes=env[SPOOL_MAX_BYTES],
+        batch_size=env[CLICK_BATCH_SIZE],
+        linger_ms=env[CLICK_LINGER_MS],
+        domain_refresh_s=env[DOMAIN_REFRESH_S],
+        drain_timeout_s=env[DRAIN_TIMEOUT_S],
+        log_level=env[LOG_LEVEL],
+        access_log=env[REDIRECTOR_ACCESS_LOG],
+        metrics_bind=env[METRICS_BIND],
     )

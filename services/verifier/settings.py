@@ -7,14 +7,60 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from shared.broker.names import RETRY_DELAYS_MS
-from shared.errors import SettingsError
-from shared.metrics import load_bind
-from shared.settings import BrokerSettings, DatabaseSettings, Env
-from shared.verification.settings import DEFAULT_CAA_IDENTITY, load_dns_judgement
+from shared.logs import LOG_LEVEL
+from shared.settings import (
+    BROKER,
+    DATABASE_URL,
+    BrokerSettings,
+    DatabaseSettings,
+    Env,
+    Program,
+    Setting,
+    metrics_bind,
+    retry_tiers,
+)
+from shared.settings.parsers import number, whole
+from shared.verification.settings import (
+    DEFAULT_CAA_IDENTITY,
+    DNS_JUDGEMENT,
+    load_dns_judgement,
+)
 
 DEFAULT_DEADLINE_S = 48 * 3600.0
 DEFAULT_RECHECK_INTERVAL_S = 3600.0
+
+VERIFY_DEADLINE_S = Setting(
+    "VERIFY_DEADLINE_S", number(), f"{DEFAULT_DEADLINE_S:g}",
+    "How long a domain may stay wrong before it is rejected.")
+RECHECK_INTERVAL_S = Setting(
+    "RECHECK_INTERVAL_S", number(minimum=0.1), f"{DEFAULT_RECHECK_INTERVAL_S:g}",
+    "Period of re-verification of verified, active and lapsed domains.")
+RECHECK_JITTER = Setting(
+    "RECHECK_JITTER", number(), "0.1", "± fraction of the interval, so checks spread out.")
+VERIFIER_PREFETCH = Setting(
+    "VERIFIER_PREFETCH", whole(minimum=1), "256", "Domains checked at once.")
+# The deadline, not this, ends rechecks; this only stops a runaway loop.
+VERIFIER_MAX_ATTEMPTS = Setting(
+    "VERIFIER_MAX_ATTEMPTS", whole(minimum=2), "1000", "Safety stop for one message's retries.")
+# Also the pacing of rechecks: between the shortest and the longest tier.
+VERIFIER_RETRY_DELAYS_MS = retry_tiers("VERIFIER_RETRY_DELAYS_MS")
+VERIFIER_SCHEDULE_POLL_S = Setting(
+    "VERIFIER_SCHEDULE_POLL_S", number(minimum=0.01), "30",
+    "How often a replica looks for due re-checks.")
+VERIFIER_RECHECK_BATCH = Setting(
+    "VERIFIER_RECHECK_BATCH", whole(minimum=1), "500", "Domains claimed per look.")
+VERIFIER_RECHECK_CONCURRENCY = Setting(
+    "VERIFIER_RECHECK_CONCURRENCY", whole(minimum=1), "64", "Scheduled checks run at once.")
+VERIFIER_DB_POOL = Setting(
+    "VERIFIER_DB_POOL", whole(minimum=1), "10", "Database connections.")
+METRICS_BIND = metrics_bind("verifier")
+
+PROGRAM = Program("verifier", (
+    VERIFIER_RETRY_DELAYS_MS, VERIFY_DEADLINE_S, RECHECK_INTERVAL_S, *DNS_JUDGEMENT,
+    RECHECK_JITTER, *BROKER, DATABASE_URL, VERIFIER_PREFETCH, VERIFIER_MAX_ATTEMPTS,
+    VERIFIER_SCHEDULE_POLL_S, VERIFIER_RECHECK_BATCH, VERIFIER_RECHECK_CONCURRENCY,
+    VERIFIER_DB_POOL, LOG_LEVEL, METRICS_BIND,
+))
 
 
 @dataclass(frozen=True)
@@ -69,10 +115,10 @@ class VerifierSettings:
 
 
 def load(environ: Mapping[str, str]) -> VerifierSettings:
-    env = Env(environ)
-    retry_delays_ms = parse_delays(env.raw("VERIFIER_RETRY_DELAYS_MS"))
-    deadline_s = env.float("VERIFY_DEADLINE_S", DEFAULT_DEADLINE_S, minimum=0.0)
-    interval_s = env.float("RECHECK_INTERVAL_S", DEFAULT_RECHECK_INTERVAL_S, minimum=0.1)
+    env = Env(environ, PROGRAM)
+    retry_delays_ms = env[VERIFIER_RETRY_DELAYS_MS]
+    deadline_s = env[VERIFY_DEADLINE_S]
+    interval_s = env[RECHECK_INTERVAL_S]
     # The same loader as `trackctl doctor`'s, so both judge DNS alike.
     dns = load_dns_judgement(env)
     longest_s = max(retry_delays_ms) / 1000
@@ -82,42 +128,24 @@ def load(environ: Mapping[str, str]) -> VerifierSettings:
         tracking_host_aliases=dns.tracking_host_aliases,
         deadline_s=deadline_s,
         recheck_interval_s=interval_s,
-        recheck_jitter=env.float("RECHECK_JITTER", 0.1, minimum=0.0),
+        recheck_jitter=env[RECHECK_JITTER],
         min_recheck_delay_s=min(retry_delays_ms) / 1000,
         max_recheck_delay_s=longest_s,
         tombstone_s=2 * longest_s + 600,
     )
     return VerifierSettings(
-        broker=env.broker(),
-        database=env.database(),
+        broker=BrokerSettings.read(env),
+        database=DatabaseSettings.read(env),
         policy=policy,
         nameservers=dns.nameservers,
         dns_timeout_s=dns.dns_timeout_s,
-        prefetch=env.int("VERIFIER_PREFETCH", 256, minimum=1),
-        # The deadline, not this, ends rechecks; this only stops a runaway loop.
-        max_attempts=env.int("VERIFIER_MAX_ATTEMPTS", 1000, minimum=2),
+        prefetch=env[VERIFIER_PREFETCH],
+        max_attempts=env[VERIFIER_MAX_ATTEMPTS],
         retry_delays_ms=retry_delays_ms,
-        schedule_poll_s=env.float("VERIFIER_SCHEDULE_POLL_S", 30.0, minimum=0.01),
-        recheck_batch=env.int("VERIFIER_RECHECK_BATCH", 500, minimum=1),
-        recheck_concurrency=env.int("VERIFIER_RECHECK_CONCURRENCY", 64, minimum=1),
-        db_pool_size=env.int("VERIFIER_DB_POOL", 10, minimum=1),
-        log_level=env.str("LOG_LEVEL", "INFO").upper(),
-        metrics_bind=load_bind(environ, "verifier"),
+        schedule_poll_s=env[VERIFIER_SCHEDULE_POLL_S],
+        recheck_batch=env[VERIFIER_RECHECK_BATCH],
+        recheck_concurrency=env[VERIFIER_RECHECK_CONCURRENCY],
+        db_pool_size=env[VERIFIER_DB_POOL],
+        log_level=env[LOG_LEVEL],
+        metrics_bind=env[METRICS_BIND],
     )
-
-
-def parse_delays(value: str | None) -> tuple[int, ...]:
-    """`VERIFIER_RETRY_DELAYS_MS`: comma-separated, increasing milliseconds."""
-    if value is None:
-        return RETRY_DELAYS_MS
-    try:
-        delays = tuple(int(item) for item in value.split(",") if item.strip())
-    except ValueError:
-        raise SettingsError(
-            f"VERIFIER_RETRY_DELAYS_MS must be comma-separated milliseconds, got {value!r}"
-        ) from None
-    if not delays or any(d <= 0 for d in delays) or list(delays) != sorted(set(delays)):
-        raise SettingsError(
-            f"VERIFIER_RETRY_DELAYS_MS must be increasing positive milliseconds, got {value!r}")
-    return delays
-

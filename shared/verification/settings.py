@@ -8,12 +8,17 @@ counts as expiring soon, for the certifier and doctor alike.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
-from shared.domains import parse_host_aliases
-from shared.errors import SettingsError
-from shared.settings import Env
+from shared.settings import (
+    TRACKING_HOST,
+    TRACKING_HOST_ALIASES,
+    Env,
+    Invalid,
+    Setting,
+    tracking_host_aliases,
+)
+from shared.settings.parsers import nameservers, number
 
 DEFAULT_CAA_IDENTITY = "letsencrypt.org"
 DEFAULT_DNS_TIMEOUT_S = 5.0
@@ -34,46 +39,37 @@ class DnsJudgement:
     dns_timeout_s: float
 
 
+def caa_identity(text: str) -> str:
+    """A CA's CAA identity: a domain, compared in lower case without its final dot."""
+    identity = text.lower().rstrip(".")
+    if not identity or any(ch.isspace() or ch in ";\"" for ch in identity):
+        raise Invalid(f"must be the CA's CAA domain (e.g. letsencrypt.org), got {identity!r}")
+    return identity
+
+
+ACME_CAA_IDENTITY = Setting(
+    "ACME_CAA_IDENTITY", caa_identity, DEFAULT_CAA_IDENTITY,
+    "The CA's CAA identity: a CAA record naming another CA forbids issuance.")
+DNS_NAMESERVERS = Setting(
+    "DNS_NAMESERVERS", nameservers, "",
+    "Resolvers asked: ip, ip:port, [ipv6]:port, comma-separated.", shown="the system's")
+DNS_TIMEOUT_S = Setting(
+    "DNS_TIMEOUT_S", number(minimum=0.01), f"{DEFAULT_DNS_TIMEOUT_S:g}",
+    "Time allowed for one DNS question (all servers, retries included).")
+# What `load_dns_judgement` reads: part of every program that judges DNS.
+DNS_JUDGEMENT = (TRACKING_HOST, TRACKING_HOST_ALIASES, ACME_CAA_IDENTITY, DNS_NAMESERVERS,
+                 DNS_TIMEOUT_S)
+
+
 def load_dns_judgement(env: Env) -> DnsJudgement:
-    """TRACKING_HOST, TRACKING_HOST_ALIASES, ACME_CAA_IDENTITY, DNS_NAMESERVERS and
-    DNS_TIMEOUT_S, validated; a bad value is a `SettingsError` naming its variable."""
-    caa_identity = env.str("ACME_CAA_IDENTITY", DEFAULT_CAA_IDENTITY).lower().rstrip(".")
-    if not caa_identity or any(ch.isspace() or ch in ";\"" for ch in caa_identity):
-        raise SettingsError(
-            f"ACME_CAA_IDENTITY must be the CA's CAA domain (e.g. letsencrypt.org), "
-            f"got {caa_identity!r}")
-    tracking_host = env.tracking_host()
+    """The settings of `DNS_JUDGEMENT`, validated; a bad value is a `SettingsError`
+    naming its variable."""
+    caa = env[ACME_CAA_IDENTITY]
+    tracking_host = env[TRACKING_HOST]
     return DnsJudgement(
         tracking_host=tracking_host,
-        tracking_host_aliases=parse_host_aliases(env.raw("TRACKING_HOST_ALIASES"),
-                                                 tracking_host),
-        caa_identity=caa_identity,
-        nameservers=parse_nameservers(env.raw("DNS_NAMESERVERS")),
-        dns_timeout_s=env.float("DNS_TIMEOUT_S", DEFAULT_DNS_TIMEOUT_S, minimum=0.01),
+        tracking_host_aliases=tracking_host_aliases(env, tracking_host),
+        caa_identity=caa,
+        nameservers=env[DNS_NAMESERVERS],
+        dns_timeout_s=env[DNS_TIMEOUT_S],
     )
-
-
-def parse_nameservers(value: str | None) -> tuple[tuple[str, int], ...]:
-    """`DNS_NAMESERVERS`: comma-separated `ip`, `ip:port`, `ipv6` or `[ipv6]:port`."""
-    if value is None:
-        return ()
-    servers = []
-    for item in (part.strip() for part in value.split(",")):
-        if not item:
-            continue
-        host, port = item, "53"
-        if item.startswith("["):
-            host, _, rest = item[1:].partition("]")
-            port = rest[1:] if rest.startswith(":") else ("53" if not rest else "x")
-        elif item.count(":") == 1:
-            host, port = item.split(":")
-        try:
-            address = str(ipaddress.ip_address(host))
-        except ValueError:
-            raise SettingsError(
-                f"DNS_NAMESERVERS entries must be ip or ip:port (e.g. 127.0.0.1:5353), "
-                f"got {item!r}") from None
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            raise SettingsError(f"DNS_NAMESERVERS entry {item!r} has a bad port")
-        servers.append((address, int(port)))
-    return tuple(servers)

@@ -8,10 +8,8 @@ from shared.domains import (
     InvalidDomain,
     host_from_header,
     normalise_domain,
-    parse_host_aliases,
     platform_host_of,
 )
-from shared.errors import SettingsError
 
 
 @pytest.mark.parametrize(("name", "expected"), [
@@ -164,37 +162,6 @@ def test_unicode_host_header_matches_nothing_normalised() -> None:
 # --- TRACKING_HOST_ALIASES ----------------------------------------------------------------------
 
 HOST = "click.new.test"
-
-
-@pytest.mark.parametrize(("value", "expected"), [
-    (None, ()),
-    ("", ()),
-    (" , ", ()),
-    ("click.old.test", ("click.old.test",)),
-    (" Click.Old.TEST. ,click.older.test,", ("click.old.test", "click.older.test")),
-    ("localhost", ("localhost",)),  # single labels, as TRACKING_HOST allows
-    ("klick.bücher.test", ("klick.xn--bcher-kva.test",)),
-])
-def test_host_aliases_are_normalised_like_the_host(value: str | None,
-                                                   expected: tuple[str, ...]) -> None:
-    assert parse_host_aliases(value, HOST) == expected
-
-
-@pytest.mark.parametrize(("value", "says"), [
-    ("click.old.test:443", "entry 'click.old.test:443' is not a valid host name"),
-    ("https://click.old.test", "is not a valid host name"),
-    ("click.old.test,192.0.2.1", "entry '192.0.2.1' is not a valid host name: "),
-    ("*.old.test", "wildcard"),
-    ("click..old.test", "empty label"),
-    ("Click.New.Test.", "names TRACKING_HOST (click.new.test) itself"),
-    ("click.old.test, CLICK.OLD.TEST", "names click.old.test twice"),
-])
-def test_malformed_host_aliases_name_the_setting(value: str, says: str) -> None:
-    with pytest.raises(SettingsError) as caught:
-        parse_host_aliases(value, HOST)
-    message = str(caught.value)
-    assert message.startswith("TRACKING_HOST_ALIASES ") and says in message
-    assert "\n" not in message
 
 
 def test_platform_host_of_names_the_host_a_name_is_or_is_under() -> None:

@@ -31,7 +31,7 @@ from shared.events import (
 from shared.events import encode_event as encode
 from shared.links import LinkSigner
 from shared.outcomes import Outcome
-from shared.settings import LinkKey
+from shared.settings import LinkKey, metrics_bind
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "click.platform.test"
@@ -48,20 +48,20 @@ def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
 @pytest.mark.parametrize(("service", "port"), [
     ("redirector", 9101), ("logger", 9102), ("verifier", 9103), ("certifier", 9104)])
 def test_each_service_has_its_own_default_port_on_loopback(service: str, port: int) -> None:
-    assert m.load_bind({}, service) == ("127.0.0.1", port)
+    assert metrics_bind(service).read({}) == ("127.0.0.1", port)
 
 
 def test_metrics_bind_is_read_and_can_be_turned_off() -> None:
-    assert m.load_bind({"METRICS_BIND": "0.0.0.0:9200"}, "logger") == ("0.0.0.0", 9200)
-    assert m.load_bind({"METRICS_BIND": "[::1]:9200"}, "logger") == ("::1", 9200)
+    assert metrics_bind("logger").read({"METRICS_BIND": "0.0.0.0:9200"}) == ("0.0.0.0", 9200)
+    assert metrics_bind("logger").read({"METRICS_BIND": "[::1]:9200"}) == ("::1", 9200)
     for off in ("off", "OFF", "", "  "):
-        assert m.load_bind({"METRICS_BIND": off}, "redirector") is None
+        assert metrics_bind("redirector").read({"METRICS_BIND": off}) is None
 
 
 @pytest.mark.parametrize("bad", ["9101", "localhost", "host:99999", "host:x"])
 def test_a_bad_metrics_bind_names_the_setting(bad: str) -> None:
     with pytest.raises(SettingsError, match=r"^METRICS_BIND .*'off'"):
-        m.load_bind({"METRICS_BIND": bad}, "verifier")
+        metrics_bind("verifier").read({"METRICS_BIND": bad})
 
 
 def test_service_settings_carry_metrics_bind() -> None:

@@ -8,19 +8,27 @@ import pytest
 
 from services.logger import settings as logger_settings
 from services.redirector import settings as redirector_settings
+from services.redirector.settings import TRUSTED_PROXIES
 from shared.errors import SettingsError
 from shared.settings import (
     DEFAULT_AMQP_URL,
     DEFAULT_DATABASE_URL,
     DEFAULT_EXCHANGE,
+    LINK_KEYS,
+    REDIRECTOR_BIND,
+    REQUIRED,
+    TRACKING_HOST,
     BrokerSettings,
     DatabaseSettings,
     Env,
     LinkKey,
+    Setting,
     normalise_database_url,
     parse_link_keys,
     redact_url,
+    tracking_host_aliases,
 )
+from shared.settings.parsers import number, string, whole
 
 SECRET = "hunter2-0123456789abcdef0123456789"  # 34 characters
 SHORT = "hunter2-short"
@@ -33,48 +41,66 @@ def error(call) -> str:
     return str(info.value)
 
 
-# --- Env basics -----------------------------------------------------------------------------
+def broker(environ: dict[str, str]) -> BrokerSettings:
+    return BrokerSettings.read(Env(environ))
+
+
+def database(environ: dict[str, str]) -> DatabaseSettings:
+    return DatabaseSettings.read(Env(environ))
+
+
+def read_int(name: str, environ: dict[str, str], default: str = "1", minimum: int = 0) -> int:
+    return Setting(name, whole(minimum), default, "a test's").read(environ)
+
+
+def read_float(name: str, environ: dict[str, str], default: str = "1",
+               minimum: float = 0.0) -> float:
+    return Setting(name, number(minimum), default, "a test's").read(environ)
+
+
+# --- basics -----------------------------------------------------------------------------
 
 def test_required_setting_missing_or_blank() -> None:
     for environ in ({}, {"X": ""}, {"X": "   "}):
-        assert error(lambda e=environ: Env(e).str("X")).startswith("X ")
+        assert error(lambda e=environ: Setting("X", string, REQUIRED, "x").read(e)).startswith(
+            "X ")
 
 
 def test_values_are_stripped_and_defaults_used() -> None:
-    env = Env({"A": "  value  ", "B": " "})
-    assert env.str("A") == "value"
-    assert env.str("B", "default") == "default"
-    assert env.int("MISSING", 7) == 7
-    assert env.float("MISSING", 1.5) == 1.5
+    environ = {"A": "  value  ", "B": " "}
+    assert Setting("A", string, REQUIRED, "a").read(environ) == "value"
+    assert Setting("B", string, "default", "b").read(environ) == "default"
+    assert read_int("MISSING", environ, "7") == 7
+    assert read_float("MISSING", environ, "1.5") == 1.5
 
 
 @pytest.mark.parametrize(("value", "expected"), [("5", 5), (" 12 ", 12), ("0", 0)])
 def test_int(value: str, expected: int) -> None:
-    assert Env({"N": value}).int("N", 1) == expected
+    assert read_int("N", {"N": value}) == expected
 
 
 @pytest.mark.parametrize("value", ["x", "1.5", "1e3", "-1", "²"])
 def test_bad_int_names_the_setting(value: str) -> None:
-    assert error(lambda: Env({"N": value}).int("N", 1)).startswith("N ")
+    assert error(lambda: read_int("N", {"N": value})).startswith("N ")
 
 
 def test_int_minimum() -> None:
-    assert "at least 3" in error(lambda: Env({"N": "2"}).int("N", 5, minimum=3))
+    assert "at least 3" in error(lambda: read_int("N", {"N": "2"}, "5", minimum=3))
 
 
 @pytest.mark.parametrize(("value", "expected"), [("2.5", 2.5), ("3", 3.0), ("0", 0.0)])
 def test_float(value: str, expected: float) -> None:
-    assert Env({"F": value}).float("F", 1.0) == expected
+    assert read_float("F", {"F": value}) == expected
 
 
 @pytest.mark.parametrize("value", ["x", "-0.5", "1,5"])
 def test_bad_float_names_the_setting(value: str) -> None:
-    assert error(lambda: Env({"F": value}).float("F", 1.0)).startswith("F ")
+    assert error(lambda: read_float("F", {"F": value})).startswith("F ")
 
 
 @pytest.mark.parametrize("value", ["nan", "NaN", "-nan"])
 def test_float_refuses_nan(value: str) -> None:
-    assert error(lambda: Env({"F": value}).float("F", 1.0, minimum=0.1)).startswith("F ")
+    assert error(lambda: read_float("F", {"F": value}, minimum=0.1)).startswith("F ")
 
 
 # --- REDIRECTOR_BIND (host:port) ------------------------------------------------------------
@@ -87,11 +113,11 @@ def test_float_refuses_nan(value: str) -> None:
     ("[::]:1", ("::", 1)),
 ])
 def test_host_port(value: str, expected: tuple[str, int]) -> None:
-    assert Env({"REDIRECTOR_BIND": value}).host_port("REDIRECTOR_BIND", "x:1") == expected
+    assert REDIRECTOR_BIND.read({"REDIRECTOR_BIND": value}) == expected
 
 
 def test_host_port_default() -> None:
-    assert Env({}).host_port("REDIRECTOR_BIND", "127.0.0.1:8080") == ("127.0.0.1", 8080)
+    assert REDIRECTOR_BIND.read({}) == ("127.0.0.1", 8080)
 
 
 @pytest.mark.parametrize("value", [
@@ -99,14 +125,14 @@ def test_host_port_default() -> None:
     "host:80:", "host: 80",
 ])
 def test_bad_host_port(value: str) -> None:
-    message = error(lambda: Env({"REDIRECTOR_BIND": value}).host_port("REDIRECTOR_BIND", "x:1"))
+    message = error(lambda: REDIRECTOR_BIND.read({"REDIRECTOR_BIND": value}))
     assert message.startswith("REDIRECTOR_BIND must be host:port")
 
 
 @pytest.mark.parametrize("port", ["\u00b2", "\u2460"])
 def test_host_port_with_odd_unicode_digits(port: str) -> None:
-    env = Env({"REDIRECTOR_BIND": f"host:{port}"})
-    assert error(lambda: env.host_port("REDIRECTOR_BIND", "x:1")).startswith("REDIRECTOR_BIND")
+    environ = {"REDIRECTOR_BIND": f"host:{port}"}
+    assert error(lambda: REDIRECTOR_BIND.read(environ)).startswith("REDIRECTOR_BIND")
 
 
 # --- LINK_KEYS ------------------------------------------------------------------------------
@@ -130,7 +156,7 @@ def test_secret_is_never_in_a_repr() -> None:
 
 
 def test_link_keys_required() -> None:
-    assert error(lambda: Env({}).link_keys()).startswith("LINK_KEYS ")
+    assert error(lambda: LINK_KEYS.read({})).startswith("LINK_KEYS ")
 
 
 @pytest.mark.parametrize("value", [
@@ -185,34 +211,34 @@ def test_secret_with_a_comma_is_split_and_refused_safely() -> None:
 # --- AMQP -----------------------------------------------------------------------------------
 
 def test_broker_defaults() -> None:
-    broker = Env({}).broker()
-    assert broker == BrokerSettings(url=DEFAULT_AMQP_URL, exchange=DEFAULT_EXCHANGE)
-    assert "guest" not in repr(broker)
+    settings = broker({})
+    assert settings == BrokerSettings(url=DEFAULT_AMQP_URL, exchange=DEFAULT_EXCHANGE)
+    assert "guest" not in repr(settings)
 
 
 def test_broker_custom() -> None:
-    broker = Env({"AMQP_URL": f"amqps://u:{SECRET}@mq:5671/vh",
-                  "AMQP_EXCHANGE": "test-1.a_b"}).broker()
-    assert broker.exchange == "test-1.a_b"
-    assert SECRET not in repr(broker)
-    assert broker.safe_url == "amqps://u:***@mq:5671/vh"
+    settings = broker({"AMQP_URL": f"amqps://u:{SECRET}@mq:5671/vh",
+                       "AMQP_EXCHANGE": "test-1.a_b"})
+    assert settings.exchange == "test-1.a_b"
+    assert SECRET not in repr(settings)
+    assert settings.safe_url == "amqps://u:***@mq:5671/vh"
 
 
 def test_bad_amqp_scheme_names_the_setting_without_the_password() -> None:
-    message = error(lambda: Env({"AMQP_URL": f"http://u:{SECRET}@mq/"}).broker())
+    message = error(lambda: broker({"AMQP_URL": f"http://u:{SECRET}@mq/"}))
     assert message.startswith("AMQP_URL ")
     assert SECRET not in message
 
 
 def test_unparseable_amqp_url_is_a_settings_error() -> None:
-    message = error(lambda: Env({"AMQP_URL": f"amqp://u:{SECRET}@[::1/"}).broker())
+    message = error(lambda: broker({"AMQP_URL": f"amqp://u:{SECRET}@[::1/"}))
     assert message.startswith("AMQP_URL ")
     assert SECRET not in message
 
 
 @pytest.mark.parametrize("exchange", ["has space", "a/b", "x" * 101, "ü"])
 def test_bad_exchange(exchange: str) -> None:
-    assert error(lambda: Env({"AMQP_EXCHANGE": exchange}).broker()).startswith("AMQP_EXCHANGE ")
+    assert error(lambda: broker({"AMQP_EXCHANGE": exchange})).startswith("AMQP_EXCHANGE ")
 
 
 # --- DATABASE_URL ---------------------------------------------------------------------------
@@ -227,11 +253,11 @@ def test_bad_exchange(exchange: str) -> None:
 ])
 def test_database_url_normalisation(url: str, expected: str) -> None:
     assert normalise_database_url(url) == expected
-    assert Env({"DATABASE_URL": url}).database() == DatabaseSettings(url=expected)
+    assert database({"DATABASE_URL": url}) == DatabaseSettings(url=expected)
 
 
 def test_database_default() -> None:
-    assert Env({}).database().url == DEFAULT_DATABASE_URL
+    assert database({}).url == DEFAULT_DATABASE_URL
 
 
 @pytest.mark.parametrize("url", [
@@ -256,7 +282,7 @@ def test_malformed_database_url_never_shows_the_password(url: str) -> None:
 
 
 def test_database_safe_url() -> None:
-    settings = Env({"DATABASE_URL": f"postgresql://app:{SECRET}@db:5432/t"}).database()
+    settings = database({"DATABASE_URL": f"postgresql://app:{SECRET}@db:5432/t"})
     assert settings.safe_url == "postgresql+asyncpg://app:***@db:5432/t"
     assert SECRET not in repr(settings)
 
@@ -287,8 +313,8 @@ def test_redact_url_with_unescaped_delimiters_in_the_password(url: str) -> None:
 # --- TRUSTED_PROXIES ------------------------------------------------------------------------
 
 def test_networks() -> None:
-    networks = Env({"TRUSTED_PROXIES": " 10.0.0.0/8, 192.168.1.7 ,,::1, 10.1.2.3/16"}).networks(
-        "TRUSTED_PROXIES")
+    networks = TRUSTED_PROXIES.read(
+        {"TRUSTED_PROXIES": " 10.0.0.0/8, 192.168.1.7 ,,::1, 10.1.2.3/16"})
     assert networks == (ipaddress.ip_network("10.0.0.0/8"),
                         ipaddress.ip_network("192.168.1.7/32"),
                         ipaddress.ip_network("::1/128"),
@@ -296,14 +322,14 @@ def test_networks() -> None:
 
 
 def test_no_networks() -> None:
-    assert Env({}).networks("TRUSTED_PROXIES") == ()
-    assert Env({"TRUSTED_PROXIES": " "}).networks("TRUSTED_PROXIES") == ()
+    assert TRUSTED_PROXIES.read({}) == ()
+    assert TRUSTED_PROXIES.read({"TRUSTED_PROXIES": " "}) == ()
 
 
 @pytest.mark.parametrize("value", ["nonsense", "10.0.0.0/33", "10.0.0.1 10.0.0.2", "10.0.0.0/8,x",
                                    "300.1.1.1"])
 def test_bad_networks(value: str) -> None:
-    message = error(lambda: Env({"TRUSTED_PROXIES": value}).networks("TRUSTED_PROXIES"))
+    message = error(lambda: TRUSTED_PROXIES.read({"TRUSTED_PROXIES": value}))
     assert message.startswith("TRUSTED_PROXIES ")
 
 
@@ -315,13 +341,54 @@ def test_bad_networks(value: str) -> None:
     ("bücher.example", "xn--bcher-kva.example"),
 ])
 def test_tracking_host(value: str, expected: str) -> None:
-    assert Env({"TRACKING_HOST": value}).tracking_host() == expected
+    assert TRACKING_HOST.read({"TRACKING_HOST": value}) == expected
 
 
 @pytest.mark.parametrize("value", ["", "127.0.0.1", "host:8080", "-bad-.example", "*.example"])
 def test_bad_tracking_host(value: str) -> None:
-    assert error(lambda: Env({"TRACKING_HOST": value}).tracking_host()).startswith(
+    assert error(lambda: TRACKING_HOST.read({"TRACKING_HOST": value})).startswith(
         "TRACKING_HOST ")
+
+
+# --- TRACKING_HOST_ALIASES ------------------------------------------------------------------
+
+HOST = "click.new.test"
+
+
+def aliases(value: str | None) -> tuple[str, ...]:
+    environ = {} if value is None else {"TRACKING_HOST_ALIASES": value}
+    return tracking_host_aliases(Env(environ), HOST)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (None, ()),
+    ("", ()),
+    (" , ", ()),
+    ("click.old.test", ("click.old.test",)),
+    (" Click.Old.TEST. ,click.older.test,", ("click.old.test", "click.older.test")),
+    ("localhost", ("localhost",)),  # single labels, as TRACKING_HOST allows
+    ("klick.bücher.test", ("klick.xn--bcher-kva.test",)),
+])
+def test_host_aliases_are_normalised_like_the_host(value: str | None,
+                                                   expected: tuple[str, ...]) -> None:
+    assert aliases(value) == expected
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    ("click.old.test:443", "entry 'click.old.test:443' is not a valid host name"),
+    ("https://click.old.test", "is not a valid host name"),
+    ("click.old.test,192.0.2.1", "entry '192.0.2.1' is not a valid host name: "),
+    ("*.old.test", "wildcard"),
+    ("click..old.test", "empty label"),
+    ("Click.New.Test.", "names TRACKING_HOST (click.new.test) itself"),
+    ("click.old.test, CLICK.OLD.TEST", "names click.old.test twice"),
+])
+def test_malformed_host_aliases_name_the_setting(value: str, says: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        aliases(value)
+    message = str(caught.value)
+    assert message.startswith("TRACKING_HOST_ALIASES ") and says in message
+    assert "\n" not in message
 
 
 # --- whole services: every bad setting is named ----------------------------------------------
@@ -432,18 +499,18 @@ def test_redact_url_hides_a_password_given_as_a_query_parameter(url: str,
 
 
 def test_a_password_in_the_query_never_reaches_a_settings_error_or_safe_url() -> None:
-    database = Env({"DATABASE_URL": f"postgresql://app@db/x?password={SECRET}"}).database()
-    assert SECRET not in database.safe_url
-    message = error(lambda: Env({"DATABASE_URL": f"mysql://db/x?password={SECRET}"}).database())
+    settings = database({"DATABASE_URL": f"postgresql://app@db/x?password={SECRET}"})
+    assert SECRET not in settings.safe_url
+    message = error(lambda: database({"DATABASE_URL": f"mysql://db/x?password={SECRET}"}))
     assert SECRET not in message
-    message = error(lambda: Env({"AMQP_URL": f"http://mq/?password={SECRET}"}).broker())
+    message = error(lambda: broker({"AMQP_URL": f"http://mq/?password={SECRET}"}))
     assert SECRET not in message
 
 
 def test_amqp_url_with_a_password_query_parameter_is_refused_without_showing_it() -> None:
     # aio-pika does not read a password from the query, and prints the query in its own
     # reconnect warnings: such a URL is refused, never used.
-    message = error(lambda: Env({"AMQP_URL": f"amqp://guest@mq/?password={SECRET}"}).broker())
+    message = error(lambda: broker({"AMQP_URL": f"amqp://guest@mq/?password={SECRET}"}))
     assert message.startswith("AMQP_URL ")
     assert SECRET not in message
 
@@ -454,7 +521,7 @@ def test_amqp_url_with_a_password_query_parameter_is_refused_without_showing_it(
 ])
 def test_an_amqp_url_urlsplit_misreads_never_echoes_the_password(url: str) -> None:
     try:
-        Env({"AMQP_URL": url}).broker()
+        broker({"AMQP_URL": url})
     except SettingsError as exc:
         assert SECRET[:8] not in str(exc) and SECRET[8:] not in str(exc)
 
@@ -465,7 +532,7 @@ def test_an_amqp_url_urlsplit_misreads_never_echoes_the_password(url: str) -> No
     f"postgresql://app:{SECRET}@db:port/x",
 ])
 def test_a_database_url_with_a_bad_port_is_a_settings_error(url: str) -> None:
-    message = error(lambda: Env({"DATABASE_URL": url}).database())
+    message = error(lambda: database({"DATABASE_URL": url}))
     assert message.startswith("DATABASE_URL ")
     assert "port" in message
     assert SECRET not in message
@@ -477,4 +544,4 @@ def test_a_database_url_with_a_bad_port_is_a_settings_error(url: str) -> None:
     "sqlite:///var/t.db",
 ])
 def test_database_urls_with_good_or_no_ports_are_accepted(url: str) -> None:
-    assert Env({"DATABASE_URL": url}).database().url.endswith(url.split("://", 1)[1])
+    assert database({"DATABASE_URL": url}).url.endswith(url.split("://", 1)[1])

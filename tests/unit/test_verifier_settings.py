@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.verifier.settings import VerifyPolicy, load, parse_delays
+from services.verifier.settings import VERIFIER_RETRY_DELAYS_MS, VerifyPolicy, load
 from shared.broker.names import RETRY_DELAYS_MS
 from shared.errors import SettingsError
 from shared.lifecycle import load_or_exit
-from shared.verification.settings import parse_nameservers
+from shared.verification.settings import DNS_NAMESERVERS
 
 
 def test_defaults() -> None:
@@ -57,21 +57,21 @@ def test_a_malformed_alias_stops_the_verifier_with_one_line(
     ("[2001:db8::1]", (("2001:db8::1", 53),)),
 ])
 def test_nameservers(value: str, parsed: tuple[tuple[str, int], ...]) -> None:
-    assert parse_nameservers(value) == parsed
+    assert DNS_NAMESERVERS.parse(value) == parsed
 
 
 @pytest.mark.parametrize("value", ["dns.example", "127.0.0.1:0", "127.0.0.1:x",
                                    "[::1]x", "127.0.0.1:70000"])
 def test_bad_nameservers_name_the_setting(value: str) -> None:
     with pytest.raises(SettingsError, match="DNS_NAMESERVERS"):
-        parse_nameservers(value)
+        DNS_NAMESERVERS.parse(value)
 
 
 def test_retry_delays() -> None:
-    assert parse_delays("200, 400") == (200, 400)
+    assert VERIFIER_RETRY_DELAYS_MS.parse("200, 400") == (200, 400)
     for bad in ("400,200", "0", "a", ","):
         with pytest.raises(SettingsError, match="VERIFIER_RETRY_DELAYS_MS"):
-            parse_delays(bad)
+            VERIFIER_RETRY_DELAYS_MS.parse(bad)
 
 
 def test_other_bad_settings_name_themselves() -> None:

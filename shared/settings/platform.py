@@ -1,0 +1,108 @@
+"""Settings several programs read: the platform's host names, link keys and shared places."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from shared.settings.declare import REQUIRED, Env, Invalid, Setting
+from shared.settings.parsers import host_name, host_names, host_port, or_off, path
+
+# Where each service listens unless its settings say otherwise; declared here, not in
+# the services' heavier modules, because the container healthcheck (shared/healthcheck.py)
+# reads them too and runs every few seconds.
+DEFAULT_REDIRECTOR_BIND = "127.0.0.1:8080"
+DEFAULT_METRICS_BINDS: Mapping[str, str] = {
+    "redirector": "127.0.0.1:9101",
+    "logger": "127.0.0.1:9102",
+    "verifier": "127.0.0.1:9103",
+    "certifier": "127.0.0.1:9104",
+}
+MIN_SECRET_LENGTH = 32
+_KID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+@dataclass(frozen=True)
+class LinkKey:
+    """One HMAC key for tracking links. The secret never appears in a repr."""
+
+    kid: str
+    secret: bytes = field(repr=False)
+
+
+def link_keys(value: str) -> tuple[LinkKey, ...]:
+    """`kid:secret,kid:secret`; the first key signs, all verify. Entries are numbered
+    in messages, so an empty one is refused rather than skipped."""
+    keys: list[LinkKey] = []
+    # Nothing from an entry is ever echoed, not even its key id: an entry written
+    # secret:kid holds the secret where the key id belongs.
+    spelling = "entries are kid:secret, the key id first"
+    for number, item in enumerate(value.split(","), start=1):
+        kid, sep, secret = item.strip().partition(":")
+        if not sep:
+            raise Invalid(f"entry {number} must be kid:secret (no ':' found)")
+        if not _KID_RE.match(kid):
+            raise Invalid(
+                f"entry {number}: the key id (before the first ':') must be 1-32 of "
+                f"A-Z a-z 0-9 _ -, got {len(kid)} characters ({spelling})"
+            )
+        if len(secret) < MIN_SECRET_LENGTH:
+            # The length is safe to say; the secret is not.
+            raise Invalid(
+                f"entry {number}: the secret (after the first ':') must be at "
+                f"least {MIN_SECRET_LENGTH} characters, got {len(secret)} ({spelling})"
+            )
+        first = next((n for n, key in enumerate(keys, start=1) if key.kid == kid), None)
+        if first is not None:
+            raise Invalid(f"entries {first} and {number}: the same key id appears twice")
+        keys.append(LinkKey(kid=kid, secret=secret.encode()))
+    return tuple(keys)
+
+
+def parse_link_keys(value: str) -> tuple[LinkKey, ...]:
+    """`LINK_KEYS` as the programs read it, or a `SettingsError` naming it."""
+    return LINK_KEYS.parse(value)
+
+
+def tracking_host_aliases(env: Env, tracking_host: str) -> tuple[str, ...]:
+    """`TRACKING_HOST_ALIASES`: other names of the platform host.
+
+    While the platform moves to a new `TRACKING_HOST`, the old name stays accepted as a
+    CNAME target (verifier, `trackctl doctor`) and as the shared host of links
+    (redirector). Each is read like `TRACKING_HOST`; a malformed one, a repeat, or
+    `tracking_host` itself is a `SettingsError` naming the setting.
+    """
+    aliases = env[TRACKING_HOST_ALIASES]
+    if tracking_host in aliases:
+        raise TRACKING_HOST_ALIASES.invalid(
+            f"names TRACKING_HOST ({tracking_host}) itself; list only the platform's other "
+            "names (e.g. the host it is moving away from)")
+    return aliases
+
+
+TRACKING_HOST = Setting(
+    "TRACKING_HOST", host_name, REQUIRED,
+    "The platform's shared tracking host, and the CNAME target customers point at.")
+TRACKING_HOST_ALIASES = Setting(
+    "TRACKING_HOST_ALIASES", host_names, "",
+    "Other names of the platform host, accepted like it while the platform host moves.")
+LINK_KEYS = Setting(
+    "LINK_KEYS", link_keys, REQUIRED,
+    "kid:secret,kid:secret (secrets of 32 characters or more); the first key signs.",
+    redact=lambda _value: "***")
+# Read by the redirector, and named by `trackctl up` when it starts one.
+REDIRECTOR_BIND = Setting(
+    "REDIRECTOR_BIND", host_port, DEFAULT_REDIRECTOR_BIND, "host:port the redirector listens on.")
+# The certifier writes HTTP-01 answers there; redirectors serve them (optional for them).
+ACME_CHALLENGE_DIR = Setting(
+    "ACME_CHALLENGE_DIR", path, "var/acme-challenge",
+    "Directory of HTTP-01 challenge answers, shared by the certifier and every edge.")
+
+
+def metrics_bind(service: str) -> Setting[tuple[str, int] | None]:
+    """`METRICS_BIND` as `service` reads it: its own default port; empty or `off`: none."""
+    return Setting(
+        "METRICS_BIND", or_off(host_port, "serve no metrics"), DEFAULT_METRICS_BINDS[service],
+        "host:port serving Prometheus /metrics (never the public port); empty or off: none.",
+        blank_is_unset=False)
