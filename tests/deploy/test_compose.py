@@ -2,10 +2,10 @@
 
 `docker-compose config` (Debian's docker-compose 1.29: it validates and resolves the
 file, no engine needed) must accept the file; then what it resolved is checked against
-the code: every service it runs exists, every variable it sets is one that service
-reads (and loads through the service's own settings code), every volume is declared,
-every long-running container has a healthcheck, nothing stops a service from being
-scaled, and the paths shared between containers line up.
+the code: every service it runs exists, every variable it sets is one that program
+declares (its settings `PROGRAM`) and the values load through its own settings code,
+every volume is declared, every long-running container has a healthcheck, nothing
+stops a service from being scaled, and the paths shared between containers line up.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.known_settings import ROOT, service_settings, settings_read_by
+from tests.support.settings import PROGRAMS
 
+ROOT = Path(__file__).resolve().parents[2]
 APP_IMAGE = "tracking-domains"
 REQUIRED_ENV = {
     "TRACKING_HOST": "click.platform.example",
@@ -161,18 +162,13 @@ def test_migrations_run_once_before_anything_that_uses_the_database(
 
 def test_every_variable_set_is_a_setting_the_service_reads(config: dict[str, Any]) -> None:
     for name, service in _ours(config):
-        module = _module_of(service)
         env = _environment(service)
-        if module is not None:
-            known = service_settings(module)
-        elif env:
-            command = service["command"]
-            known = settings_read_by(ROOT / "trackctl" / f"{command[1]}.py")
-        else:
+        if not env:
             continue
-        unknown = sorted(set(env) - known)
-        assert not unknown, (
-            f"{name} sets {unknown}, which {module or 'trackctl'} never reads")
+        program = _module_of(service) or service["command"][0]
+        assert program in PROGRAMS, f"{name} runs {program}, which declares no settings"
+        unknown = sorted(set(env) - PROGRAMS[program].names)
+        assert not unknown, f"{name} sets {unknown}, which {program} never reads"
 
 
 def test_every_service_loads_its_settings_from_what_compose_gives_it(

@@ -24,8 +24,9 @@ import pytest
 
 from demo.net import free_port
 from services.certifier.nginx import NginxError, NginxSites, Site, presented_serial
-from tests.deploy.known_settings import ROOT
 from tests.integration.test_certifier_nginx import self_signed
+
+ROOT = Path(__file__).resolve().parents[2]
 
 DEPLOY = ROOT / "deploy" / "nginx"
 NAME = "track.customer-a.test"
