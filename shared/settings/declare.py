@@ -18,6 +18,8 @@ from typing import Any, Generic, TypeVar
 from shared.errors import SettingsError
 
 T = TypeVar("T")
+# A setting of a value is a setting of any wider type: `Setting` only produces values.
+T_co = TypeVar("T_co", covariant=True)
 
 Parser = Callable[[str], T]
 
@@ -45,7 +47,7 @@ REQUIRED = _Required()
 
 
 @dataclass(frozen=True)
-class Setting(Generic[T]):
+class Setting(Generic[T_co]):
     """One environment variable.
 
     `default` is the text used when the variable is unset or blank (parsed like a
@@ -56,7 +58,7 @@ class Setting(Generic[T]):
     """
 
     name: str
-    parser: Parser[T] = dataclasses.field(repr=False)
+    parser: Callable[[str], T_co] = dataclasses.field(repr=False)
     default: str | _Required | Callable[[], str]
     help: str
     shown: str | None = None
@@ -71,7 +73,7 @@ class Setting(Generic[T]):
         if callable(self.default) and self.shown is None:
             raise ValueError(f"{self.name}: a computed default needs `shown`")
 
-    def read(self, environ: Mapping[str, str]) -> T:
+    def read(self, environ: Mapping[str, str]) -> T_co:
         """The variable's value in `environ`, parsed; a `SettingsError` naming it if not."""
         raw = environ.get(self.name)
         if raw is not None and (raw.strip() or not self.blank_is_unset):
@@ -80,7 +82,7 @@ class Setting(Generic[T]):
             raise SettingsError(f"{self.name} is required but not set")
         return self.parse(self.default() if callable(self.default) else self.default)
 
-    def parse(self, text: str) -> T:
+    def parse(self, text: str) -> T_co:
         """`text` parsed as this variable's value (stripped first)."""
         try:
             return self.parser(text.strip())
@@ -95,11 +97,7 @@ class Setting(Generic[T]):
             detail = "is malformed (its value is not shown: it holds a secret)"
         return SettingsError(f"{self.name} {detail}")
 
-    def with_default(self, default: str | _Required, shown: str | None = None) -> Setting[T]:
-        """The same variable with another default, for a program that needs one."""
-        return dataclasses.replace(self, default=default, shown=shown)
-
-    def optional(self) -> Setting[T | None]:
+    def optional(self) -> Setting[T_co | None]:
         """The same variable, `None` when unset: for a program that can do without it."""
         return Setting(self.name, optional(self.parser), "", self.help, redact=self.redact)
 
@@ -115,7 +113,7 @@ class Setting(Generic[T]):
 
 @dataclass(frozen=True)
 class Program:
-    """A program (a service, trackctl) and the settings it reads, in reading order."""
+    """A program (a service, trackctl) and every setting it reads."""
 
     name: str
     settings: tuple[Setting[Any], ...]
@@ -131,7 +129,10 @@ class Program:
         return frozenset(setting.name for setting in self.settings)
 
     def __getitem__(self, name: str) -> Setting[Any]:
-        return next(setting for setting in self.settings if setting.name == name)
+        for setting in self.settings:
+            if setting.name == name:
+                return setting
+        raise KeyError(f"{self.name} declares no {name}")
 
 
 class Env:
