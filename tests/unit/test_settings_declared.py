@@ -182,3 +182,15 @@ def test_a_secret_variable_never_echoes_its_value_whatever_its_parser_says() -> 
 def test_a_url_without_a_password_is_shown_in_its_error() -> None:
     message = error(lambda: AMQP_URL.read({"AMQP_URL": "http://mq.internal/"}))
     assert message == "AMQP_URL must start with amqp:// or amqps://, got 'http://mq.internal/'"
+
+
+def test_trackctl_up_refuses_a_malformed_redirector_bind_before_starting_anything(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from trackctl import up
+
+    def no_child(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a service was started")
+
+    monkeypatch.setattr(up.subprocess, "Popen", no_child)
+    assert error(lambda: up.run({"REDIRECTOR_BIND": "8080"})).startswith(
+        "REDIRECTOR_BIND must be host:port")
