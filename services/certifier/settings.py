@@ -11,6 +11,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from services.certifier.ratelimits import Limits
+from shared.broker.names import retry_tiers
 from shared.logs import LOG_LEVEL
 from shared.settings import (
     ACME_CHALLENGE_DIR,
@@ -25,7 +26,6 @@ from shared.settings import (
     Setting,
     metrics_bind,
     optional,
-    retry_tiers,
 )
 from shared.settings.parsers import (
     command,

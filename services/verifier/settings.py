@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from shared.broker.names import retry_tiers
 from shared.logs import LOG_LEVEL
 from shared.settings import (
     BROKER,
@@ -17,7 +18,6 @@ from shared.settings import (
     Program,
     Setting,
     metrics_bind,
-    retry_tiers,
 )
 from shared.settings.parsers import number, whole
 from shared.verification.settings import (

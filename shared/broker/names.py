@@ -18,6 +18,8 @@ from shared.events import (
     DomainRejected,
     DomainVerified,
 )
+from shared.settings.declare import Setting
+from shared.settings.parsers import delays_ms
 
 # Routing keys (== event types).
 DOMAIN_CREATED = DomainCreated.TYPE
@@ -56,6 +58,12 @@ PLATFORM_BINDINGS: tuple[str, ...] = (
 # Fixed tiers (not per-message TTLs) because a queue only expires its head: one
 # long delay would hold every shorter one behind it.
 RETRY_DELAYS_MS: tuple[int, ...] = (1_000, 10_000, 60_000, 600_000, 3_600_000)
+
+
+def retry_tiers(name: str) -> Setting[tuple[int, ...]]:
+    """A service's `<SERVICE>_RETRY_DELAYS_MS` setting: its retry tiers, these by default."""
+    return Setting(name, delays_ms, ",".join(str(delay) for delay in RETRY_DELAYS_MS),
+                   "Retry tiers: increasing milliseconds, comma-separated.")
 
 RETRY_SUFFIX = "retry"
 DEAD_SUFFIX = "dead"

@@ -25,7 +25,6 @@ from shared.settings.connections import (
     DatabaseSettings,
     normalise_database_url,
     redact_url,
-    retry_tiers,
 )
 from shared.settings.declare import REQUIRED, Env, Invalid, Program, Setting, optional
 from shared.settings.platform import (
@@ -73,6 +72,5 @@ __all__ = [
     "optional",
     "parse_link_keys",
     "redact_url",
-    "retry_tiers",
     "tracking_host_aliases",
 ]

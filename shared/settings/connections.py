@@ -11,9 +11,8 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from shared.broker.names import RETRY_DELAYS_MS
 from shared.settings.declare import Env, Invalid, Setting
-from shared.settings.parsers import delays_ms, matching
+from shared.settings.parsers import matching
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///var/tracking.db"
@@ -165,9 +164,3 @@ DATABASE_URL = Setting(
     "postgresql://... in production, sqlite:///... for trying it out.", redact=redact_url)
 BROKER = (AMQP_URL, AMQP_EXCHANGE)
 
-
-def retry_tiers(name: str) -> Setting[tuple[int, ...]]:
-    """A service's `<SERVICE>_RETRY_DELAYS_MS`: its delayed-retry tiers, by default the
-    broker's (shared.broker.names)."""
-    return Setting(name, delays_ms, ",".join(str(delay) for delay in RETRY_DELAYS_MS),
-                   "Retry tiers: increasing milliseconds, comma-separated.")
