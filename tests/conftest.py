@@ -1,23 +1,15 @@
-"""Fixtures shared by every tier.
+"""Fixtures shared by every tier, and the tier marks.
 
-Tiers (what each may touch):
-- tests/unit: pure logic only; no network, no processes, no files outside tmp_path.
-- tests/integration: the real RabbitMQ and PostgreSQL, each test in its own exchange
-  namespace and its own database; code is called in-process.
-- tests/e2e: the real service processes, started by the test, over real HTTP.
-- tests/deploy: deployment artefacts (compose.yaml, Dockerfile, nginx config) checked
-  against the code, and nginx's reload hand-shake run for real.
-- tests/container: the images built (scripts/images) and compose.yaml run on a real
-  Docker engine, host-networked, against the real RabbitMQ and PostgreSQL.
-Fault tests (marked `fault`) cut dependencies through tests/support/proxy.py, never
-by stopping the shared servers.
+A test's tier is the directory it lives in (tests/unit, integration, e2e, fault, deploy,
+container): `pytest_collection_modifyitems` below marks it so, and `pytest -m e2e` selects
+exactly tests/e2e. What each tier may touch is in the README's "Tests" section.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aio_pika
@@ -25,11 +17,26 @@ import pytest
 
 from demo.databases import DatabaseFactory
 from shared.broker import topology as broker_topology
+from shared.broker.topology import Topology
 from shared.settings import BrokerSettings, DatabaseSettings, LinkKey
 from tests.support import environment
+from tests.support.amqp import connected
 
 TEST_LINK_KEYS = "k2026:" + "test-signing-secret-0123456789abcdef" + ",old:" + "o" * 40
 TRACKING_HOST = "click.platform.test"
+# Short retry tiers (the `topology` fixture's): a retry round trip takes well under a second.
+FAST_DELAYS_MS = (200, 400)
+TIERS = ("unit", "integration", "e2e", "fault", "deploy")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its tier, the directory under tests/ that holds it."""
+    tests = Path(__file__).parent
+    for item in items:
+        if tests in item.path.parents:
+            tier = item.path.relative_to(tests).parts[0]
+            if tier in TIERS:
+                item.add_marker(tier)
 
 
 @pytest.fixture(scope="session")
@@ -71,6 +78,20 @@ def broker(amqp_url: str) -> Iterator[BrokerSettings]:
             await broker_topology.delete(channel, broker_topology.Topology(settings.exchange))
 
     asyncio.run(_delete())
+
+
+@pytest.fixture
+async def topology(broker: BrokerSettings) -> AsyncIterator[Topology]:
+    """The test namespace with short retry tiers; its queues are deleted afterwards.
+
+    The `broker` fixture only knows the default tier names, so the short tiers
+    are deleted here (before it runs).
+    """
+    fast = Topology(broker.exchange, retry_delays_ms=FAST_DELAYS_MS)
+    yield fast
+    async with connected(broker.url) as connection:
+        channel = await connection.channel()
+        await broker_topology.delete(channel, fast)
 
 
 @pytest.fixture

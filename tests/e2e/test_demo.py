@@ -17,14 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aio_pika
-import pytest
 
 from demo.processes import ROOT
 from demo.scratch import asyncpg_dsn
 from shared.broker.topology import Topology
 from tests.support.amqp import connected, queue_exists
-
-pytestmark = pytest.mark.e2e
 
 STEPS = 11
 STEP = re.compile(r"^(PASS|FAIL|SKIP)\s+(\d+)/(\d+)\s+(.+)$", re.MULTILINE)

@@ -44,8 +44,6 @@ from shared.settings import BrokerSettings, DatabaseSettings, LinkKey
 from tests.conftest import TRACKING_HOST, service_env
 from tests.support.amqp import message
 
-pytestmark = pytest.mark.e2e
-
 NAME_A = "track.customer-a.test"
 NAME_WRONG = "track.customer-w.test"
 WRONG_TARGET = "click.other-esp.test"

@@ -30,8 +30,6 @@ from shared.settings import BrokerSettings, DatabaseSettings, LinkKey
 from tests.conftest import TRACKING_HOST, service_env
 from tests.support.amqp import connected, get_messages
 
-pytestmark = pytest.mark.e2e
-
 NAME = "track.customer-a.test"
 ISSUE_DEADLINE_S = 30.0
 

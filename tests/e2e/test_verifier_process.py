@@ -10,7 +10,6 @@ from typing import Any
 
 import aio_pika
 import msgspec
-import pytest
 
 from demo.databases import fetch
 from demo.dns import DnsServer
@@ -22,8 +21,6 @@ from shared.events import DomainCreated, encode_event
 from shared.settings import BrokerSettings, DatabaseSettings
 from tests.conftest import TRACKING_HOST, service_env
 from tests.support.amqp import message
-
-pytestmark = pytest.mark.e2e
 
 FAST_DELAYS_MS = (200, 400)
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
-
 from shared.links import LinkSigner
 from shared.settings import BrokerSettings, DatabaseSettings
 from tests.fault.harness import (
@@ -24,8 +22,6 @@ from tests.fault.harness import (
     tail,
     wait_rows,
 )
-
-pytestmark = pytest.mark.fault
 
 CLICKS = 1500
 RATE = 250.0  # per second: ~6 s of traffic

@@ -7,7 +7,6 @@ import asyncio
 import time
 
 import asyncpg
-import pytest
 
 from shared.settings import BrokerSettings, DatabaseSettings
 from tests.fault.harness import (
@@ -26,8 +25,6 @@ from tests.fault.harness import (
     start_logger,
     wait_rows,
 )
-
-pytestmark = pytest.mark.fault
 
 CLICKS = 20_000
 PER_MESSAGE = 250  # what the forwarder sends under load: many clicks per message

@@ -50,8 +50,6 @@ from tests.fault.harness import (
     wait_rows,
 )
 
-pytestmark = pytest.mark.fault
-
 DROP = object()
 _UNSET = object()
 COPIES = 4  # each malformed template is published this many times, with fresh ids

@@ -8,8 +8,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from shared.links import LinkSigner
 from shared.settings import BrokerSettings, DatabaseSettings
 from tests.fault.harness import (
@@ -26,8 +24,6 @@ from tests.fault.harness import (
     start_redirector,
     wait_rows,
 )
-
-pytestmark = pytest.mark.fault
 
 
 def _spooled_bytes(spool: Path) -> int:

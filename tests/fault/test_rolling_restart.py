@@ -28,7 +28,6 @@ from pathlib import Path
 
 import aio_pika
 import aiohttp
-import pytest
 
 from demo.databases import execute, fetch
 from demo.dns import DnsServer
@@ -60,8 +59,6 @@ from tests.fault.harness import (
     wait_rows,
 )
 from tests.support.amqp import message
-
-pytestmark = pytest.mark.fault
 
 RATE = 200  # clicks per second
 MAX_CLICKS = 3_000  # the stream stops a second after the last restart, at most 15 s in

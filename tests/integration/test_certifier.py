@@ -42,11 +42,8 @@ from shared.events import (
     decode_message,
 )
 from shared.settings import BrokerSettings, DatabaseSettings
-from tests.conftest import TRACKING_HOST, service_env
-from tests.integration.conftest import FAST_DELAYS_MS
+from tests.conftest import FAST_DELAYS_MS, TRACKING_HOST, service_env
 from tests.support.amqp import connected, get_messages, message_count, wait_count
-
-pytestmark = pytest.mark.integration
 
 NAME = "track.customer-a.test"
 

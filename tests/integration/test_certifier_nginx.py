@@ -17,8 +17,6 @@ from cryptography.x509.oid import NameOID
 from demo.nginx import Nginx
 from services.certifier.nginx import NginxError, NginxSites, Site
 
-pytestmark = pytest.mark.integration
-
 
 def self_signed(directory: Path, name: str, serial: int) -> Site:
     directory.mkdir(parents=True, exist_ok=True)

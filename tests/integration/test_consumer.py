@@ -12,7 +12,6 @@ from datetime import datetime
 from typing import Any
 
 import aio_pika
-import pytest
 import structlog
 from aio_pika.abc import AbstractConnection, AbstractExchange, AbstractIncomingMessage
 
@@ -35,8 +34,6 @@ from tests.support.amqp import (
     text_header,
     wait_count,
 )
-
-pytestmark = pytest.mark.integration
 
 MAX_ATTEMPTS = 3
 

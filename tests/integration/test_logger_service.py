@@ -7,7 +7,6 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import pytest
 from aio_pika.abc import AbstractConnection
 
 from demo.databases import fetch
@@ -23,8 +22,6 @@ from shared.events import encode_batch
 from shared.settings import BrokerSettings, DatabaseSettings
 from tests.conftest import service_env
 from tests.support.amqp import click_event, connected, message_count
-
-pytestmark = pytest.mark.integration
 
 EVENTS = 2000
 PER_MESSAGE = 50

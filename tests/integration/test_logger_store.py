@@ -33,8 +33,6 @@ from shared.db.migrate import alembic_config, upgrade
 from shared.db.models import TrackingLog
 from shared.settings import BrokerSettings, DatabaseSettings
 
-pytestmark = pytest.mark.integration
-
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 BIN = Path(sys.executable).parent
 T0 = datetime(2026, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)

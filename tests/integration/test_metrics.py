@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
-import pytest
 from prometheus_client import CollectorRegistry
 
 from demo.databases import execute
@@ -38,8 +37,6 @@ from shared.metrics import (
 from shared.outcomes import Outcome
 from shared.settings import BrokerSettings, DatabaseSettings
 from tests.support.amqp import batch_message, click_event, message
-
-pytestmark = pytest.mark.integration
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float:

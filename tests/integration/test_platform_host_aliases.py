@@ -17,8 +17,6 @@ from shared.verification.dns import DnsResolver
 from shared.verification.judge import NotYet, Verified
 from trackctl.doctor import FAIL, PASS, check_dns
 
-pytestmark = pytest.mark.integration
-
 HOST = "click.platform.test"  # TRACKING_HOST: where the platform moves to
 OLD = "click.old-platform.test"  # TRACKING_HOST_ALIASES: where it moves from
 NAME = "track.customer-a.test"

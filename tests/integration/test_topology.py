@@ -30,8 +30,6 @@ from shared.events import (
 from shared.settings import BrokerSettings
 from tests.support.amqp import click, get_messages, message_count, queue_exists, wait_count
 
-pytestmark = pytest.mark.integration
-
 SERVICES = (LOGGER_QUEUE, VERIFIER_QUEUE, CERTIFIER_QUEUE)
 
 

@@ -9,13 +9,9 @@ import os
 import subprocess
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
 from demo.databases import execute
 from demo.processes import ROOT
 from shared.settings import DatabaseSettings
-
-pytestmark = pytest.mark.integration
 
 TRACKCTL = ROOT / ".venv" / "bin" / "trackctl"
 NOW = datetime.now(UTC).replace(microsecond=0)

@@ -10,7 +10,6 @@ import subprocess
 from collections.abc import Sequence
 from typing import Any
 
-import pytest
 from aio_pika.abc import AbstractConnection
 
 from demo.processes import ROOT
@@ -24,8 +23,6 @@ from shared.errors import PermanentError, TransientError
 from shared.events import Event
 from shared.settings import BrokerSettings
 from tests.support.amqp import click_event, get_messages, message, wait_count
-
-pytestmark = pytest.mark.integration
 
 TRACKCTL = ROOT / ".venv" / "bin" / "trackctl"
 

@@ -54,8 +54,6 @@ from shared.verification.checks import DomainChecker
 from shared.verification.dns import DnsResolver
 from tests.support.amqp import message, message_count
 
-pytestmark = pytest.mark.integration
-
 HOST = "click.platform.test"
 HOST_V4, HOST_V6 = "192.0.2.10", "2001:db8::10"
 NAME = "track.customer-a.test"

@@ -15,8 +15,6 @@ from demo.net import free_port
 from shared.verification.dns import DnsResolver, Hop
 from shared.verification.judge import DNS_SERVFAIL, DNS_TIMEOUT, CaaRecord, DnsTrouble
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def server() -> Iterator[DnsServer]:

@@ -11,16 +11,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from demo.databases import execute, fetch
 from demo.dns import DnsServer
 from demo.processes import ROOT, ServiceProcess
 from shared.broker.topology import Topology
 from shared.settings import BrokerSettings, DatabaseSettings
 from tests.conftest import TRACKING_HOST, service_env
-
-pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 TRACKCTL = ROOT / ".venv" / "bin" / "trackctl"
 A = "track.customer-a.test"

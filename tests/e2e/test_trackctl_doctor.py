@@ -19,7 +19,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -33,8 +32,6 @@ from demo.processes import ROOT, ServiceProcess
 from services.certifier.nginx import Site, render_sites
 from shared.settings import BrokerSettings, DatabaseSettings
 from tests.conftest import TRACKING_HOST, service_env
-
-pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 TRACKCTL = ROOT / ".venv" / "bin" / "trackctl"
 GOOD = "track.customer-a.test"  # right DNS, active, HTTPS through nginx
