@@ -1,4 +1,5 @@
-"""The service processes of the local world: one `python -m services.<name>` child each.
+"""The processes of the local world: the services (one `python -m services.<name>` child
+each) and any other child kept the same way (the benchmarks' baseline servers).
 
 The demo, the end-to-end and fault tests and the benchmarks all run the services as
 real processes (their own settings parsing, signals, logs), never in-process, so what
@@ -14,8 +15,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Self
+
+from demo.net import listening
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,23 +29,23 @@ class StartError(RuntimeError):
     with the tail of its log)."""
 
 
-class ServiceProcess:
-    """One `python -m services.<name>` child, its output kept in a log file."""
+class ChildProcess:
+    """One child process (`argv`), its output kept in a log file."""
 
-    def __init__(self, name: str, env: Mapping[str, str], log_dir: Path,
+    def __init__(self, name: str, argv: Sequence[str], env: Mapping[str, str], log_dir: Path,
                  cwd: Path | None = None) -> None:
         self.name = name
+        self.argv = list(argv)
         self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         self.log_path = log_dir / f"{name}-{time.monotonic_ns()}.log"
         self.cwd = cwd or ROOT
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> ServiceProcess:
+    def start(self) -> Self:
         """Start the child (not waiting for it: see `wait_for_log`, `wait_http`)."""
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed by terminate() or kill()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", f"services.{self.name}"], env=self.env, cwd=self.cwd,
-            stdout=self._log, stderr=subprocess.STDOUT,
+            self.argv, env=self.env, cwd=self.cwd, stdout=self._log, stderr=subprocess.STDOUT,
         )
         return self
 
@@ -71,6 +75,22 @@ class ServiceProcess:
                 time.sleep(0.05)
         raise StartError(f"{self.name} never answered {url}:\n{self.log_text()[-4000:]}")
 
+    def wait_listening(self, port: int, timeout_s: float = 20.0) -> None:
+        """Wait until something accepts TCP connections on 127.0.0.1:`port`."""
+        deadline = time.monotonic() + timeout_s
+        while not listening(port):
+            self._raise_if_exited()
+            if time.monotonic() > deadline:
+                raise StartError(f"{self.name} never listened on {port}:\n"
+                                 f"{self.log_text()[-4000:]}")
+            time.sleep(0.05)
+
+    @property
+    def pid(self) -> int:
+        """The child's process id (it must have been started)."""
+        assert self.process is not None
+        return self.process.pid
+
     def _raise_if_exited(self) -> None:
         if self.process is not None and self.process.poll() is not None:
             raise StartError(f"{self.name} exited early:\n{self.log_text()[-4000:]}")
@@ -97,12 +117,20 @@ class ServiceProcess:
         if not self._log.closed:
             self._log.close()
 
-    def __enter__(self) -> ServiceProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *_exc: object) -> None:
         if self.process is not None and self.process.poll() is None:
             self.kill()
+
+
+class ServiceProcess(ChildProcess):
+    """One `python -m services.<name>` child, its output kept in a log file."""
+
+    def __init__(self, name: str, env: Mapping[str, str], log_dir: Path,
+                 cwd: Path | None = None) -> None:
+        super().__init__(name, [sys.executable, "-m", f"services.{name}"], env, log_dir, cwd)
 
 
 def count_lines(text: str, *needles: str) -> int:
