@@ -1,8 +1,9 @@
-"""Baseline servers the redirector is compared with (one process each, started by bench/run.py).
+"""Baseline servers the redirector is compared with (one process each, started by
+bench/systems.py).
 
-    python bench/baselines.py hmac  --port P --loop uvloop|asyncio
-    python bench/baselines.py hmac-lowlevel --port P --loop uvloop|asyncio
-    python bench/baselines.py naive --port P --loop uvloop|asyncio --dsn postgresql://...
+    .venv/bin/python -m bench.baselines hmac  --port P --loop uvloop|asyncio
+    .venv/bin/python -m bench.baselines hmac-lowlevel --port P --loop uvloop|asyncio
+    .venv/bin/python -m bench.baselines naive --port P --loop uvloop|asyncio --dsn postgresql://...
 
 `hmac`: bare aiohttp; verifies the signed link with the same code as the redirector
 (shared.links.LinkSigner.verify: HMAC-SHA256 + payload decode) and answers 302.
@@ -26,13 +27,9 @@ import argparse
 import asyncio
 import os
 import signal
-import sys
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aiohttp import web
 
@@ -109,7 +106,7 @@ async def serve(args: argparse.Namespace) -> None:
         runner = web.AppRunner(build(args.kind, signer, pool), access_log=None,
                                handle_signals=False)
     await runner.setup()
-    # reuse_port: bench/run.py can start two naive processes on one port, one per core,
+    # reuse_port: bench/systems.py can start two naive processes on one port, one per core,
     # as it does with the redirector.
     site = web.TCPSite(runner, "127.0.0.1", args.port, backlog=1024, reuse_port=True)
     await site.start()

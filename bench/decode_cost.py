@@ -1,9 +1,12 @@
 """CPU cost of decoding click events as the logger receives them: `decode_message` on a
-batched-mode message of CLICKS clicks (default 800, about what the redirector sends at
-saturation), ROUNDS rounds (default 7) of N messages (default 20) each.
+batched-mode message of CLICKS clicks (default 800), ROUNDS rounds (default 7) of N
+messages (default 20) each.
 
-    .venv/bin/python bench/decode_cost.py
-    PYTHONPATH=/path/to/other/tree .venv/bin/python bench/decode_cost.py   # another tree
+    .venv/bin/python -m bench.decode_cost
+    cd OTHER_TREE && /path/to/this/.venv/bin/python -m bench.decode_cost   # another tree
+
+(`-m` puts the current directory first on the import path: the code measured is the tree
+you are in; the first line on stderr names the file.)
 
 Prints the minimum and median microseconds per click. No broker, no database: it isolates
 the decoding the logger does for every row it writes.
@@ -18,13 +21,12 @@ import time
 from datetime import UTC, datetime
 
 import shared.events as events
+from bench.links import USER_AGENT
 from services.redirector.event_ids import EventIds
 
 CLICKS = int(os.environ.get("CLICKS", "800"))
 N = int(os.environ.get("N", "20"))
 ROUNDS = int(os.environ.get("ROUNDS", "7"))
-UA = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-      "Chrome/126.0 Safari/537.36")
 
 
 def main() -> None:
@@ -34,7 +36,7 @@ def main() -> None:
         events.ClickTracked(
             customer_id="cust-1", campaign_id="camp-42", recipient_id=f"rcpt-{n}",
             domain="click.bench.test", url=f"https://shop.example.com/item?id={n}&utm=email",
-            ip="192.0.2.1", user_agent=UA),
+            ip="192.0.2.1", user_agent=USER_AGENT),
         source="/redirector/bench/1", event_id=ids.next(), time=datetime.now(UTC))
         for n in range(CLICKS))
     decoded = events.decode_message(body, events.BATCH)

@@ -1,7 +1,7 @@
 """What the kind of click id costs PostgreSQL as `tracking_logs` grows.
 
-    .venv/bin/python bench/event_ids.py                    # 0 and 2,000,000 rows first
-    .venv/bin/python bench/event_ids.py --sizes 0,6000000  # slower: the fill takes minutes
+    .venv/bin/python -m bench.event_ids                    # 0 and 2,000,000 rows first
+    .venv/bin/python -m bench.event_ids --sizes 0,6000000  # slower: the fill takes minutes
 
 For each table size and each kind of id (random UUIDv4, `str(uuid.uuid4())`; and the
 time-ordered UUIDv7 the redirector makes, `services.redirector.event_ids.EventIds`):
@@ -15,20 +15,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import asyncpg
 
-from bench.run import _proc_cpu, dsn, fresh_database, say
+from bench.cpu import process_cpu
+from bench.progress import say
+from bench.scratch import Servers, dsn, fresh_database
 from services.logger.database import COLUMNS
 from services.redirector.event_ids import EventIds
+from shared.settings import DatabaseSettings
 
 FILL_CHUNK = 100_000
 BATCH = 800
@@ -44,13 +43,14 @@ def rows(count: int, first: int, make_id: Callable[[], str]) -> list[tuple[objec
 
 
 def backend_cpu_s(pid: int) -> float:
-    found = _proc_cpu(pid)  # the PostgreSQL backend is on this machine
+    found = process_cpu(pid)  # the PostgreSQL backend is on this machine
     if found is None:
         raise RuntimeError(f"no /proc entry for the PostgreSQL backend {pid}")
     return found[2]
 
 
-async def measure(database: str, size: int, make_id: Callable[[], str]) -> tuple[float, float]:
+async def measure(database: DatabaseSettings, size: int,
+                  make_id: Callable[[], str]) -> tuple[float, float]:
     connection = await asyncpg.connect(dsn(database))
     try:
         for first in range(0, size, FILL_CHUNK):
@@ -80,9 +80,10 @@ def main() -> None:
     args = parser.parse_args()
     kinds: dict[str, Callable[[], str]] = {
         "UUIDv4 (random)": lambda: str(uuid.uuid4()), "UUIDv7 (EventIds)": EventIds().next}
+    servers = Servers.from_environment()
     for size in (int(s) for s in args.sizes.split(",")):
         for kind, make_id in kinds.items():
-            with fresh_database("event_ids") as database:
+            with fresh_database(servers, "event_ids") as database:
                 rate, cpu_us = asyncio.run(measure(database, size, make_id))
             say(f"{size:>11,} rows, {kind:18s}: {rate:>8,.0f} rows/s, PostgreSQL "
                 f"{cpu_us:5.1f} µs of CPU per row ({BATCHES} x {BATCH}-row COPY "

@@ -1,8 +1,7 @@
 """CPU cost of the redirector's click handler alone: `Redirector.track` on mocked requests.
 
-    .venv/bin/python bench/handler_cost.py                      # this tree
-    PYTHONPATH=/path/to/other/tree .venv/bin/python bench/handler_cost.py   # another one (run
-                                                                 # from outside this tree)
+    .venv/bin/python -m bench.handler_cost                                  # this tree
+    cd OTHER_TREE && /path/to/this/.venv/bin/python -m bench.handler_cost   # another one
 
 N calls (default 100,000) per round, ROUNDS rounds (default 7), after a warm-up, over
 1,000 distinct signed links, spool on /dev/shm where there is one. Prints the minimum and

@@ -1,6 +1,6 @@
 """The domain lifecycle against Pebble, with every piece real: from `domain.created` to HTTPS.
 
-    python bench/lifecycle.py [--single 3] [--burst 50]
+    .venv/bin/python -m bench.lifecycle [--single 3] [--burst 50]
 
 (a) `--single` domains, one after another: seconds from publishing `domain.created` to
     the row being verified, active, and to the first `302` over HTTPS through nginx
@@ -16,8 +16,8 @@
 Each part gets its own stack (demo/world.py: a DNS server the bench
 controls, Pebble resolving through it, nginx, and the verifier, certifier, redirector
 and logger processes), its own scratch database and its own exchange namespace.
-Needs RabbitMQ and PostgreSQL: AMQP_URL / TEST_AMQP_URL and TEST_DATABASE_URL (an admin
-URL), defaulting to the local servers; pebble and nginx on PATH (Debian packages).
+Needs RabbitMQ and PostgreSQL (bench/scratch.py says where it finds them), and pebble and
+nginx on PATH (Debian packages).
 """
 
 from __future__ import annotations
@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -36,15 +34,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import aio_pika
 
+from bench.scratch import Servers, remove_namespace
 from demo.databases import DatabaseFactory, fetch
 from demo.net import first_redirect
 from demo.processes import count_lines
 from demo.world import World, local_world
-from shared.broker import topology as broker_topology
 from shared.broker.names import DOMAIN_CREATED
 from shared.domain_status import DomainStatus
 from shared.events import DomainCreated, encode_event
@@ -57,10 +53,10 @@ DESTINATION = "https://shop.example/bench"
 
 
 @asynccontextmanager
-async def bench_stack(directory: Path, amqp_url: str, database: DatabaseSettings
+async def bench_stack(directory: Path, servers: Servers, database: DatabaseSettings
                       ) -> AsyncIterator[tuple[World, str]]:
     exchange = f"bench-lifecycle-{uuid.uuid4().hex[:8]}"
-    env = {"AMQP_URL": amqp_url, "AMQP_EXCHANGE": exchange, "DATABASE_URL": database.url,
+    env = {"AMQP_URL": servers.amqp_url, "AMQP_EXCHANGE": exchange, "DATABASE_URL": database.url,
            "TRACKING_HOST": HOST, "LINK_KEYS": LINK_KEYS,
            "SPOOL_DIR": str(directory / "spool"), "LOG_LEVEL": "INFO",
            # Metrics ports are fixed by default; the bench does not scrape them.
@@ -69,20 +65,7 @@ async def bench_stack(directory: Path, amqp_url: str, database: DatabaseSettings
         with local_world(directory, env=env, tracking_host=HOST) as stack:
             yield stack, exchange
     finally:
-        await _delete_topology(amqp_url, exchange)
-
-
-async def _delete_topology(amqp_url: str, exchange: str) -> None:
-    async def delete() -> None:
-        connection = await aio_pika.connect(amqp_url, timeout=10)
-        async with connection:
-            await broker_topology.delete(await connection.channel(),
-                                         broker_topology.Topology(exchange))
-
-    try:  # bounded: a stalled broker must not hang the bench after its figures
-        await asyncio.wait_for(delete(), 60)
-    except Exception as exc:
-        print(f"could not delete the namespace {exchange}: {exc!r}", flush=True)
+        await remove_namespace(servers, exchange)
 
 
 async def publish_created(amqp_url: str, exchange_name: str,
@@ -222,12 +205,10 @@ def stopped_line(stack: World) -> dict[str, Any]:
 
 
 async def main(args: argparse.Namespace) -> None:
-    amqp_url = (os.environ.get("AMQP_URL") or os.environ.get("TEST_AMQP_URL")
-                or "amqp://guest:guest@127.0.0.1:5672/")
-    admin_url = (os.environ.get("TEST_DATABASE_URL")
-                 or "postgresql://postgres@127.0.0.1:5432/postgres")
+    servers = Servers.from_environment()
+    amqp_url = servers.amqp_url
     signer = LinkSigner(parse_link_keys(LINK_KEYS))
-    factory = DatabaseFactory(admin_url)
+    factory = DatabaseFactory(servers.admin_database_url)
     await factory.prepare()
     root = Path(tempfile.mkdtemp(prefix="bench-lifecycle-"))
     try:
@@ -235,7 +216,7 @@ async def main(args: argparse.Namespace) -> None:
             print(f"(a) {args.single} domains, one at a time: domain.created -> first HTTPS 302",
                   flush=True)
             database = await factory.create()
-            async with bench_stack(root / "single", amqp_url, database) as (stack, exchange):
+            async with bench_stack(root / "single", servers, database) as (stack, exchange):
                 results = await single(stack, amqp_url, exchange, database, signer,
                                        args.single)
                 stack.terminate()
@@ -247,7 +228,7 @@ async def main(args: argparse.Namespace) -> None:
         if args.burst:
             print(f"(b) {args.burst} domains created at once", flush=True)
             database = await factory.create()
-            async with bench_stack(root / "burst", amqp_url, database) as (stack, exchange):
+            async with bench_stack(root / "burst", servers, database) as (stack, exchange):
                 figures = await burst(stack, amqp_url, exchange, database, signer, args.burst)
                 books = await audit(stack, database, figures["names"])
                 statuses_at_exit = stack.terminate()

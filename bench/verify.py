@@ -2,13 +2,13 @@
 every query after a fixed latency, by the real verifier process, compared with a serial
 verifier (the same process with VERIFIER_PREFETCH=1) measured in the same run.
 
-    python bench/verify.py [--domains 1000] [--latency-ms 50] [--serial-domains 100]
+    .venv/bin/python -m bench.verify [--domains 1000] [--latency-ms 50] [--serial-domains 100]
 
-Needs RabbitMQ and PostgreSQL: AMQP_URL / TEST_AMQP_URL and TEST_DATABASE_URL (an admin
-URL: a scratch database is created and dropped), defaulting to the local servers. The DNS
-server (demo/dns.py) runs in this process on 127.0.0.1; every domain is a
-one-hop CNAME to the platform host, so each check asks 4 questions (the CNAME, and CAA at
-the name, its parent and the top-level domain), all delayed by the latency.
+Needs RabbitMQ and PostgreSQL (bench/scratch.py says where it finds them; a scratch
+database is created and dropped). The DNS server (demo/dns.py) runs in this process on
+127.0.0.1; every domain is a one-hop CNAME to the platform host, so each check asks 4
+questions (the CNAME, and CAA at the name, its parent and the top-level domain), all
+delayed by the latency.
 
 The clock runs from the first publish until the last domain.verified arrives on a queue
 bound by the benchmark. The serial run times `--serial-domains` and is scaled linearly to
@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import aio_pika
 
+from bench.scratch import Servers
 from demo.databases import DatabaseFactory
 from demo.dns import DnsServer
 from demo.processes import ServiceProcess
@@ -95,11 +92,9 @@ async def run_once(*, label: str, domains: list[str], prefetch: int, dns: DnsSer
 
 
 async def main(args: argparse.Namespace) -> None:
-    amqp_url = (os.environ.get("AMQP_URL") or os.environ.get("TEST_AMQP_URL")
-                or "amqp://guest:guest@127.0.0.1:5672/")
-    admin_url = (os.environ.get("TEST_DATABASE_URL")
-                 or "postgresql://postgres@127.0.0.1:5432/postgres")
-    factory = DatabaseFactory(admin_url)
+    servers = Servers.from_environment()
+    amqp_url = servers.amqp_url
+    factory = DatabaseFactory(servers.admin_database_url)
     await factory.prepare()
     log_dir = Path(tempfile.mkdtemp(prefix="bench-verify-"))
     try:
