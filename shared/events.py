@@ -158,7 +158,8 @@ class Event(msgspec.Struct, Generic[D], frozen=True):
     """A decoded CloudEvent with typed data. `raw` is the event's own JSON, for dead letters.
 
     A Struct, not a frozen dataclass: the logger makes one per click, and a frozen
-    dataclass's `__init__` was about a quarter of the time it spent decoding.
+    dataclass's `__init__` was a large part of the time it spent decoding
+    (docs/performance.md).
     """
 
     id: str
@@ -216,8 +217,8 @@ def _typed_envelope(cls: type[EventData]) -> type[msgspec.Struct]:
         tag_field="type", tag=cls.TYPE, kw_only=True)
 
 
-# A whole well-formed batch decodes in one call (about a third of the logger's CPU went
-# to decoding its clicks one by one); any problem falls back to `decode_event` per element,
+# A whole well-formed batch decodes in one call (decoding its clicks one by one was much of
+# the logger's CPU: docs/performance.md); any problem falls back to `decode_event` per element,
 # which gives each bad one its reason.
 # The union is built at run time from EVENT_TYPES, which no type checker can follow.
 _typed_batch = msgspec.json.Decoder(list[Union[tuple(  # type: ignore[misc]  # noqa: UP007

@@ -50,7 +50,7 @@ class Link(msgspec.Struct, frozen=True):
     """What a verified tracking link carries.
 
     A msgspec Struct, not a frozen dataclass: one is made per click, and the
-    dataclass's `__init__` (0.55 µs) cost four times as much.
+    dataclass's `__init__` cost much more (docs/performance.md).
     """
 
     customer_id: str
@@ -68,9 +68,9 @@ _OPAD = bytes(b ^ 0x5C for b in range(256))
 class _Mac:
     """HMAC-SHA256 (RFC 2104) under one key, the key's two padded hash states made once.
 
-    `hmac.digest` sets an OpenSSL 3 HMAC context up on every call: 1.3 µs per click
-    here, against 0.55 µs for copying the two keyed states (the signature is checked
-    on every click). tests/unit/test_links.py checks it against `hmac.digest`.
+    `hmac.digest` sets an OpenSSL 3 HMAC context up on every call, which costs more than
+    copying the two keyed states, and the signature is checked on every click (figures:
+    docs/performance.md). tests/unit/test_links.py checks it against `hmac.digest`.
     """
 
     __slots__ = ("_inner", "_outer")

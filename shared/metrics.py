@@ -158,8 +158,8 @@ class QueueMetrics:
 class Tally:
     """A count bumped on the event loop's thread only: `inc()` is an int add, no lock.
 
-    prometheus_client's children take a lock on every `inc()`/`observe()`; on the
-    redirector's click path that was about 3% of the CPU. Read at scrape time by
+    prometheus_client's children take a lock on every `inc()`/`observe()`, a measurable
+    share of the redirector's click path (docs/performance.md). Read at scrape time by
     `_ClickCollector`, on the same thread (see the module docstring), so no lock is
     needed and no count is torn.
     """

@@ -3,18 +3,16 @@ pooled read of the kernel's CSPRNG.
 
 Why version 7: every click id goes into the unique index on `tracking_logs.event_id`.
 Random (version 4) ids land all over that index, so each insert touches a different
-page, and the cost grows with the table. With 2 million rows already in it, PostgreSQL
-used 16-23 µs of CPU per row copied in with random ids and 10-13 µs with time-ordered
-ones, which land at the index's right-hand edge (bench/event_ids.py); at 6 million rows,
-21.5 against 8.8 µs. On a table bigger than memory, random ids also mean a disk read
-per insert.
+page, and the cost grows with the table; time-ordered ones land at the index's
+right-hand edge (`python -m bench.event_ids`; figures in docs/performance.md). On a table
+bigger than memory, random ids also mean a disk read per insert.
 
 Layout: 48 bits of Unix time in milliseconds, the version (7), 12 random bits, the
 RFC 4122 variant, 62 random bits: 74 random bits per millisecond, so ids stay unique
 across redirectors without coordination, and a clock stepping back only costs order.
 
-`str(uuid.uuid4())` cost one getrandom(2) call and a UUID object per click; on the
-redirector's hot path that was about 6% of the time, hence the pool.
+`str(uuid.uuid4())` cost one getrandom(2) call and a UUID object per click, a visible
+share of the redirector's hot path (docs/performance.md), hence the pool.
 """
 
 from __future__ import annotations

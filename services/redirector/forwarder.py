@@ -69,8 +69,9 @@ class Forwarder:
                         await self._wake.wait()
             # Let a small batch fill up, also when the first click after an idle moment
             # woke us: sending that one at once made a message of a click or two each
-            # time, and below saturation (2,200 clicks/s) about 250 messages a second,
-            # whose per-message cost tripled RabbitMQ's and the logger's CPU.
+            # time, and below saturation many small messages, whose per-message cost
+            # multiplied RabbitMQ's and the logger's CPU ("Fewer, fuller messages" in
+            # docs/performance.md).
             if (self._linger_s and self._publish is not None and self._spool.has_pending()
                     and self._spool.backlog_bytes() < self._batch_size * 400):
                 await asyncio.sleep(self._linger_s)

@@ -8,9 +8,8 @@ once every batch read from it is confirmed.
 Why files and not memory: a shared file mapping's pages are the kernel's page cache,
 so a line is there the moment it is copied in and survives the process being killed
 (SIGKILL, OOM), exactly as data written with `write(2)` would; and memory stays
-bounded during a long broker outage. The copy replaced a `write(2)` per click: in
-paired runs under load the redirector then used about 6% less CPU per click, and an
-append takes about 1 µs instead of 2 (docs/performance.md).
+bounded during a long broker outage. The copy replaced a `write(2)` per click and costs
+the redirector less CPU per click (figures: docs/performance.md).
 
 Segments are preallocated (`posix_fallocate`) before they are mapped: a full disk is
 then an `OSError` when a segment is started, never a SIGBUS on a page fault in the
@@ -21,8 +20,8 @@ What a power loss can take is only what the kernel had not yet written back; the
 forwarder bounds that by fsyncing (in a thread, never on the event loop; `fsync`
 writes back a mapping's dirty pages too) every second while the broker is away or
 behind, and `close` fsyncs. Rotating to a new segment never fsyncs: under load that
-was an 8 MiB fsync (about 25 ms here) on the request path every few seconds, for a
-file about to be deleted once confirmed.
+was a whole segment's fsync on the request path every few seconds (tens of milliseconds:
+docs/performance.md), for a file about to be deleted once confirmed.
 
 Several redirectors on one host each claim their own slot directory under the
 spool root (an exclusive `flock`), and adopt the segments of slots nobody holds,
@@ -314,9 +313,9 @@ class Spool:
             preallocate(fd, size)
             mapping = mmap.mmap(fd, size)
             if hasattr(mmap, "MADV_RANDOM"):
-                # No readahead: with it, the first write to a new segment took about
-                # 2.5 ms here (on the event loop); without, each page's first write
-                # costs about 2 µs more, a quarter of a microsecond per click.
+                # No readahead: with it, the first write to a new segment stalled the
+                # event loop for milliseconds; without, each page's first write costs a
+                # little more, spread over its clicks (docs/performance.md).
                 mapping.madvise(mmap.MADV_RANDOM)
         except BaseException:
             os.close(fd)
@@ -328,7 +327,8 @@ class Spool:
             old.active = False
             if self._map is not None:
                 # Unmapping keeps the written pages in the page cache (and dirty). It
-                # takes about 0.6 ms for a full segment here, so it is deferred too.
+                # takes a fraction of a millisecond for a full segment (docs/performance.md),
+                # so it is deferred too.
                 if self._defer_unlinks:
                     self._unmaps.append(self._map)
                 else:

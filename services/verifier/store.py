@@ -95,7 +95,8 @@ class VerificationStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         # Single statements need no BEGIN/COMMIT round trips: they run in autocommit
-        # (a third of the database time at high concurrency). Multi-statement work
+        # (the round trips were much of the database time at high concurrency:
+        # docs/performance.md). Multi-statement work
         # (claims, deletes) uses real transactions on `engine`.
         self._auto = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._insert = (postgresql.insert if engine.dialect.name == "postgresql"
