@@ -26,16 +26,17 @@ TEST_LINK_KEYS = "k2026:" + "test-signing-secret-0123456789abcdef" + ",old:" + "
 TRACKING_HOST = "click.platform.test"
 # Short retry tiers (the `topology` fixture's): a retry round trip takes well under a second.
 FAST_DELAYS_MS = (200, 400)
-TIERS = ("unit", "integration", "e2e", "fault", "deploy")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark each test with its tier, the directory under tests/ that holds it."""
+    """Mark each test with its tier: the directory under tests/ that holds it, when a
+    marker of that name is registered (pyproject.toml), as every tier's is."""
+    tiers = {line.split(":", 1)[0].strip() for line in config.getini("markers")}
     tests = Path(__file__).parent
     for item in items:
         if tests in item.path.parents:
             tier = item.path.relative_to(tests).parts[0]
-            if tier in TIERS:
+            if tier in tiers:
                 item.add_marker(tier)
 
 
