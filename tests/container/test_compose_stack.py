@@ -66,8 +66,6 @@ from tests.fault.harness import RowCounts, amqp_target, amqp_via, assert_exactly
 from tests.support.amqp import message
 from tests.support.proxy import TcpProxy
 
-pytestmark = pytest.mark.container
-
 NAME = "track.customer-a.test"
 CUSTOMER = "cust-a"
 DESTINATION = "https://shop.example/spring?utm_source=mail"

@@ -27,7 +27,6 @@ from shared.links import MAX_TOKEN_LENGTH, LinkSigner
 from shared.settings import BrokerSettings, DatabaseSettings, LinkKey
 from tests.conftest import TRACKING_HOST, service_env
 
-pytestmark = pytest.mark.e2e
 TRACKCTL = Path(sys.executable).with_name("trackctl")
 
 

@@ -11,15 +11,11 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from demo.databases import fetch
 from demo.net import free_port
 from demo.processes import ROOT, ServiceProcess
 from shared.settings import BrokerSettings, DatabaseSettings
 from tests.conftest import TEST_LINK_KEYS, service_env
-
-pytestmark = pytest.mark.e2e
 
 
 def _readme_click_lines() -> list[str]:

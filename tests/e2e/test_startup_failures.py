@@ -26,7 +26,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("logger", "verifier", "certifier", "redirector")
 SENTINEL = "Sentinel-Secret-0123456789abcdefXYZ"  # 35 characters
 SHORT_SECRET = "ShortSecret0123"  # 15 characters, also a valid key id
-pytestmark = pytest.mark.e2e
 
 
 def _env(tmp_path: Path, **changes: str) -> dict[str, str]:

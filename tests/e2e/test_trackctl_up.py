@@ -18,11 +18,8 @@ import sys
 import time
 from collections import Counter
 
-import pytest
-
 from demo.processes import ROOT
 
-pytestmark = pytest.mark.e2e
 LINES = 300
 
 # A child: LINES JSON lines of 1-20 KB, written by print() as structlog does, then it

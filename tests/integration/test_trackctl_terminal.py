@@ -19,7 +19,6 @@ import subprocess
 from datetime import UTC, datetime
 
 import aio_pika
-import pytest
 
 from demo.databases import execute
 from demo.processes import ROOT
@@ -27,8 +26,6 @@ from shared.broker import topology as broker_topology
 from shared.broker.names import LOGGER_QUEUE
 from shared.broker.topology import Topology
 from shared.settings import BrokerSettings, DatabaseSettings
-
-pytestmark = pytest.mark.integration
 
 TRACKCTL = ROOT / ".venv" / "bin" / "trackctl"
 NAME = "track.customer-a.test"
