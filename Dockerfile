@@ -15,23 +15,17 @@
 # package put the interpreter in different places.
 ARG BASE_IMAGE=python:3.11.13-slim-bookworm
 
-# --- requirements: the dependency list alone, from pyproject.toml -----------------------
-# Its own stage: the build stage copies only the list, so editing anything else in
-# pyproject.toml (tool settings) reuses the cached dependency layer.
-FROM ${BASE_IMAGE} AS requirements
-COPY pyproject.toml /src/
-RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"]))' > /requirements.txt
-
 # --- build: a virtualenv with the dependencies, then the project, compiled --------------
 FROM ${BASE_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 # /opt/venv is what the runtime gets; /opt/tools only builds the project's wheel.
 RUN python3 -m venv /opt/venv && python3 -m venv /opt/tools \
  && /opt/tools/bin/pip install -q "setuptools>=68" wheel
-# Dependencies first, so editing the code rebuilds only the last layers (and needs no
+# Dependencies first, from the lockfile (every package of the tree pinned with its hashes;
+# scripts/lock writes it), so editing the code rebuilds only the last layers (and needs no
 # package index).
-COPY --from=requirements /requirements.txt /tmp/requirements.txt
-RUN /opt/venv/bin/pip install -r /tmp/requirements.txt
+COPY requirements/runtime.txt /tmp/requirements.txt
+RUN /opt/venv/bin/pip install --require-hashes -r /tmp/requirements.txt
 WORKDIR /src
 # The whole build context: .dockerignore keeps out everything that is not the package,
 # so a new top-level package needs no change here.
