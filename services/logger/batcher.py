@@ -18,6 +18,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from services.logger.database import ClickStore, Row
+from shared.backoff import Backoff
 from shared.errors import PermanentError
 from shared.metrics import LoggerMetrics
 
@@ -144,7 +145,7 @@ class BatchWriter:
     async def _write(self, rows: list[Row]) -> None:
         """Write with retries while the database is unreachable; raise `_Unstorable` if the
         database refuses the rows themselves."""
-        backoff = 0.1
+        backoff = Backoff(0.1, self._max_backoff_s)
         attempt = 0
         while True:
             attempt += 1
@@ -160,11 +161,11 @@ class BatchWriter:
                     raise _Unstorable((str(exc) or type(exc).__name__)[:500]) from exc
                 self.healthy = False
                 self._metrics.write_failures.inc()
+                delay = backoff.next()
                 log.warning("clicks.write_failed", rows=len(rows), attempt=attempt,
                             error=(str(exc) or type(exc).__name__)[:500],
-                            retry_in_s=round(backoff, 2))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._max_backoff_s)
+                            retry_in_s=round(delay, 2))
+                await asyncio.sleep(delay)
                 continue
             elapsed = time.perf_counter() - started
             self.healthy = True

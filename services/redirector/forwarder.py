@@ -17,6 +17,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from services.redirector.spool import Batch, Spool, fsync_all, unlink_all, unmap_all
+from shared.backoff import Backoff
 from shared.broker.names import CLICK_TRACKED
 from shared.events import encode_batch
 from shared.metrics import RedirectorMetrics
@@ -43,7 +44,8 @@ class Forwarder:
         self._publish: Publish | None = None
         self._slots = asyncio.Semaphore(max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._backoff_s = 0.0
+        # After a failed publish, the loop waits this long before the next round.
+        self._backoff = Backoff(0.1, 5.0)
         self._failures = 0
         self.connected = False
         self.published = 0
@@ -75,8 +77,8 @@ class Forwarder:
             if (self._linger_s and self._publish is not None and self._spool.has_pending()
                     and self._spool.backlog_bytes() < self._batch_size * 400):
                 await asyncio.sleep(self._linger_s)
-            if self._backoff_s:
-                await asyncio.sleep(self._backoff_s)
+            if self._backoff.current:
+                await asyncio.sleep(self._backoff.current)
             await self._send_available()
             if unmaps := self._spool.take_unmaps():
                 await _in_thread(unmap_all, unmaps)
@@ -97,7 +99,7 @@ class Forwarder:
         is away or behind, the spool is the only copy: then it is fsynced every
         `sync_interval_s`, which bounds what a power loss can take.
         """
-        return (not self.connected or self._publish is None or bool(self._backoff_s)
+        return (not self.connected or self._publish is None or bool(self._backoff.current)
                 or self._spool.backlog_bytes() > SYNC_BACKLOG_BYTES)
 
     async def drain(self, timeout_s: float) -> bool:
@@ -109,8 +111,8 @@ class Forwarder:
                 await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
             if not self._spool.has_pending() and not self._tasks:
                 return True
-            if self._publish is None or self._backoff_s:
-                pause = max(0.2, self._backoff_s)
+            if self._publish is None or self._backoff.current:
+                pause = max(0.2, self._backoff.current)
                 await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
         return False
 
@@ -146,13 +148,13 @@ class Forwarder:
             self._spool.failed(batch)
             self._failures += 1
             self._metrics.publish_failures.inc()
-            self._backoff_s = min(max(self._backoff_s * 2, 0.1), 5.0)
+            retry_in_s = self._backoff.next()
             log.warning("clicks.publish_failed", clicks=len(batch.lines),
-                        error=str(exc) or type(exc).__name__, retry_in_s=self._backoff_s)
+                        error=str(exc) or type(exc).__name__, retry_in_s=retry_in_s)
         else:
             elapsed = time.perf_counter() - started
             self._spool.confirmed(batch)
-            self._backoff_s = 0.0
+            self._backoff.reset()
             clicks = len(batch.lines)
             self.published += clicks
             metrics = self._metrics

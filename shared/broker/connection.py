@@ -9,6 +9,7 @@ import aio_pika
 import structlog
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 
+from shared.backoff import Backoff
 from shared.settings import BrokerSettings
 
 log = structlog.get_logger(__name__)
@@ -34,7 +35,7 @@ async def connect(settings: BrokerSettings, *, name: str, attempts: int | None =
     so failing to connect at once is normal and is logged, not fatal.
     """
     logging.getLogger("aiormq.connection").addFilter(_SAID_ELSEWHERE)  # once: same instance
-    backoff = 0.2
+    backoff = Backoff(0.2, max_backoff_s)
     attempt = 0
     while True:
         attempt += 1
@@ -50,10 +51,10 @@ async def connect(settings: BrokerSettings, *, name: str, attempts: int | None =
         except (OSError, TimeoutError, aio_pika.exceptions.AMQPError) as exc:
             if attempts is not None and attempt >= attempts:
                 raise
+            delay = backoff.next()
             log.warning("broker.unreachable", url=settings.safe_url, attempt=attempt,
-                        error=str(exc) or type(exc).__name__, retry_in_s=round(backoff, 2))
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, max_backoff_s)
+                        error=str(exc) or type(exc).__name__, retry_in_s=round(delay, 2))
+            await asyncio.sleep(delay)
 
 
 async def open_channel(connection: AbstractRobustConnection, *,

@@ -253,7 +253,7 @@ async def test_the_forwarder_counts_confirmed_and_failed_publishes(tmp_path: Pat
     assert not await forwarder.drain(0.05)
     assert value(registry, "tracking_click_publish_failures_total") >= 1
     forwarder.attach(working)
-    forwarder._backoff_s = 0.0
+    forwarder._backoff.reset()
     assert await forwarder.drain(2.0)
     assert value(registry, "tracking_clicks_published_total") == 3
     assert value(registry, "tracking_click_publish_confirm_seconds_count") >= 1
