@@ -56,6 +56,8 @@ ROUTING_KEY_HEADER = "x-original-routing-key"
 DEAD_AT_HEADER = "x-dead-at"
 MAX_HEADER_TEXT = 1000
 REASONS_SHOWN = 3  # of a message's malformed elements, the first reasons kept in the header
+# How long handlers cancelled by `Consumer.stop(cancel_after=True)` get to unwind.
+CANCEL_GRACE_S = 10.0
 
 log = structlog.get_logger(__name__)
 
@@ -95,16 +97,32 @@ class Consumer:
         self._queue = await self._channel.get_queue(self._queue_name, ensure=True)
         self._tag = await self._queue.consume(self._on_message)
 
-    async def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop taking messages, then wait for the ones in hand to be acked."""
+    @property
+    def in_flight(self) -> int:
+        """Messages being handled right now (taken, not yet acked or parked)."""
+        return len(self._in_flight)
+
+    async def stop(self, timeout_s: float = 30.0, *, cancel_after: bool = False) -> int:
+        """Stop taking messages, then wait up to `timeout_s` for the ones in hand to be
+        acked. With `cancel_after`, handlers still running then are cancelled: their
+        messages stay unacked and the broker delivers them again (handlers are
+        idempotent). Returns how many were cancelled."""
         if self._queue is not None and self._tag is not None:
             try:
                 await self._queue.cancel(self._tag)
             except Exception as exc:  # the channel may already be gone; nothing to cancel
                 log.warning("consumer.cancel_failed", queue=self._queue_name, error=str(exc))
             self._tag = None
-        if self._in_flight:
-            await asyncio.wait(set(self._in_flight), timeout=timeout_s)
+        if not self._in_flight:
+            return 0
+        _, running = await asyncio.wait(set(self._in_flight), timeout=timeout_s)
+        if not cancel_after or not running:
+            return 0
+        for task in running:
+            task.cancel()
+        # Bounded: a handler's clean-up (killing a child process) must not hold the exit.
+        await asyncio.wait(running, timeout=CANCEL_GRACE_S)
+        return len(running)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()

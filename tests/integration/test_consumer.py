@@ -411,6 +411,55 @@ async def test_a_batch_redelivered_after_a_stop_mid_handler_dead_letters_its_bad
     assert text_header(dead.headers, "x-dead-error").startswith("2 malformed elements: #1: ")
 
 
+async def test_stop_with_cancel_after_cancels_a_handler_past_the_timeout_leaving_it_unacked(
+        broker: BrokerSettings, topology: Topology, side: AbstractConnection) -> None:
+    cancelled: list[str] = []
+
+    async def stuck(_call: int, events: Sequence[Event[Any]]) -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.extend(e.id for e in events)
+            raise
+
+    recorder = Recorder(then=stuck)
+    event_id, raw = click_event(1)
+    async with running(broker, topology, recorder) as run:
+        await run.send(message(raw))
+        assert await until(lambda: run.consumer.in_flight == 1)
+        before = time.monotonic()
+        abandoned = await run.consumer.stop(timeout_s=0.3, cancel_after=True)
+        took = time.monotonic() - before
+        assert abandoned == 1
+        assert cancelled == [event_id]
+        assert run.consumer.in_flight == 0
+        assert 0.3 <= took < 2, took
+        assert not recorder.successes
+    # Neither acked nor parked: the broker holds it for the next consumer.
+    assert await wait_count(side, topology.queue(LOGGER_QUEUE), 1, timeout_s=5) == 1
+    assert await message_count(side, topology.dead_queue(LOGGER_QUEUE)) == 0
+    for delay in topology.retry_delays_ms:
+        assert await message_count(side, topology.retry_queue(LOGGER_QUEUE, delay)) == 0
+
+
+async def test_stop_without_cancel_after_leaves_a_handler_past_the_timeout_running(
+        broker: BrokerSettings, topology: Topology, side: AbstractConnection) -> None:
+    release = asyncio.Event()
+
+    async def held(_call: int, _events: Sequence[Event[Any]]) -> None:
+        await release.wait()
+
+    recorder = Recorder(then=held)
+    async with running(broker, topology, recorder) as run:
+        await run.send(message(click_event(1)[1]))
+        assert await until(lambda: run.consumer.in_flight == 1)
+        assert await run.consumer.stop(timeout_s=0.2) == 0
+        assert run.consumer.in_flight == 1  # still running: its caller decides
+        release.set()
+        assert await until(lambda: len(recorder.successes) == 1)
+    await assert_queues_empty(side, topology, dead=0)
+
+
 # --- events this queue does not consume, and text no database can store -----------------
 
 async def test_event_of_a_type_the_queue_does_not_consume_is_dead_lettered_not_dropped(
