@@ -202,7 +202,7 @@ def bench_redirector(cfg: Config, links: Links, processes: int = 1) -> SystemRes
         for _ in range(2, processes + 1):
             more = stack.enter_context(running(ServiceProcess("redirector", env, cfg.out)))
             extra.append(more)
-            more.wait_for_log('"redirector.listening"', 30)
+            more.wait_for_log('"redirector.started"', 30)
         check_redirects(port, links[0][0], links[0][1]["url"])
         rows, _ = wait_rows(database, 1, timeout_s=10)
         if rows != 1:

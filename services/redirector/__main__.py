@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 
 import structlog
@@ -21,7 +22,7 @@ from shared.broker import topology as broker_topology
 from shared.broker.connection import connect, open_channel
 from shared.broker.publisher import Publisher
 from shared.db.engine import create_engine
-from shared.lifecycle import event_source, service_main
+from shared.lifecycle import Lifecycle, event_source, service_main
 from shared.links import LinkSigner
 from shared.metrics import MetricsServer, RedirectorMetrics, new_registry
 
@@ -47,7 +48,12 @@ async def link_broker(settings: RedirectorSettings, forwarder: Forwarder, source
     log.info("broker.connected", url=settings.broker.safe_url)
 
 
-async def serve(settings: RedirectorSettings, stop: asyncio.Event) -> None:
+async def open_redirector(life: Lifecycle, settings: RedirectorSettings) -> None:
+    """Open the redirector's resources in order; `life` closes them in reverse: stop
+    serving (HTTP, then the spool drained for what is left of DRAIN_TIMEOUT_S, the
+    background tasks and the broker link), then the database, /metrics and, last, the
+    spool (synced: what was not published stays for next time). The broker is not
+    waited for: clicks are spooled until it answers."""
     source = event_source("redirector")
     spool = Spool(settings.spool_dir, defer_unlinks=True)
     try:
@@ -56,16 +62,17 @@ async def serve(settings: RedirectorSettings, stop: asyncio.Event) -> None:
         # One line an operator can act on (a missing mount, permissions, a full disk).
         raise SystemExit(f"redirector: SPOOL_DIR {settings.spool_dir} cannot be used: "
                          f"{exc}") from None
+    life.on_stop(spool.close)
     registry = new_registry()
     metrics = RedirectorMetrics(registry)
     forwarder = Forwarder(spool, batch_size=settings.batch_size,
                           linger_s=settings.linger_ms / 1000, metrics=metrics)
     metrics.watch(backlog_bytes=spool.backlog_bytes, spool_clicks=spool.unconfirmed_lines,
                   connected=lambda: float(forwarder.connected))
-    metrics_server = MetricsServer(registry, settings.metrics_bind)
-    await metrics_server.start()
+    await life.enter(MetricsServer(registry, settings.metrics_bind))
     directory = DomainDirectory(settings.tracking_host, settings.tracking_host_aliases)
     engine = create_engine(settings.database, pool_size=1)
+    life.on_stop(engine.dispose)
     try:
         async with asyncio.timeout(5):
             directory.replace(await load_active(engine))
@@ -81,6 +88,7 @@ async def serve(settings: RedirectorSettings, stop: asyncio.Event) -> None:
     runner = web.ServerRunner(build_server(redirector), handle_signals=False,
                               shutdown_timeout=10)
     await runner.setup()
+    life.on_stop(runner.cleanup)
     host, port = settings.bind
     site = web.TCPSite(runner, host, port, reuse_port=True, backlog=1024)
     try:
@@ -88,6 +96,8 @@ async def serve(settings: RedirectorSettings, stop: asyncio.Event) -> None:
     except OSError as exc:  # taken by another program, or an address this host lacks
         raise SystemExit(f"redirector: REDIRECTOR_BIND {host}:{port} cannot be used: "
                          f"{exc.strerror or exc}") from None
+    # Only once listening: a start-up that fails or is stopped before has tried no
+    # broker (no line about it) and has nothing to drain (the spool keeps its clicks).
     held: list[AbstractRobustConnection] = []
     tasks = [
         asyncio.create_task(forwarder.run(), name="forwarder"),
@@ -96,16 +106,25 @@ async def serve(settings: RedirectorSettings, stop: asyncio.Event) -> None:
         asyncio.create_task(link_broker(settings, forwarder, source, held), name="broker"),
         asyncio.create_task(adopt_orphans_forever(spool, forwarder.notify), name="adopt"),
     ]
-    log.info("redirector.listening", url=f"http://{host}:{port}/", spool=str(slot),
-             recovered_clicks=spool.recovered, tracking_host=settings.tracking_host,
-             tracking_host_aliases=list(settings.tracking_host_aliases) or None,
-             active_domains=len(directory))
-    await stop.wait()
+    life.on_stop(functools.partial(stop_serving, life, runner, forwarder, tasks, held))
+    life.describe(url=f"http://{host}:{port}/", spool=str(slot),
+                  recovered_clicks=spool.recovered, tracking_host=settings.tracking_host,
+                  tracking_host_aliases=list(settings.tracking_host_aliases) or None,
+                  active_domains=len(directory))
+    life.summarize(lambda: {"published": forwarder.published,
+                            "left_in_spool_bytes": spool.backlog_bytes()})
 
-    log.info("redirector.stopping")
-    await runner.cleanup()  # stop accepting, let in-flight requests finish
-    tasks[0].cancel()
-    drained = await forwarder.drain(settings.drain_timeout_s)
+
+async def stop_serving(life: Lifecycle, runner: web.ServerRunner, forwarder: Forwarder,
+                       tasks: list[asyncio.Task[None]],
+                       held: list[AbstractRobustConnection]) -> None:
+    """Stop accepting and finish the requests in flight (so no click arrives while the
+    spool drains; the cleanup registered at setup then finds nothing left to do),
+    publish what is spooled within the drain timeout, end the background tasks and
+    close the broker connection."""
+    await runner.cleanup()
+    tasks[0].cancel()  # the forwarder's loop: drain() takes over
+    life.note(drained=await forwarder.drain(life.remaining_s()))
     for task in tasks:
         task.cancel()
     # Bounded: a task that ignored its cancellation must not keep the process from
@@ -117,14 +136,14 @@ async def serve(settings: RedirectorSettings, stop: asyncio.Event) -> None:
                         error=repr(task.exception()))
     if stuck:
         log.warning("redirector.tasks_still_running", tasks=sorted(t.get_name() for t in stuck))
-    spool.close()
     for connection in held:
         with contextlib.suppress(Exception):
             await connection.close()
-    await engine.dispose()
-    await metrics_server.stop()
-    log.info("redirector.stopped", drained=drained, published=forwarder.published,
-             left_in_spool_bytes=spool.backlog_bytes())
+
+
+async def serve(settings: RedirectorSettings, stop: asyncio.Event) -> None:
+    await Lifecycle("redirector", drain_timeout_s=settings.drain_timeout_s).run(
+        functools.partial(open_redirector, settings=settings), stop)
 
 
 def main() -> None:

@@ -7,8 +7,6 @@ import contextlib
 import functools
 import os
 
-import structlog
-
 from services.verifier import settings as verifier_settings
 from services.verifier.announcer import Announcer
 from services.verifier.census import census_forever
@@ -22,28 +20,30 @@ from shared.broker.consumer import ConsumePolicy, Consumer
 from shared.broker.names import VERIFIER_QUEUE
 from shared.broker.publisher import Publisher
 from shared.db.migrate import open_migrated
-from shared.lifecycle import event_source, service_main
+from shared.lifecycle import Lifecycle, event_source, service_main
 from shared.metrics import MetricsServer, VerifierMetrics, new_registry
 from shared.verification.checks import DomainChecker
 from shared.verification.dns import DnsResolver
 
-log = structlog.get_logger("services.verifier")
 
-
-async def serve(settings: VerifierSettings, stop: asyncio.Event) -> None:
+async def open_verifier(life: Lifecycle, settings: VerifierSettings) -> None:
+    """Open the verifier's resources in order; `life` closes them in reverse: the
+    consumer finishes the domains it holds, the running recheck batch ends (each up
+    to 30 s), the census stops, then the connection, /metrics and the database go."""
     source = event_source("verifier")
     engine = await open_migrated(settings.database, service="verifier",
                                  pool_size=settings.db_pool_size)
+    life.on_stop(engine.dispose)
     store = VerificationStore(engine)
     registry = new_registry()
     metrics = VerifierMetrics(registry)
-    metrics_server = MetricsServer(registry, settings.metrics_bind)
-    await metrics_server.start()
+    await life.enter(MetricsServer(registry, settings.metrics_bind))
     resolver = DnsResolver(settings.nameservers, timeout_s=settings.dns_timeout_s)
     checker = DomainChecker(resolver, target=settings.policy.tracking_host,
                             aliases=settings.policy.tracking_host_aliases,
                             ca_identity=settings.policy.caa_identity)
     connection = await connect(settings.broker, name=f"verifier {source}")
+    life.on_stop(connection.close, quiet=True)
     channel = await open_channel(connection)
     topology = broker_topology.Topology(settings.broker.exchange,
                                         retry_delays_ms=settings.retry_delays_ms)
@@ -63,29 +63,36 @@ async def serve(settings: VerifierSettings, stop: asyncio.Event) -> None:
                           policy=settings.policy, poll_s=settings.schedule_poll_s,
                           batch=settings.recheck_batch,
                           concurrency=settings.recheck_concurrency, metrics=metrics)
+    # Both loops end on their own once `life.stopping` is set.
+    census = asyncio.create_task(census_forever(life.stopping, engine, metrics),
+                                 name="census")
+    life.on_stop(functools.partial(_cancel, census))
+    schedule = asyncio.create_task(rechecker.run(life.stopping), name="recheck")
+    life.on_stop(functools.partial(_finish, schedule, timeout_s=30))
+    life.on_stop(consumer.stop)
     await consumer.start()
-    schedule = asyncio.create_task(rechecker.run(stop), name="recheck")
-    census = asyncio.create_task(census_forever(stop, engine, metrics), name="census")
-    log.info("verifier.started", queue=topology.queue(VERIFIER_QUEUE),
-             tracking_host=settings.policy.tracking_host,
-             tracking_host_aliases=list(settings.policy.tracking_host_aliases) or None,
-             nameservers=resolver.description, prefetch=settings.prefetch,
-             database=settings.database.safe_url, broker=settings.broker.safe_url)
-    await stop.wait()
+    life.describe(queue=topology.queue(VERIFIER_QUEUE),
+                  tracking_host=settings.policy.tracking_host,
+                  tracking_host_aliases=list(settings.policy.tracking_host_aliases) or None,
+                  nameservers=resolver.description, prefetch=settings.prefetch,
+                  database=settings.database.safe_url, broker=settings.broker.safe_url)
 
-    log.info("verifier.stopping")
-    await consumer.stop()
+
+async def _finish(task: asyncio.Task[None], *, timeout_s: float) -> None:
+    """Let `task` end by itself within `timeout_s` (it watches `stopping`), else cancel it."""
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(30):
-            await schedule
-    census.cancel()
+        async with asyncio.timeout(timeout_s):
+            await task
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
-        await census
-    with contextlib.suppress(Exception):
-        await connection.close()
-    await engine.dispose()
-    await metrics_server.stop()
-    log.info("verifier.stopped")
+        await task
+
+
+async def serve(settings: VerifierSettings, stop: asyncio.Event) -> None:
+    await Lifecycle("verifier").run(functools.partial(open_verifier, settings=settings), stop)
 
 
 def main() -> None:

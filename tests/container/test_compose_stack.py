@@ -401,7 +401,7 @@ async def test_stopping_the_redirector_while_clicks_flow_loses_none(
         clicker.halt.set()
         await asyncio.to_thread(clicker.join, 30)
     listening_again = _log_events(project.logs("redirector", lines=200),
-                                  "redirector.listening")
+                                  "redirector.started")
     assert listening_again and int(listening_again[-1]["recovered_clicks"]) > 0, (  # type: ignore[call-overload]
         listening_again)
 

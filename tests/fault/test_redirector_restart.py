@@ -64,7 +64,7 @@ async def test_sigterm_while_broker_is_cut_keeps_spooled_clicks_for_the_next_sta
 
         proxy.restore()
         again, _ = await start_redirector(services, port=None, **env)
-        started = _logged(log_lines(again, "redirector.listening")[-1])
+        started = _logged(log_lines(again, "redirector.started")[-1])
         assert int(started["recovered_clicks"]) >= 400
 
         counts = await wait_rows(database, 500, timeout_s=30)
@@ -99,7 +99,7 @@ async def test_sigkill_mid_stream_loses_no_served_click_and_duplicates_none(
     assert len(killed.ambiguous) <= 100, statuses
 
     again, base = await start_redirector(services)
-    recovered = _logged(log_lines(again, "redirector.listening")[-1])["recovered_clicks"]
+    recovered = _logged(log_lines(again, "redirector.started")[-1])["recovered_clicks"]
     after = await click_stream(base, mint_tokens(signer, 200, "after"), rate=300)
     assert after.statuses() == {302: 200}
 

@@ -326,7 +326,7 @@ async def test_a_stopping_certifier_abandons_what_outlives_its_drain_timeout(
             await wait_for(started.exists)
             pid = int(started.read_text())
             # One event runs certbot, the other waits behind it for the directory.
-            await wait_for(lambda: len(running.handling.tasks) == 2)
+            await wait_for(lambda: running.consumer.in_flight == 2)
         finally:
             before = time.monotonic()
             await running.stop()
