@@ -3,13 +3,15 @@
 Runs its own event loop in a thread, so sync and async tests and child
 processes can all go through it. `cut()` closes every open connection and makes
 new ones close at once (the peer sees a reset broker or database); `restore()`
-lets traffic through again.
+lets traffic through again. `SilentServer` is the other way a dependency fails:
+it accepts and never answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 
 from demo.net import free_port
@@ -84,3 +86,44 @@ class TcpProxy:
         finally:
             with contextlib.suppress(Exception):
                 writer.transport.abort() if self._cut else writer.close()
+
+
+class SilentServer:
+    """A loopback port that accepts connections and never says a word: a dependency
+    that hangs (a database behind a dead route answers nothing either). `accepted`
+    counts connections, so a test knows when a process has got as far as connecting."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self.accepted = 0
+
+    def start(self) -> SilentServer:
+        self._thread.start()
+        return self
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:  # closed by stop()
+                return
+            self._held.append(connection)
+            self.accepted += 1
+
+    def stop(self) -> None:
+        # shutdown() wakes the accept() in the thread (close() alone does not on Linux).
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        self._thread.join(5)
+        for connection in self._held:
+            connection.close()
+
+    def __enter__(self) -> SilentServer:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
