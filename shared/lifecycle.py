@@ -163,7 +163,8 @@ class Lifecycle:
                   stop: asyncio.Event) -> None:
         """Start, serve until `stop` is set, stop. `stop` cancels the start-up itself
         at whatever step it is in, waiting for a broker included."""
-        starting = asyncio.create_task(self.start(opener), name=f"{self.service}.start")
+        starting = asyncio.create_task(self._start_in_task(opener),
+                                       name=f"{self.service}.start")
         signalled = asyncio.create_task(stop.wait(), name=f"{self.service}.stop")
         try:
             await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
@@ -172,7 +173,9 @@ class Lifecycle:
                 await asyncio.wait({starting})
             if starting.cancelled():
                 return
-            starting.result()  # a start-up that failed ends the process with its error
+            exiting = starting.result()  # a start-up that failed ends the process
+            if exiting is not None:
+                raise exiting
             await signalled
         finally:
             signalled.cancel()
@@ -180,6 +183,16 @@ class Lifecycle:
                 starting.cancel()
                 await asyncio.wait({starting})
             await self.stop()
+
+    async def _start_in_task(self, opener: Callable[[Lifecycle], Awaitable[object]]
+                             ) -> SystemExit | None:
+        """`start()`, returning the SystemExit ("cannot start: why") a start-up raises:
+        raised in a task, it would escape the event loop as an unretrieved error."""
+        try:
+            await self.start(opener)
+        except SystemExit as exc:
+            return exc
+        return None
 
     async def _close(self, *, started: bool, reason: str | None) -> None:
         self._stop_began = time.monotonic()

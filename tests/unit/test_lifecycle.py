@@ -183,3 +183,15 @@ async def test_the_drain_timeout_counts_from_the_moment_stopping_begins() -> Non
     assert 4.6 < seen[1] < 4.85
     with pytest.raises(ValueError, match="no drain timeout"):
         Lifecycle("other").remaining_s()
+
+
+async def test_a_start_up_that_exits_closes_what_it_opened_and_exits_from_run() -> None:
+    opened = Opened()
+
+    async def opener(life: Lifecycle) -> None:
+        await life.enter(opened.resource("database"))
+        raise SystemExit("svc: database schema is at revision none")
+
+    with pytest.raises(SystemExit, match="schema is at revision none"):
+        await Lifecycle("svc").run(opener, asyncio.Event())
+    assert opened.events == ["open database", "close database"]
