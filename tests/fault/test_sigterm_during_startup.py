@@ -67,10 +67,19 @@ def wait_until(condition: Callable[[], object], process: ServiceProcess, what: s
         time.sleep(0.02)
 
 
-def sigterm_and_time(process: ServiceProcess) -> tuple[int, float]:
+def assert_sigterm_ends_it_at_once(process: ServiceProcess) -> None:
+    """SIGTERM: exit status 0 within EXIT_WITHIN_S."""
     before = time.monotonic()
     code = process.terminate(timeout_s=15)
-    return code, time.monotonic() - before
+    took = time.monotonic() - before
+    assert code == 0, tail(process)
+    assert took < EXIT_WITHIN_S, f"{process.name} took {took:.2f} s to exit:\n{tail(process)}"
+
+
+def assert_stopped_before_it_started(process: ServiceProcess) -> None:
+    assert not log_lines(process, f'"{process.name}.started"')
+    [stopped] = log_lines(process, f'"{process.name}.stopped"')
+    assert '"started": false' in stopped, stopped
 
 
 @pytest.mark.parametrize("name", ["logger", "verifier", "certifier"])
@@ -82,13 +91,8 @@ def test_sigterm_while_the_broker_refuses_exits_0_at_once(
         # Retrying: at least one attempt refused, the next one pending or waited for.
         wait_until(lambda: log_lines(process, '"broker.unreachable"'), process,
                    "failed connection attempt")
-        code, took = sigterm_and_time(process)
-
-        assert code == 0, tail(process)
-        assert took < EXIT_WITHIN_S, f"{name} took {took:.2f} s to exit:\n{tail(process)}"
-        assert not log_lines(process, f'"{name}.started"')
-        [stopped] = log_lines(process, f'"{name}.stopped"')
-        assert '"started": false' in stopped, stopped
+        assert_sigterm_ends_it_at_once(process)
+        assert_stopped_before_it_started(process)
 
 
 def test_sigterm_to_a_redirector_linking_to_a_refusing_broker_exits_0_at_once(
@@ -100,10 +104,7 @@ def test_sigterm_to_a_redirector_linking_to_a_refusing_broker_exits_0_at_once(
         wait_until(lambda: log_lines(process, '"redirector.started"')
                    and log_lines(process, '"broker.unreachable"'), process,
                    "start and failed connection attempt")
-        code, took = sigterm_and_time(process)
-
-        assert code == 0, tail(process)
-        assert took < EXIT_WITHIN_S, f"took {took:.2f} s to exit:\n{tail(process)}"
+        assert_sigterm_ends_it_at_once(process)
         [stopped] = log_lines(process, '"redirector.stopped"')
         assert '"drained": true' in stopped, stopped  # nothing was spooled
 
@@ -120,11 +121,6 @@ def test_sigterm_while_the_database_hangs_exits_0_at_once(
         env = env_for(name, broker, hanging, tmp_path)
         with ServiceProcess(name, env, tmp_path) as process:
             wait_until(lambda: silent.accepted > 0, process, "connection to the database")
-            code, took = sigterm_and_time(process)
-
-            assert code == 0, tail(process)
-            assert took < EXIT_WITHIN_S, f"{name} took {took:.2f} s to exit:\n{tail(process)}"
-            assert not log_lines(process, f'"{name}.started"')
-            [stopped] = log_lines(process, f'"{name}.stopped"')
-            assert '"started": false' in stopped, stopped
+            assert_sigterm_ends_it_at_once(process)
+            assert_stopped_before_it_started(process)
 

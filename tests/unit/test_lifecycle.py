@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -32,6 +33,14 @@ class Opened:
             await asyncio.sleep(0)
             self.events.append(f"close {name}")
         return close
+
+
+async def open_then_hang(life: Lifecycle, opened: Opened, waiting: asyncio.Event) -> None:
+    """A start-up that opens the database, then waits for a broker that never answers."""
+    await life.enter(opened.resource("database"))
+    waiting.set()
+    await asyncio.Event().wait()
+    life.on_stop(opened.closer("never registered"))
 
 
 def lines(logs: list[dict[str, object]], event: str) -> list[dict[str, object]]:
@@ -70,13 +79,7 @@ async def test_resources_close_in_reverse_order_and_each_line_is_logged_once() -
 async def test_the_stop_signal_cancels_start_up_mid_step_and_closes_what_was_opened() -> None:
     opened = Opened()
     waiting = asyncio.Event()
-
-    async def opener(life: Lifecycle) -> None:
-        await life.enter(opened.resource("database"))
-        waiting.set()
-        await asyncio.Event().wait()  # a broker that never answers
-        life.on_stop(opened.closer("never registered"))
-
+    opener = functools.partial(open_then_hang, opened=opened, waiting=waiting)
     stop = asyncio.Event()
     with capture_logs() as logs:
         run = asyncio.create_task(Lifecycle("svc").run(opener, stop))
@@ -124,12 +127,7 @@ async def test_a_failed_start_up_closes_what_it_opened_and_raises() -> None:
 async def test_cancelling_run_mid_start_up_closes_what_was_opened() -> None:
     opened = Opened()
     waiting = asyncio.Event()
-
-    async def opener(life: Lifecycle) -> None:
-        await life.enter(opened.resource("database"))
-        waiting.set()
-        await asyncio.Event().wait()
-
+    opener = functools.partial(open_then_hang, opened=opened, waiting=waiting)
     run = asyncio.create_task(Lifecycle("svc").run(opener, asyncio.Event()))
     await asyncio.wait_for(waiting.wait(), 1)
     run.cancel()
