@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -43,7 +44,7 @@ async def open_then_hang(life: Lifecycle, opened: Opened, waiting: asyncio.Event
     life.on_stop(opened.closer("never registered"))
 
 
-def lines(logs: list[dict[str, object]], event: str) -> list[dict[str, object]]:
+def lines(logs: list[MutableMapping[str, Any]], event: str) -> list[MutableMapping[str, Any]]:
     return [line for line in logs if line["event"] == event]
 
 
