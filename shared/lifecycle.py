@@ -146,7 +146,10 @@ class Lifecycle:
         try:
             result = await opener(self)
         except BaseException as exc:
-            await self._close(started=False, reason=_why(exc))
+            # A start-up that failed is reported as the one line on stderr that the README
+            # promises; the closing lines then only matter when debugging.
+            await self._close(started=False, reason=_why(exc),
+                              quiet=not isinstance(exc, asyncio.CancelledError))
             raise
         self._started = True
         log.info(f"{self.service}.started", startup_s=round(time.monotonic() - began, 3),
@@ -194,11 +197,12 @@ class Lifecycle:
             return exc
         return None
 
-    async def _close(self, *, started: bool, reason: str | None) -> None:
+    async def _close(self, *, started: bool, reason: str | None, quiet: bool = False) -> None:
         self._stop_began = time.monotonic()
         self.stopping.set()
+        say = log.debug if quiet else log.info
         fields = {"reason": reason, "drain_timeout_s": self.drain_timeout_s}
-        log.info(f"{self.service}.stopping", started=started,
+        say(f"{self.service}.stopping", started=started,
                  **{key: value for key, value in fields.items() if value is not None})
         try:
             await self._stack.aclose()
@@ -206,7 +210,7 @@ class Lifecycle:
             summary: dict[str, object] = dict(self._noted)
             for more in self._summaries:
                 summary.update(more())
-            log.info(f"{self.service}.stopped", started=started,
+            say(f"{self.service}.stopped", started=started,
                      stop_s=round(time.monotonic() - self._stop_began, 3), **summary)
 
 

@@ -91,6 +91,7 @@ async def test_the_stop_signal_cancels_start_up_mid_step_and_closes_what_was_ope
     assert not lines(logs, "svc.started")
     [stopping] = lines(logs, "svc.stopping")
     assert stopping["started"] is False and stopping["reason"] == "stopped during start-up"
+    assert stopping["log_level"] == "info"
     [stopped] = lines(logs, "svc.stopped")
     assert stopped["started"] is False
 
@@ -123,6 +124,8 @@ async def test_a_failed_start_up_closes_what_it_opened_and_raises() -> None:
     assert opened.events == ["open database", "close database"]
     [stopping] = lines(logs, "svc.stopping")
     assert stopping["reason"] == "start-up failed: RuntimeError: schema too old"
+    # The failure is the one line the entry point prints; closing is only debug detail.
+    assert {line["log_level"] for line in logs if line["event"].startswith("svc.")} == {"debug"}
 
 
 async def test_cancelling_run_mid_start_up_closes_what_was_opened() -> None:
