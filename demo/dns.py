@@ -17,7 +17,10 @@ faults make it answer SERVFAIL, never answer (a timeout), or answer late:
         DNS_NAMESERVERS=dns.address  # "127.0.0.1:PORT"
 
 `delay_s` delays every answer (the benchmark's slow resolver); `delay(name, s)`
-delays answers about one name.
+delays answers about one name. A name written `*.zone` is a wildcard: its records answer
+for any name below `zone` that has none of that type itself, and its faults and delays
+apply to every name below `zone` (a whole blocklist zone answering SERVFAIL, say).
+`set(..., ttl=N)` gives one record set its own TTL (the server's `ttl` otherwise).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import struct
 import threading
 from collections import Counter
 from collections.abc import Callable
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import dns.flags
 import dns.message
@@ -43,10 +46,32 @@ import dns.rrset
 Fault = Literal["servfail", "timeout", "refused"]
 MAX_CHASE = 16
 T = TypeVar("T")
+V = TypeVar("V")
 
 
 def _key(name: str) -> str:
     return name.strip().rstrip(".").lower()
+
+
+def _ancestors(name: str) -> list[str]:
+    """`a.b.c` -> `b.c`, `c`: the zones a wildcard for `name` may sit at."""
+    labels = name.split(".")
+    return [".".join(labels[i:]) for i in range(1, len(labels))]
+
+
+def _find(table: dict[Any, V], name: str, qtype: str | None = None) -> tuple[Any, V] | None:
+    """`table`'s key and entry for `name` (keyed `(name, qtype)` when `qtype` is given),
+    else for the closest wildcard `*.zone` above it; None if neither."""
+    for candidate in (name, *(f"*.{zone}" for zone in _ancestors(name))):
+        key = (candidate, qtype) if qtype is not None else candidate
+        if key in table:
+            return key, table[key]
+    return None
+
+
+def _lookup(table: dict[Any, V], name: str) -> V | None:
+    found = _find(table, name)
+    return None if found is None else found[1]
 
 
 class DnsServer:
@@ -58,6 +83,7 @@ class DnsServer:
         self.port = 0
         self.queries: Counter[tuple[str, str]] = Counter()
         self._records: dict[tuple[str, str], list[str]] = {}
+        self._ttls: dict[tuple[str, str], int] = {}
         self._faults: dict[str, Fault] = {}
         self._delays: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -125,22 +151,27 @@ class DnsServer:
 
     # --- records ----------------------------------------------------------------------
 
-    def set(self, name: str, rdtype: str, *values: str) -> None:
-        """Replace the `rdtype` records at `name` (no values: remove them)."""
+    def set(self, name: str, rdtype: str, *values: str, ttl: int | None = None) -> None:
+        """Replace the `rdtype` records at `name` (no values: remove them), served with
+        `ttl` (None: the server's)."""
         key = (_key(name), rdtype.upper())
         with self._lock:
             if values:
                 self._records[key] = list(values)
             else:
                 self._records.pop(key, None)
+            if values and ttl is not None:
+                self._ttls[key] = ttl
+            else:
+                self._ttls.pop(key, None)
 
     def cname(self, name: str, target: str) -> None:
         """`name CNAME target` (replacing any CNAME there)."""
         self.set(name, "CNAME", target.rstrip(".") + ".")
 
-    def a(self, name: str, *addresses: str) -> None:
+    def a(self, name: str, *addresses: str, ttl: int | None = None) -> None:
         """A records at `name` (none: remove them)."""
-        self.set(name, "A", *addresses)
+        self.set(name, "A", *addresses, ttl=ttl)
 
     def aaaa(self, name: str, *addresses: str) -> None:
         """AAAA records at `name` (none: remove them)."""
@@ -160,6 +191,7 @@ class DnsServer:
         with self._lock:
             for existing in [k for k in self._records if k[0] == key]:
                 del self._records[existing]
+                self._ttls.pop(existing, None)
 
     def fault(self, name: str, fault: Fault | None) -> None:
         """Answer queries about `name` (or a chain through it) badly; None clears it."""
@@ -207,12 +239,15 @@ class DnsServer:
         qtype = dns.rdatatype.to_text(question.rdtype)
         self.queries[(qname, qtype)] += 1
         with self._lock:
-            delay = self._delays.get(qname, self.delay_s)
+            delay = _lookup(self._delays, qname)
             records = dict(self._records)
+            ttls = dict(self._ttls)
             faults = dict(self._faults)
+        if delay is None:
+            delay = self.delay_s
         name, seen = qname, set()
         for _ in range(MAX_CHASE):
-            fault = faults.get(name)
+            fault = _lookup(faults, name)
             if fault == "timeout":
                 return None, 0.0
             if fault is not None:
@@ -221,13 +256,16 @@ class DnsServer:
                                    else dns.rcode.REFUSED)
                 return response.to_wire(), delay
             seen.add(name)
-            values = records.get((name, qtype))
-            if values:
-                response.answer.append(self._rrset(name, qtype, values))
+            found = _find(records, name, qtype)
+            if found is not None:
+                key, values = found
+                response.answer.append(self._rrset(name, qtype, values,
+                                                   ttls.get(key, self.ttl)))
                 break
             target = records.get((name, "CNAME"))
             if target and qtype not in ("CNAME", "ANY"):
-                response.answer.append(self._rrset(name, "CNAME", target))
+                response.answer.append(self._rrset(name, "CNAME", target,
+                                                   ttls.get((name, "CNAME"), self.ttl)))
                 name = _key(target[0])
                 if name in seen:  # a loop: answer the chain as far as it goes
                     break
@@ -237,8 +275,8 @@ class DnsServer:
             break
         return response.to_wire(), delay
 
-    def _rrset(self, name: str, rdtype: str, values: list[str]) -> dns.rrset.RRset:
-        return dns.rrset.from_text_list(dns.name.from_text(name), self.ttl,
+    def _rrset(self, name: str, rdtype: str, values: list[str], ttl: int) -> dns.rrset.RRset:
+        return dns.rrset.from_text_list(dns.name.from_text(name), ttl,
                                         dns.rdataclass.IN, rdtype, values)
 
     def _respond_later(self, wire: bytes, send: Callable[[bytes], None]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.verifier.blocklists import (
+from services.verifier.reputation.blocklists import (
     DEFAULT_LISTS,
     NEGATIVE_CONTROL,
     POSITIVE_CONTROLS,
