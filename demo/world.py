@@ -29,6 +29,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from demo.blocklists import ListZones
 from demo.dns import DnsServer
 from demo.net import free_port
 from demo.nginx import Nginx
@@ -44,6 +45,7 @@ class World:
 
     directory: Path
     dns: DnsServer
+    lists: ListZones
     pebble: Pebble
     nginx: Nginx
     challenges: Path
@@ -97,6 +99,8 @@ def local_world(directory: Path, *, env: Mapping[str, str], tracking_host: str,
     with ExitStack() as stack:
         dns = stack.enter_context(DnsServer())
         dns.a(tracking_host, "127.0.0.1")
+        # The blocklists too: the reputation watch asks zones the world controls.
+        lists = ListZones(dns)
         nginx = Nginx(directory / "nginx", upstreams=[upstream])
         # Pebble validates HTTP-01 through nginx's plain-HTTP port, as the CA would on
         # port 80, resolving names through the same DNS server as the verifier.
@@ -108,7 +112,8 @@ def local_world(directory: Path, *, env: Mapping[str, str], tracking_host: str,
         common = {**env, "ACME_CHALLENGE_DIR": str(challenges)}
         verifier = ServiceProcess("verifier", {
             **common, "DNS_NAMESERVERS": dns.address, "DNS_TIMEOUT_S": "2",
-            "ACME_CAA_IDENTITY": PEBBLE_CAA_IDENTITY, **(verifier_env or {})}, directory)
+            "ACME_CAA_IDENTITY": PEBBLE_CAA_IDENTITY, "REPUTATION_LISTS": lists.setting,
+            "REPUTATION_NAMESERVERS": dns.address, **(verifier_env or {})}, directory)
         certifier = ServiceProcess("certifier", {
             **common, "ACME_DIRECTORY_URL": pebble.directory_url,
             "ACME_CA_BUNDLE": str(pebble.listener_ca), "ACME_EMAIL": "certs@platform.test",
@@ -123,7 +128,7 @@ def local_world(directory: Path, *, env: Mapping[str, str], tracking_host: str,
         services = [verifier, certifier, redirector, logger]
         for process in services:  # all four start at once; then wait for each
             stack.enter_context(process)
-        world = World(directory=directory, dns=dns, pebble=pebble, nginx=nginx,
+        world = World(directory=directory, dns=dns, lists=lists, pebble=pebble, nginx=nginx,
                       challenges=challenges, certbot_dir=certbot_dir, root=root,
                       verifier=verifier, certifier=certifier, redirector=redirector,
                       logger=logger, redirector_bind=upstream, services=services)

@@ -129,6 +129,35 @@ class CertificateExpiring(EventData, frozen=True):
     reason: Reason
 
 
+ListKind = Annotated[str, msgspec.Meta(min_length=1, max_length=16)]
+
+
+class DomainListed(EventData, frozen=True):
+    """A DNS blocklist lists a customer's tracking domain that it did not list before."""
+
+    TYPE: ClassVar[str] = "domain.listed"
+    domain: DomainName
+    customer_id: Id
+    blocklist: ListKind  # dbl, surbl or uribl
+    zone: DomainName  # the zone asked, a Spamhaus DQS key masked
+    # What the list was asked about: the host for DBL, the registered domain for SURBL/URIBL.
+    listed_name: DomainName
+    fix_url: Url  # where the list explains the listing and takes removal requests
+    categories: list[str] = msgspec.field(default_factory=list)
+
+
+class DomainDelisted(EventData, frozen=True):
+    """A DNS blocklist no longer lists a customer's tracking domain that it listed."""
+
+    TYPE: ClassVar[str] = "domain.delisted"
+    domain: DomainName
+    customer_id: Id
+    blocklist: ListKind
+    zone: DomainName
+    listed_name: DomainName
+    listed_since: datetime | None = None
+
+
 class ClickTracked(EventData, frozen=True):
     """A recipient (or a link scanner, flagged as a bot) followed a tracking link."""
 
@@ -148,7 +177,8 @@ class ClickTracked(EventData, frozen=True):
 EVENT_TYPES: dict[str, type[EventData]] = {
     cls.TYPE: cls
     for cls in (DomainCreated, DomainDeleted, DomainVerified, DomainRejected, DomainLapsed,
-                CertificateIssued, CertificateFailed, CertificateExpiring, ClickTracked)
+                CertificateIssued, CertificateFailed, CertificateExpiring, DomainListed,
+                DomainDelisted, ClickTracked)
 }
 
 D = TypeVar("D", bound=EventData)

@@ -317,9 +317,56 @@ class LoggerMetrics:
 
 # --- the verifier -----------------------------------------------------------------------------
 
+class ReputationMetrics:
+    """The reputation watch (docs/reputation.md): what the blocklists say, and whether
+    they can be asked at all. Labels are list kinds (dbl, surbl, uribl), never zones (a
+    Spamhaus DQS zone holds a key)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.listed = Gauge(
+            "tracking_reputation_listed", "Customers' tracking domains listed now, by list "
+            "and category (a domain on two categories counts in both).",
+            ["list", "category"], registry=registry)
+        self.platform_host_listed = Gauge(
+            "tracking_reputation_platform_host_listed", "1 while the platform host "
+            "(TRACKING_HOST or an alias) is listed on the list, else 0.", ["list"],
+            registry=registry)
+        self.list_unusable = Gauge(
+            "tracking_reputation_list_unusable", "1 while the list failed its controls in "
+            "the last round (refused or misanswered from this resolver; its results are "
+            "discarded), else 0.", ["list"], registry=registry)
+        self._lookups = Counter(
+            "tracking_reputation_lookups", "Names looked up, by list and result (listed, "
+            "not_listed, refused, error, budget-spent, discarded: the list failed its "
+            "controls).",
+            ["list", "result"], registry=registry)
+        self.queries = Counter(
+            "tracking_reputation_queries", "DNS questions sent to the list's zone (retries "
+            "and controls included; what the daily budget counts).", ["list"],
+            registry=registry)
+        self.budget_left = Gauge(
+            "tracking_reputation_budget_remaining", "Questions the list may still be asked "
+            "today (REPUTATION_DAILY_BUDGET, UTC days) by this replica.", ["list"],
+            registry=registry)
+        self.round_timestamp = Gauge(
+            "tracking_reputation_round_timestamp_seconds", "When the watch last finished a "
+            "pass over the due names.", registry=registry)
+        self._known: set[tuple[str, str]] = set()
+
+    def lookup(self, blocklist: str, result: str, count: int = 1) -> None:
+        self._lookups.labels(blocklist, result).inc(count)
+
+    def set_listed(self, counts: dict[tuple[str, str], int]) -> None:
+        """Replace the per list and category counts (a category no longer seen goes to 0)."""
+        for key in self._known | set(counts):
+            self.listed.labels(*key).set(counts.get(key, 0))
+        self._known |= set(counts)
+
+
 class VerifierMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.consumer = ConsumerMetrics(registry)
+        self.reputation = ReputationMetrics(registry)
         self._verifications = Counter(
             "tracking_verifications", "DNS verification results, by check (created: a "
             "domain.created event; recheck: the periodic re-verification), outcome and "

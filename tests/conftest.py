@@ -120,6 +120,9 @@ def service_env(broker: BrokerSettings, database: DatabaseSettings, tmp_path: Pa
         # Off unless a test asks: the default ports are fixed, and tests run several
         # processes of one service at once (tests/e2e/test_metrics.py picks free ports).
         "METRICS_BIND": "off",
+        # The reputation watch off unless a test asks (with zones on its own DNS server):
+        # the defaults are the real lists, through the system's resolver.
+        "REPUTATION_LISTS": "",
     }
     env.update(extra)
     return env

@@ -18,6 +18,9 @@ The seed article's troubleshooting list, automated, in the order a click travels
 6. isolation: is NAME's registered domain (Public Suffix List) its customer's alone? The
    verifier stores a warning when another customer's tracking domain or the platform host
    shares it: SURBL and URIBL list registered domains, so they share one fate.
+7. reputation: is NAME on a DNS blocklist (DBL, SURBL, URIBL), as the verifier's
+   reputation watch last found (`domain_reputation`)? Listed fails, with the list's
+   categories and its removal link.
 
 Each check passes, fails (with the fix, worded as in docs/troubleshooting.md, whose
 section names are the codes), warns, or is skipped with the reason (a check that
@@ -75,8 +78,10 @@ from trackctl.output import (
     CliError,
     emit_json,
     fmt_relative,
+    jsonable,
     utc_now,
 )
+from trackctl.reputation import describe, fetch_reputation
 from trackctl.settings import reader
 
 PASS, FAIL, WARN, SKIP = "pass", "fail", "warn", "skipped"
@@ -413,13 +418,14 @@ def database_check(row: Mapping[str, Any] | None, *, name: str, host: str, ca_id
 
 
 async def load_row(environ: Mapping[str, str], name: str
-                   ) -> tuple[dict[str, Any] | None, str | None]:
+                   ) -> tuple[dict[str, Any] | None, list[dict[str, Any]], str | None]:
+    """NAME's tracking_domains row, its domain_reputation rows, or what kept them."""
     settings = DatabaseSettings.read(reader(environ))
     engine = create_engine(settings, pool_size=1)
     try:
-        return await fetch_domain(engine, name), None
+        return await fetch_domain(engine, name), await fetch_reputation(engine, name), None
     except Exception as exc:  # any database trouble is this check's finding, not a crash
-        return None, database_problem(settings, exc)
+        return None, [], database_problem(settings, exc)
     finally:
         await engine.dispose()
 
@@ -446,6 +452,34 @@ def isolation_check(row: Mapping[str, Any] | None, *, name: str) -> Check:
         f"track.<their-domain>); the platform host must be under a registered domain no "
         f"customer's tracking domain uses ({DOCS}: `shared_registered_domain`).",
         "shared_registered_domain", data)
+
+
+def reputation_check(row: Mapping[str, Any] | None, reputation: Sequence[Mapping[str, Any]],
+                     *, name: str, now: datetime) -> Check:
+    """Is NAME on a DNS blocklist, as the verifier's reputation watch last found? (pure)"""
+    if row is None:
+        return skipped("reputation", f"{name} has no row (see database)")
+    if not reputation:
+        return skipped("reputation", "not looked up: the verifier watches verified and active "
+                                     "domains while REPUTATION_LISTS names lists")
+    details = [describe(entry, now) for entry in reputation]
+    data = {"reputation": [jsonable(entry) for entry in reputation]}
+    listed = [entry for entry in reputation if entry["status"] == "listed"]
+    if not listed:
+        looked = [entry["blocklist"] for entry in reputation if entry["last_checked_at"]]
+        if not looked:
+            return skipped("reputation", "not looked up yet (the watch looks within "
+                                         "REPUTATION_POLL_S of verification)")
+        return Check("reputation", PASS, f"not listed on {', '.join(looked)}", details,
+                     data=data)
+    where = ", ".join(f"{entry['blocklist']} ({', '.join(entry['categories']) or '?'})"
+                      for entry in listed)
+    return Check("reputation", FAIL, f"listed on {where}", details, (
+        "mail with links on this domain is marked as spam. Find and stop the abuse first "
+        "(the customer's recent campaigns and their destinations), then ask each list for "
+        "removal at its link above; the watch sees the delisting at its next lookup "
+        "(docs/reputation.md). SURBL and URIBL list the registered domain: see isolation."),
+        "blocklisted", data)
 
 
 # --- redirect and click ----------------------------------------------------------------------
@@ -657,7 +691,7 @@ async def diagnose(opts: Options, environ: Mapping[str, str]) -> list[Check]:
     dns_task = asyncio.ensure_future(check_dns(
         name, host=opts.host, ca_identity=opts.ca_identity, nameservers=opts.nameservers,
         timeout_s=opts.dns_timeout_s, aliases=opts.aliases))
-    row, db_error = await load_row(environ, name)
+    row, reputation, db_error = await load_row(environ, name)
     dns = await dns_task
     checks = [dns.check]
 
@@ -691,6 +725,7 @@ async def diagnose(opts: Options, environ: Mapping[str, str]) -> list[Check]:
     checks.append(database)
     if db_error is None:
         checks.append(isolation_check(row, name=name))
+        checks.append(reputation_check(row, reputation, name=name, now=now))
 
     # redirect and click
     route: Route | None = None

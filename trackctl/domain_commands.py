@@ -10,7 +10,7 @@ verifier do depends on the row's status (see `recheck_plan` and docs/trackctl.md
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -44,6 +44,7 @@ from trackctl.output import (
     table,
     utc_now,
 )
+from trackctl.reputation import describe, fetch_reputation
 from trackctl.settings import reader
 
 T = TrackingDomain.__table__.c
@@ -257,14 +258,17 @@ async def show(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             raise CliError(f"no tracking domain {name} in the database (add it with "
                            f"`trackctl domain add {name} --customer C`)")
         acme = await fetch_acme_events(engine, name)
+        reputation = await fetch_reputation(engine, name)
     if args.json:
-        emit_json({**row, "tombstone": is_tombstone(row), "acme_events": acme})
+        emit_json({**row, "tombstone": is_tombstone(row), "acme_events": acme,
+                   "reputation": reputation})
         return OK
-    print(render_show(row, acme, utc_now()))
+    print(render_show(row, acme, utc_now(), reputation))
     return OK
 
 
-def render_show(row: Mapping[str, Any], acme: list[dict[str, Any]], now: datetime) -> str:
+def render_show(row: Mapping[str, Any], acme: list[dict[str, Any]], now: datetime,
+                reputation: Sequence[Mapping[str, Any]] = ()) -> str:
     status = row["status"] + (" (deleted by the customer; kept as a tombstone until its "
                               "rechecks drain)" if is_tombstone(row) else "")
     pairs: list[tuple[str, object]] = [
@@ -292,6 +296,12 @@ def render_show(row: Mapping[str, Any], acme: list[dict[str, Any]], now: datetim
             ("at", "kind"), [(event["at"], event["kind"]) for event in acme])
     else:
         text += "\n\nno ACME requests recorded for it (acme_events)"
+    if reputation:
+        text += "\n\nblocklists (the verifier's reputation watch):\n" + "\n".join(
+            "  " + describe(entry, now) for entry in reputation)
+    else:
+        text += ("\n\nblocklists: not looked up (only verified and active domains are "
+                 "watched, and only while REPUTATION_LISTS names lists)")
     return text
 
 

@@ -19,7 +19,7 @@ from shared.errors import SettingsError
 from trackctl.output import USAGE, CliError, EscapingStream
 
 COMMAND_MODULES = {"db": "db", "link": "links", "domain": "domain_commands", "dlq": "dlq",
-                   "clicks": "clicks", "doctor": "doctor"}
+                   "clicks": "clicks", "doctor": "doctor", "reputation": "reputation"}
 DLQ_SERVICES = ("logger", "verifier", "certifier")
 
 
@@ -51,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trackctl",
         description="Operate tracking-domains: database, links, domains, dead letters, "
-                    "clicks, diagnosis. Settings come from the services' environment "
-                    "variables (AMQP_URL, AMQP_EXCHANGE, DATABASE_URL, TRACKING_HOST, "
+                    "clicks, reputation, diagnosis. Settings come from the services' "
+                    "environment variables (AMQP_URL, AMQP_EXCHANGE, DATABASE_URL, TRACKING_HOST, "
                     "LINK_KEYS, DNS_NAMESERVERS). See docs/trackctl.md.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -105,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how long to wait for the click row (default 10)")
     _json_flag(doctor)
 
+    reputation = commands.add_parser(
+        "reputation", help="what the DNS blocklists list now (the verifier's reputation "
+                           "watch): per list, and every listed domain")
+    _json_flag(reputation)
+
     commands.add_parser("up", help="run every service of the pipeline until Ctrl-C")
     return parser
 
@@ -123,7 +128,7 @@ def _domain_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     listing.add_argument("--limit", type=_positive_int, default=500)
     _json_flag(listing)
     show = sub.add_parser("show", help="one domain: status, verification, certificate, "
-                                       "errors, ACME requests")
+                                       "errors, ACME requests, blocklists")
     show.add_argument("name")
     _json_flag(show)
     recheck = sub.add_parser("recheck", help="publish domain.created again: check it now")

@@ -10,7 +10,11 @@ import os
 from services.verifier import settings as verifier_settings
 from services.verifier.announcer import Announcer
 from services.verifier.census import census_forever
-from services.verifier.handlers import handle_domain_events
+from services.verifier.handlers import handle_domain_events, utc_now
+from services.verifier.reputation.dnspython import DnspythonListResolver
+from services.verifier.reputation.engine import ReputationEngine
+from services.verifier.reputation.store import ReputationStore
+from services.verifier.reputation.watch import ReputationWatch
 from services.verifier.schedule import Rechecker
 from services.verifier.settings import VerifierSettings
 from services.verifier.store import VerificationStore
@@ -69,12 +73,26 @@ async def open_verifier(life: Lifecycle, settings: VerifierSettings) -> None:
     life.on_stop(functools.partial(_cancel, census))
     schedule = asyncio.create_task(rechecker.run(life.stopping), name="recheck")
     life.on_stop(functools.partial(_finish, schedule, timeout_s=30))
+    reputation = settings.reputation
+    if reputation is not None:
+        engine_ = ReputationEngine(
+            DnspythonListResolver(reputation.nameservers, timeout_s=reputation.timeout_s),
+            reputation.lists, daily_budget=reputation.daily_budget,
+            concurrency=reputation.concurrency)
+        watch = ReputationWatch(
+            store=ReputationStore(engine), engine=engine_, announcer=announcer,
+            policy=reputation, clock=utc_now, metrics=metrics.reputation,
+            platform_hosts=(settings.policy.tracking_host,
+                            *settings.policy.tracking_host_aliases))
+        watching = asyncio.create_task(watch.run(life.stopping), name="reputation")
+        life.on_stop(functools.partial(_finish, watching, timeout_s=10))
     life.on_stop(consumer.stop)
     await consumer.start()
     life.describe(queue=topology.queue(VERIFIER_QUEUE),
                   tracking_host=settings.policy.tracking_host,
                   tracking_host_aliases=list(settings.policy.tracking_host_aliases) or None,
                   nameservers=resolver.description, prefetch=settings.prefetch,
+                  reputation_lists=[b.label for b in reputation.lists] if reputation else None,
                   database=settings.database.safe_url, broker=settings.broker.safe_url)
 
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from services.verifier.reputation.blocklists import DEFAULT_LISTS, BlockList, parse_lists
 from shared.broker.names import retry_tiers
 from shared.logs import LOG_LEVEL
 from shared.settings import (
@@ -19,7 +20,7 @@ from shared.settings import (
     Setting,
     metrics_bind,
 )
-from shared.settings.parsers import number, whole
+from shared.settings.parsers import nameservers, number, whole
 from shared.verification.settings import (
     DEFAULT_CAA_IDENTITY,
     DNS_JUDGEMENT,
@@ -55,11 +56,40 @@ VERIFIER_DB_POOL = Setting(
     "VERIFIER_DB_POOL", whole(minimum=1), "10", "Database connections.")
 METRICS_BIND = metrics_bind("verifier")
 
+# The reputation watch (docs/reputation.md).
+REPUTATION_LISTS = Setting(
+    "REPUTATION_LISTS", parse_lists, DEFAULT_LISTS,
+    "Blocklists asked: comma-separated kind=zone (kind dbl, surbl or uribl); empty turns "
+    "the watch off.", blank_is_unset=False)
+REPUTATION_NAMESERVERS = Setting(
+    "REPUTATION_NAMESERVERS", nameservers, "",
+    "Resolvers the lists are asked through: ip, ip:port, comma-separated. Never a public "
+    "resolver: the lists refuse those.", shown="the system's")
+REPUTATION_INTERVAL_S = Setting(
+    "REPUTATION_INTERVAL_S", number(minimum=1), "1800",
+    "How often each watched name is looked up on each list (± REPUTATION_JITTER).")
+REPUTATION_JITTER = Setting(
+    "REPUTATION_JITTER", number(), "0.1", "± fraction of the interval, so lookups spread out.")
+REPUTATION_DAILY_BUDGET = Setting(
+    "REPUTATION_DAILY_BUDGET", whole(), "100000",
+    "Most questions one replica asks each list per UTC day; the schedule stretches to fit.")
+REPUTATION_CONCURRENCY = Setting(
+    "REPUTATION_CONCURRENCY", whole(minimum=1), "32", "Blocklist questions in flight at once.")
+REPUTATION_TIMEOUT_S = Setting(
+    "REPUTATION_TIMEOUT_S", number(minimum=0.01), "2",
+    "Wait for one answer; a timeout is retried (3 attempts), never a verdict.")
+REPUTATION_POLL_S = Setting(
+    "REPUTATION_POLL_S", number(minimum=0.01), "60",
+    "How often a replica looks for names due a lookup (and runs the lists' controls).")
+REPUTATION = (REPUTATION_LISTS, REPUTATION_NAMESERVERS, REPUTATION_INTERVAL_S,
+              REPUTATION_JITTER, REPUTATION_DAILY_BUDGET, REPUTATION_CONCURRENCY,
+              REPUTATION_TIMEOUT_S, REPUTATION_POLL_S)
+
 PROGRAM = Program("verifier", (
     VERIFIER_RETRY_DELAYS_MS, VERIFY_DEADLINE_S, RECHECK_INTERVAL_S, *DNS_JUDGEMENT,
     RECHECK_JITTER, *BROKER, DATABASE_URL, VERIFIER_PREFETCH, VERIFIER_MAX_ATTEMPTS,
     VERIFIER_SCHEDULE_POLL_S, VERIFIER_RECHECK_BATCH, VERIFIER_RECHECK_CONCURRENCY,
-    VERIFIER_DB_POOL, LOG_LEVEL, METRICS_BIND,
+    VERIFIER_DB_POOL, LOG_LEVEL, METRICS_BIND, *REPUTATION,
 ))
 
 
@@ -96,6 +126,25 @@ class VerifyPolicy:
 
 
 @dataclass(frozen=True)
+class ReputationPolicy:
+    """What the reputation watch asks, through which resolvers, how often, within what."""
+
+    lists: tuple[BlockList, ...]
+    nameservers: tuple[tuple[str, int], ...] = ()  # empty: the system's
+    interval_s: float = 1800.0
+    jitter: float = 0.1
+    daily_budget: int = 100_000
+    concurrency: int = 32
+    timeout_s: float = 2.0
+    poll_s: float = 60.0
+    rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
+
+    def spread(self, interval_s: float) -> float:
+        """`interval_s` ± jitter, so lookups do not come back in waves."""
+        return interval_s * (1 + self.jitter * (2 * self.rng.random() - 1))
+
+
+@dataclass(frozen=True)
 class VerifierSettings:
     broker: BrokerSettings
     database: DatabaseSettings
@@ -112,6 +161,7 @@ class VerifierSettings:
     db_pool_size: int
     log_level: str
     metrics_bind: tuple[str, int] | None = None
+    reputation: ReputationPolicy | None = None  # None: the watch is off (no lists)
 
 
 def load(environ: Mapping[str, str]) -> VerifierSettings:
@@ -148,4 +198,16 @@ def load(environ: Mapping[str, str]) -> VerifierSettings:
         db_pool_size=env[VERIFIER_DB_POOL],
         log_level=env[LOG_LEVEL],
         metrics_bind=env[METRICS_BIND],
+        reputation=load_reputation(env),
     )
+
+
+def load_reputation(env: Env) -> ReputationPolicy | None:
+    lists = env[REPUTATION_LISTS]
+    if not lists:
+        return None
+    return ReputationPolicy(
+        lists=lists, nameservers=env[REPUTATION_NAMESERVERS],
+        interval_s=env[REPUTATION_INTERVAL_S], jitter=env[REPUTATION_JITTER],
+        daily_budget=env[REPUTATION_DAILY_BUDGET], concurrency=env[REPUTATION_CONCURRENCY],
+        timeout_s=env[REPUTATION_TIMEOUT_S], poll_s=env[REPUTATION_POLL_S])

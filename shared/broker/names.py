@@ -14,7 +14,9 @@ from shared.events import (
     ClickTracked,
     DomainCreated,
     DomainDeleted,
+    DomainDelisted,
     DomainLapsed,
+    DomainListed,
     DomainRejected,
     DomainVerified,
 )
@@ -30,6 +32,8 @@ DOMAIN_LAPSED = DomainLapsed.TYPE
 CERTIFICATE_ISSUED = CertificateIssued.TYPE
 CERTIFICATE_FAILED = CertificateFailed.TYPE
 CERTIFICATE_EXPIRING = CertificateExpiring.TYPE
+DOMAIN_LISTED = DomainListed.TYPE
+DOMAIN_DELISTED = DomainDelisted.TYPE
 CLICK_TRACKED = ClickTracked.TYPE
 
 # One queue per consuming service; replicas of a service compete on it.
@@ -51,6 +55,7 @@ PLATFORM_QUEUE = "platform"
 PLATFORM_BINDINGS: tuple[str, ...] = (
     DOMAIN_VERIFIED, DOMAIN_REJECTED, DOMAIN_LAPSED,
     CERTIFICATE_ISSUED, CERTIFICATE_FAILED, CERTIFICATE_EXPIRING,
+    DOMAIN_LISTED, DOMAIN_DELISTED,
 )
 
 # Delayed-retry tiers in milliseconds. A message waits in the tier's queue until

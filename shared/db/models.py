@@ -143,3 +143,35 @@ class AcmeEvent(Base):
         Index(None, "registered_domain", "kind", "at"),
         Index(None, "name", "kind", "at"),
     )
+
+
+class DomainReputation(Base):
+    """What one DNS blocklist last said about one watched name (a verified or active
+    tracking domain, or the platform host), and when the watch asks it next."""
+
+    __tablename__ = "domain_reputation"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(253), nullable=False)
+    # The list's kind (dbl, surbl, uribl) and zone as asked (a Spamhaus DQS key masked).
+    blocklist: Mapped[str] = mapped_column(String(16), nullable=False)
+    zone: Mapped[str] = mapped_column(String(253), nullable=False)
+    # unchecked (no usable answer yet), listed or not_listed: refusals and errors are
+    # never verdicts, so they never land here.
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="unchecked")
+    # The list's categories, comma-separated (spam, phishing, ph, black, ...).
+    categories: Mapped[str | None] = mapped_column(Text)
+    # The answer as received: the addresses, or NXDOMAIN.
+    raw: Mapped[str | None] = mapped_column(Text)
+    fix_url: Mapped[str | None] = mapped_column(Text)
+    first_listed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    next_check_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+    __table_args__ = (
+        Index(None, "name", "blocklist", unique=True),
+        Index(None, "blocklist", "next_check_at"),
+        Index(None, "status"),
+        CheckConstraint("status IN ('unchecked', 'listed', 'not_listed')", name="status"),
+    )

@@ -149,6 +149,13 @@ def test_encode_event_round_trips_every_type() -> None:
                                "reason": "why"},
         "certificate.expiring": {"domain": "a.example.com", "customer_id": "c",
                                  "not_after": WHEN, "reason": "why"},
+        "domain.listed": {"domain": "a.example.com", "customer_id": "c",
+                          "blocklist": "dbl", "zone": "dbl.spamhaus.org",
+                          "listed_name": "a.example.com", "categories": ["phishing"],
+                          "fix_url": "https://check.spamhaus.org/"},
+        "domain.delisted": {"domain": "t.example", "customer_id": "c",
+                            "blocklist": "surbl", "zone": "multi.surbl.org",
+                            "listed_name": "t.example", "listed_since": WHEN},
         "click.tracked": click(ip="203.0.113.1", user_agent="UA", bot=True,
                                bot_reason="head-request", method="HEAD"),
     }

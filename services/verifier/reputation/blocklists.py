@@ -77,6 +77,14 @@ SURBL_BITS: dict[int, str] = {8: "ph", 16: "mw", 64: "abuse", 128: "cr"}
 URIBL_BITS: dict[int, str] = {2: "black", 4: "grey", 8: "red"}
 REFUSED_BIT = 1  # SURBL and URIBL answer 127.0.0.1 to a resolver they refuse
 
+# Where each list lets anyone look a domain up, see why it is listed and ask for removal:
+# the fix-it link in domain.listed, `trackctl reputation` and `trackctl doctor`.
+FIX_URLS: dict[Kind, str] = {
+    Kind.DBL: "https://check.spamhaus.org/",
+    Kind.SURBL: "https://www.surbl.org/surbl-analysis",
+    Kind.URIBL: "https://admin.uribl.com/",
+}
+
 # Rcodes (dnspython's names) and the watch's own word for no answer in time.
 NOERROR, NXDOMAIN, SERVFAIL, TIMEOUT = "NOERROR", "NXDOMAIN", "SERVFAIL", "TIMEOUT"
 
