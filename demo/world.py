@@ -113,7 +113,8 @@ def local_world(directory: Path, *, env: Mapping[str, str], tracking_host: str,
         verifier = ServiceProcess("verifier", {
             **common, "DNS_NAMESERVERS": dns.address, "DNS_TIMEOUT_S": "2",
             "ACME_CAA_IDENTITY": PEBBLE_CAA_IDENTITY, "REPUTATION_LISTS": lists.setting,
-            "REPUTATION_NAMESERVERS": dns.address, **(verifier_env or {})}, directory)
+            "REPUTATION_NAMESERVERS": dns.address, "REPUTATION_POLL_S": "1",
+            **(verifier_env or {})}, directory)
         certifier = ServiceProcess("certifier", {
             **common, "ACME_DIRECTORY_URL": pebble.directory_url,
             "ACME_CA_BUNDLE": str(pebble.listener_ca), "ACME_EMAIL": "certs@platform.test",

@@ -18,7 +18,7 @@ The seed article's troubleshooting list, automated, in the order a click travels
 6. isolation: is NAME's registered domain (Public Suffix List) its customer's alone? The
    verifier stores a warning when another customer's tracking domain or the platform host
    shares it: SURBL and URIBL list registered domains, so they share one fate.
-7. reputation: is NAME on a DNS blocklist (DBL, SURBL, URIBL), as the verifier's
+7. blocklist: is NAME on a DNS blocklist (DBL, SURBL, URIBL), as the verifier's
    reputation watch last found (`domain_reputation`)? Listed fails, with the list's
    categories and its removal link.
 
@@ -454,13 +454,13 @@ def isolation_check(row: Mapping[str, Any] | None, *, name: str) -> Check:
         "shared_registered_domain", data)
 
 
-def reputation_check(row: Mapping[str, Any] | None, reputation: Sequence[Mapping[str, Any]],
+def blocklist_check(row: Mapping[str, Any] | None, reputation: Sequence[Mapping[str, Any]],
                      *, name: str, now: datetime) -> Check:
     """Is NAME on a DNS blocklist, as the verifier's reputation watch last found? (pure)"""
     if row is None:
-        return skipped("reputation", f"{name} has no row (see database)")
+        return skipped("blocklist", f"{name} has no row (see database)")
     if not reputation:
-        return skipped("reputation", "not looked up: the verifier watches verified and active "
+        return skipped("blocklist", "not looked up: the verifier watches verified and active "
                                      "domains while REPUTATION_LISTS names lists")
     details = [describe(entry, now) for entry in reputation]
     data = {"reputation": [jsonable(entry) for entry in reputation]}
@@ -468,13 +468,13 @@ def reputation_check(row: Mapping[str, Any] | None, reputation: Sequence[Mapping
     if not listed:
         looked = [entry["blocklist"] for entry in reputation if entry["last_checked_at"]]
         if not looked:
-            return skipped("reputation", "not looked up yet (the watch looks within "
+            return skipped("blocklist", "not looked up yet (the watch looks within "
                                          "REPUTATION_POLL_S of verification)")
-        return Check("reputation", PASS, f"not listed on {', '.join(looked)}", details,
+        return Check("blocklist", PASS, f"not listed on {', '.join(looked)}", details,
                      data=data)
     where = ", ".join(f"{entry['blocklist']} ({', '.join(entry['categories']) or '?'})"
                       for entry in listed)
-    return Check("reputation", FAIL, f"listed on {where}", details, (
+    return Check("blocklist", FAIL, f"listed on {where}", details, (
         "mail with links on this domain is marked as spam. Find and stop the abuse first "
         "(the customer's recent campaigns and their destinations), then ask each list for "
         "removal at its link above; the watch sees the delisting at its next lookup "
@@ -725,7 +725,7 @@ async def diagnose(opts: Options, environ: Mapping[str, str]) -> list[Check]:
     checks.append(database)
     if db_error is None:
         checks.append(isolation_check(row, name=name))
-        checks.append(reputation_check(row, reputation, name=name, now=now))
+        checks.append(blocklist_check(row, reputation, name=name, now=now))
 
     # redirect and click
     route: Route | None = None

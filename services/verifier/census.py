@@ -9,7 +9,6 @@ periodic loop. Every verifier replica counts the same table, so dashboards take
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 import structlog
@@ -19,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.db.models import TrackingDomain, tombstone_condition
 from shared.domain_status import DomainStatus
 from shared.metrics import VerifierMetrics
+from shared.periodic import every
 
 log = structlog.get_logger(__name__)
 
@@ -46,14 +46,7 @@ async def update(engine: AsyncEngine, metrics: VerifierMetrics) -> None:
 
 async def census_forever(stop: asyncio.Event, engine: AsyncEngine, metrics: VerifierMetrics,
                          interval_s: float = CENSUS_INTERVAL_S) -> None:
-    """Count now and then every `interval_s` until `stop` is set."""
-    while not stop.is_set():
-        try:
-            await update(engine, metrics)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the database may be down: the timestamp shows how stale
-            log.warning("domains.census_failed", error=str(exc) or type(exc).__name__)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(interval_s):
-                await stop.wait()
+    """Count now and then every `interval_s` until `stop` is set (a failed count: the
+    timestamp shows how stale the gauge is)."""
+    await every(stop, interval_s, lambda: update(engine, metrics),
+                failed="domains.census_failed")

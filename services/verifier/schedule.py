@@ -19,7 +19,6 @@ at once. It also purges tombstones of deleted pending domains.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 import structlog
@@ -32,6 +31,7 @@ from shared.domain_status import DomainStatus
 from shared.events import DomainLapsed, DomainVerified
 from shared.metrics import VerifierMetrics
 from shared.outcomes import Outcome
+from shared.periodic import every
 from shared.verification.checks import DomainChecker
 from shared.verification.judge import CAA_FORBIDS, NotYet, Verdict, Verified
 
@@ -134,18 +134,12 @@ class Rechecker:
         self._clock = clock
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                while await self.run_once() >= self._batch and not stop.is_set():
-                    pass  # a full batch: more are due, carry on at once
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the database may be down: try again next round
-                log.warning("recheck.pass_failed", error=str(exc) or type(exc).__name__)
-            wait = self._poll_s * (0.8 + 0.4 * self._policy.rng.random())
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await stop.wait()
+        async def passes() -> None:
+            while await self.run_once() >= self._batch and not stop.is_set():
+                pass  # a full batch: more are due, carry on at once
+
+        await every(stop, self._poll_s, passes, failed="recheck.pass_failed", jitter=0.2,
+                    rng=self._policy.rng)
 
     async def run_once(self) -> int:
         """One pass: purge tombstones, claim what is due, check it; returns how many."""

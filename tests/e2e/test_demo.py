@@ -130,7 +130,7 @@ def test_the_demo_passes_every_step_and_leaves_nothing_behind(
     assert "issuer: CN=Pebble Intermediate CA" in run.output
     assert "-> 302 Location: https://shop.example/spring?utm_source=mail" in run.output
     assert "(1 human, 0 bot)" in run.output
-    assert "6 passed: track.customer-a.test works" in run.output
+    assert "7 passed: track.customer-a.test works" in run.output  # blocklist included
     assert "the platform heard domain.rejected (wrong_target)" in run.output
     assert_nothing_left(run, amqp_url, pg_admin_url)
     print(f"\ndemo passed in {took:.1f} s")

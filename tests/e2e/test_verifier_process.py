@@ -8,19 +8,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import msgspec
 
 from demo.databases import fetch
 from demo.dns import DnsServer
 from demo.processes import ServiceProcess
-from shared.broker import topology as broker_topology
 from shared.broker.names import DOMAIN_CREATED, DOMAIN_REJECTED, DOMAIN_VERIFIED
 from shared.broker.topology import Topology
 from shared.events import DomainCreated, encode_event
 from shared.settings import BrokerSettings, DatabaseSettings
 from tests.conftest import TRACKING_HOST, service_env
-from tests.support.amqp import message
+from tests.support.amqp import message, observing
 
 FAST_DELAYS_MS = (200, 400)
 
@@ -47,14 +45,8 @@ async def test_the_verifier_process_verifies_rechecks_and_rejects(
         env = service_env(broker, database, tmp_path, DNS_NAMESERVERS=dns.address,
                           DNS_TIMEOUT_S="1", VERIFIER_RETRY_DELAYS_MS="200,400",
                           VERIFIER_SCHEDULE_POLL_S="0.2")
-        connection = await aio_pika.connect(broker.url)
-        try:
-            channel = await connection.channel(publisher_confirms=True)
-            exchange = await broker_topology.declare(channel, topology)
-            observed = await channel.declare_queue(f"{broker.exchange}.observer",
-                                                   exclusive=True)
-            for key in (DOMAIN_VERIFIED, DOMAIN_REJECTED):
-                await observed.bind(exchange, key)
+        async with observing(broker.url, topology, DOMAIN_VERIFIED,
+                             DOMAIN_REJECTED) as (exchange, observed):
             with ServiceProcess("verifier", env, tmp_path) as verifier:
                 await asyncio.to_thread(verifier.wait_for_log, "verifier.started")
                 for domain, customer in (("Track.Customer-A.test", "cust-a"),
@@ -97,6 +89,3 @@ async def test_the_verifier_process_verifies_rechecks_and_rejects(
                 assert events["cust-c"]["data"]["code"] == "invalid_name"
                 assert verifier.terminate() == 0
             assert "verifier.stopped" in verifier.log_text()
-        finally:
-            await broker_topology.delete(await connection.channel(), topology)
-            await connection.close()

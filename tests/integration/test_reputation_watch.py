@@ -4,17 +4,14 @@ refused resolver, a list whose controls fail."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import msgspec
 import pytest
 import structlog
 from aio_pika.abc import AbstractQueue
@@ -40,6 +37,7 @@ from shared.db.engine import create_engine
 from shared.domains import registered_domain
 from shared.metrics import VerifierMetrics, new_registry
 from shared.settings import BrokerSettings, DatabaseSettings
+from tests.support.amqp import assert_no_more, decoded_messages
 
 HOST = "click.platform.test"
 A, B, PENDING = "track.shop-a.test", "track.shop-b.test", "track.shop-c.test"
@@ -69,20 +67,11 @@ class Harness:
     registry: CollectorRegistry
     observed: AbstractQueue
 
-    async def events(self, expected: int, timeout_s: float = 3.0) -> list[dict[str, Any]]:
-        got: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout_s
-        while len(got) < expected and time.monotonic() < deadline:
-            message = await self.observed.get(no_ack=True, fail=False)
-            if message is None:
-                await asyncio.sleep(0.02)
-                continue
-            got.append(msgspec.json.decode(message.body))
-        return got
+    async def events(self, expected: int) -> list[dict[str, Any]]:
+        return await decoded_messages(self.observed, expected)
 
     async def no_more_events(self) -> None:
-        await asyncio.sleep(0.2)
-        assert await self.observed.get(no_ack=True, fail=False) is None
+        await assert_no_more(self.observed)
 
     async def rows(self, name: str) -> dict[str, dict[str, Any]]:
         return {row["blocklist"]: dict(row) for row in await fetch(

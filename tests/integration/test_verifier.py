@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractQueue
 
@@ -52,7 +51,7 @@ from shared.events import (
 from shared.settings import BrokerSettings, DatabaseSettings
 from shared.verification.checks import DomainChecker
 from shared.verification.dns import DnsResolver
-from tests.support.amqp import message, message_count
+from tests.support.amqp import assert_no_more, decoded_messages, message, message_count
 
 HOST = "click.platform.test"
 HOST_V4, HOST_V6 = "192.0.2.10", "2001:db8::10"
@@ -96,19 +95,10 @@ class Harness:
 
     async def events(self, expected: int, timeout_s: float = 3.0) -> list[dict[str, Any]]:
         """Events the verifier published (verified, rejected, lapsed), in order."""
-        got: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout_s
-        while len(got) < expected and time.monotonic() < deadline:
-            message = await self.observed.get(no_ack=True, fail=False)
-            if message is None:
-                await asyncio.sleep(0.02)
-                continue
-            got.append(msgspec.json.decode(message.body))
-        return got
+        return await decoded_messages(self.observed, expected, timeout_s)
 
     async def no_more_events(self) -> None:
-        await asyncio.sleep(0.2)
-        assert await self.observed.get(no_ack=True, fail=False) is None
+        await assert_no_more(self.observed)
 
     async def seed(self, name: str, status: str, customer: str = CUSTOMER, *,
                    due: datetime | None = None, chain: str | None = None) -> None:

@@ -7,16 +7,21 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import aio_pika
 import msgspec
 from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
+    AbstractExchange,
     AbstractIncomingMessage,
+    AbstractQueue,
     HeadersType,
 )
 
+from shared.broker import topology as broker_topology
+from shared.broker.topology import Topology
 from shared.events import BATCH, STRUCTURED, ClickTracked, encode_batch, encode_event
 
 SOURCE = "/tests/integration"
@@ -29,6 +34,24 @@ async def connected(url: str) -> AsyncIterator[AbstractConnection]:
     try:
         yield connection
     finally:
+        await connection.close()
+
+
+@asynccontextmanager
+async def observing(url: str, topology: Topology, *routing_keys: str
+                    ) -> AsyncIterator[tuple[AbstractExchange, AbstractQueue]]:
+    """The deployment's topology declared, and an exclusive queue bound to `routing_keys`
+    to see what the services publish; the topology is deleted on leaving."""
+    connection = await aio_pika.connect(url, timeout=10)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await broker_topology.declare(channel, topology)
+        observed = await channel.declare_queue(f"{topology.exchange}.observer", exclusive=True)
+        for key in routing_keys:
+            await observed.bind(exchange, key)
+        yield exchange, observed
+    finally:
+        await broker_topology.delete(await connection.channel(), topology)
         await connection.close()
 
 
@@ -79,6 +102,26 @@ async def get_messages(channel: AbstractChannel, queue: str, expected: int,
             continue
         messages.append(message)
     return messages
+
+
+async def decoded_messages(queue: AbstractQueue, expected: int,
+                           timeout_s: float = 3.0) -> list[dict[str, Any]]:
+    """Up to `expected` messages taken from `queue` (acked), JSON-decoded, in order."""
+    got: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < expected and time.monotonic() < deadline:
+        taken = await queue.get(no_ack=True, fail=False)
+        if taken is None:
+            await asyncio.sleep(0.02)
+            continue
+        got.append(msgspec.json.decode(taken.body))
+    return got
+
+
+async def assert_no_more(queue: AbstractQueue, wait_s: float = 0.2) -> None:
+    """Nothing else arrives in `queue` within `wait_s`."""
+    await asyncio.sleep(wait_s)
+    assert await queue.get(no_ack=True, fail=False) is None
 
 
 def text_header(headers: HeadersType, name: str) -> str:

@@ -65,6 +65,8 @@ def test_the_dashboard_uses_only_defined_metrics() -> None:
     "tracking_messages_dead_lettered_total", "tracking_logger_batch_rows_bucket",
     "tracking_logger_insert_seconds_bucket", "tracking_verifications_total",
     "tracking_certificates_expiring", "tracking_domains", "tracking_certificates_failed_total",
+    "tracking_reputation_listed", "tracking_reputation_platform_host_listed",
+    "tracking_reputation_list_unusable",
 ])
 def test_the_dashboard_shows(topic: str) -> None:
     assert any(topic in names_in(expr) for expr in dashboard_exprs())
@@ -93,6 +95,14 @@ def test_the_alerts_issue_4_asks_for_are_there() -> None:
     assert "tracking_certificates_expiring" in exprs["TrackingCertificateExpiringWithoutRenewal"]
     assert "tracking_spool_clicks" in exprs["TrackingClickSpoolGrowing"]
     assert "0.005" in exprs["TrackingRedirectP99OverTarget"]
+
+
+def test_the_alerts_issue_14_asks_for_are_there() -> None:
+    exprs = {rule["alert"]: rule["expr"] for rule in rules()}
+    assert "tracking_reputation_platform_host_listed" in exprs["TrackingPlatformHostListed"]
+    assert "tracking_reputation_listed" in exprs["TrackingDomainsListed"]
+    assert "tracking_reputation_list_unusable" in exprs["TrackingReputationListUnusable"]
+    assert "tracking_reputation_budget_remaining" in exprs["TrackingReputationBudgetSpent"]
 
 
 def test_docs_list_every_metric_and_only_those() -> None:

@@ -26,7 +26,6 @@ the watched names to fit the budget left after the controls (docs/reputation.md)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -48,6 +47,7 @@ from services.verifier.reputation.store import (
 from services.verifier.settings import ReputationPolicy
 from shared.events import DomainDelisted, DomainListed
 from shared.metrics import ReputationMetrics
+from shared.periodic import every
 
 log = structlog.get_logger(__name__)
 
@@ -87,17 +87,8 @@ class ReputationWatch:
         self._reported: Counter[str] = Counter()  # queries already added to the metric
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the database may be down: try again next pass
-                log.warning("reputation.pass_failed", error=str(exc) or type(exc).__name__)
-            wait = self._policy.poll_s * (0.8 + 0.4 * self._policy.rng.random())
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await stop.wait()
+        await every(stop, self._policy.poll_s, self.run_once, failed="reputation.pass_failed",
+                    jitter=0.2, rng=self._policy.rng)
 
     def interval_s(self, blocklist: BlockList, watched: int) -> float:
         """The list's interval: REPUTATION_INTERVAL_S, stretched so that `watched` names
