@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import structlog
-from aio_pika.abc import AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 from prometheus_client import CollectorRegistry
 
 from demo.blocklists import ListZones
@@ -30,7 +30,7 @@ from services.verifier.reputation.watch import ReputationWatch
 from services.verifier.settings import ReputationPolicy
 from shared.broker import topology as broker_topology
 from shared.broker.connection import connect, open_channel
-from shared.broker.names import DOMAIN_DELISTED, DOMAIN_LISTED
+from shared.broker.names import DOMAIN_DELISTED, DOMAIN_LISTED, PLATFORM_QUEUE
 from shared.broker.publisher import Publisher
 from shared.broker.topology import Topology
 from shared.db.engine import create_engine
@@ -66,6 +66,9 @@ class Harness:
     clock: Clock
     registry: CollectorRegistry
     observed: AbstractQueue
+    channel: AbstractChannel
+    exchange: AbstractExchange
+    topology: Topology
 
     async def events(self, expected: int) -> list[dict[str, Any]]:
         return await decoded_messages(self.observed, expected)
@@ -124,10 +127,12 @@ async def harness(database: DatabaseSettings, broker: BrokerSettings, topology: 
         clock = Clock()
         watch = ReputationWatch(
             store=ReputationStore(engine), engine=lookups,
-            announcer=Announcer(Publisher(channel, exchange, source="/tests/rep", timeout_s=5)),
+            announcer=Announcer(Publisher(channel, exchange, source="/tests/rep",
+                                          timeout_s=5)),
             policy=policy, platform_hosts=(HOST,), clock=clock,
             metrics=metrics.reputation)
-        yield Harness(dns, zones, database, watch, clock, registry, observed)
+        yield Harness(dns, zones, database, watch, clock, registry, observed, channel,
+                      exchange, topology)
     finally:
         await connection.close()
         await engine.dispose()
@@ -267,3 +272,23 @@ async def test_names_no_longer_watched_lose_their_rows(harness: Harness) -> None
     await harness.watch.run_once()
     assert await harness.rows(B) == {}
     assert len(await harness.rows(A)) == 3
+
+
+async def test_a_change_that_cannot_be_announced_is_not_written_and_comes_back_soon(
+        harness: Harness) -> None:
+    await harness.watch.run_once()
+    harness.zones.list("dbl", A, "malware")
+    # Nothing bound to domain.listed: the broker returns it, the publisher raises.
+    platform = await harness.channel.get_queue(harness.topology.queue(PLATFORM_QUEUE),
+                                               ensure=False)
+    await platform.unbind(harness.exchange, DOMAIN_LISTED)
+    await harness.observed.unbind(harness.exchange, DOMAIN_LISTED)
+    with structlog.testing.capture_logs() as logs:
+        rounds = {r.blocklist: r for r in await harness.next_round()}
+    assert rounds["dbl"].results["announce-failed"] == 1, rounds
+    assert any(entry["event"] == "reputation.announce_failed" for entry in logs)
+    row = (await harness.rows(A))["dbl"]
+    assert row["status"] == "not_listed"  # not written: the next pass announces again
+    soon = row["next_check_at"] - harness.clock.now
+    assert timedelta(0) < soon <= timedelta(seconds=INTERVAL_S * 0.1 * 1.1)
+

@@ -31,6 +31,7 @@ Sources of the codes (checked 2026-12):
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -99,9 +100,7 @@ class BlockList:
     def query_name(self, name: str) -> str:
         """What to ask for `name`: DBL lists host names, SURBL and URIBL only registered
         domains (they strip host parts themselves and list nothing below)."""
-        host = normalise_domain(name, allow_single_label=True)
-        subject = host if self.kind == Kind.DBL else registered_domain(host)
-        return f"{subject}.{self.zone}"
+        return f"{_subject(self.kind, name)}.{self.zone}"
 
     @property
     def label(self) -> str:
@@ -110,6 +109,14 @@ class BlockList:
 
     def __repr__(self) -> str:
         return f"BlockList(kind={self.kind.value!r}, zone={self.label!r})"
+
+
+@functools.lru_cache(maxsize=100_000)
+def _subject(kind: Kind, name: str) -> str:
+    # Cached: every pass asks the same names again, and the Public Suffix List lookup
+    # and IDNA normalisation were about a tenth of a round's CPU (bench/reputation.py).
+    host = normalise_domain(name, allow_single_label=True)
+    return host if kind == Kind.DBL else registered_domain(host)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ status it was claimed with, so an answer handled twice never publishes twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -48,6 +48,17 @@ class ReputationRow:
     categories: tuple[str, ...]
     first_listed_at: datetime | None
     last_checked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class VerdictWrite:
+    """A verdict to store over the row it was claimed as."""
+
+    row: ReputationRow
+    status: str  # listed or not_listed
+    categories: tuple[str, ...]
+    raw: tuple[str, ...]
+    fix_url: str
 
 
 @dataclass(frozen=True)
@@ -146,24 +157,32 @@ class ReputationStore:
                 update(TABLE).where(R.name == bindparam("b_name"), R.blocklist == blocklist)
                 .values(next_check_at=bindparam("b_next")), params)
 
-    async def record(self, row: ReputationRow, *, status: str, categories: tuple[str, ...],
-                     raw: tuple[str, ...], fix_url: str, now: datetime) -> bool:
-        """Write a verdict over the status `row` was claimed with; False if the row changed
-        or went meanwhile (nothing written)."""
-        changed = status != row.status
-        values: dict[str, Any] = {
-            "status": status, "categories": ",".join(categories) or None,
-            "raw": ",".join(raw) or None, "fix_url": fix_url if status == LISTED else None,
-            "last_checked_at": now,
-        }
-        if changed:
-            values["last_changed_at"] = now
-            values["first_listed_at"] = now if status == LISTED else None
+    async def record(self, writes: Sequence[VerdictWrite], *, now: datetime) -> None:
+        """Write the verdicts, each only over the status its row was claimed with (a row
+        changed or gone meanwhile is left alone), in one transaction."""
+        if not writes:
+            return
+        def params(write: VerdictWrite) -> dict[str, Any]:
+            return {"b_name": write.row.name, "b_list": write.row.blocklist,
+                    "b_old": write.row.status, "b_categories": ",".join(write.categories) or None,
+                    "b_raw": ",".join(write.raw) or None,
+                    "b_fix": write.fix_url if write.status == LISTED else None,
+                    "b_status": write.status,
+                    "b_first": now if write.status == LISTED else None}
+
+        where = (R.name == bindparam("b_name"), R.blocklist == bindparam("b_list"),
+                 R.status == bindparam("b_old"))
+        common = {"categories": bindparam("b_categories"), "raw": bindparam("b_raw"),
+                  "fix_url": bindparam("b_fix"), "last_checked_at": now}
+        same = [params(w) for w in writes if w.status == w.row.status]
+        changed = [params(w) for w in writes if w.status != w.row.status]
         async with self._engine.begin() as connection:
-            result = await connection.execute(
-                update(TABLE).where(R.name == row.name, R.blocklist == row.blocklist,
-                                    R.status == row.status).values(**values))
-        return result.rowcount == 1
+            if same:
+                await connection.execute(update(TABLE).where(*where).values(**common), same)
+            if changed:
+                await connection.execute(update(TABLE).where(*where).values(
+                    **common, status=bindparam("b_status"), last_changed_at=now,
+                    first_listed_at=bindparam("b_first")), changed)
 
     async def listings(self) -> list[Listing]:
         """Every row that is listed now."""

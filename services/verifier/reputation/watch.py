@@ -42,6 +42,7 @@ from services.verifier.reputation.store import (
     NOT_LISTED,
     ReputationRow,
     ReputationStore,
+    VerdictWrite,
     Watched,
 )
 from services.verifier.settings import ReputationPolicy
@@ -183,19 +184,26 @@ class ReputationWatch:
             return
         lookups = await self._engine.lookup_many(blocklist, [row.name for row in rows])
         retry: list[str] = []
+        writes: list[VerdictWrite] = []
         for row in rows:
             lookup = lookups[row.name]
-            result = await self._apply(blocklist, row, lookup, watched.get(row.name), now,
-                                       summary)
+            result = await self._apply(blocklist, row, lookup, watched.get(row.name),
+                                       summary, writes)
             summary.results[result] += 1
             self._count(kind, result, 1)
-            if result in ("refused", "error", "budget-spent"):
+            if result not in (LISTED, NOT_LISTED):
                 retry.append(row.name)
+        # Announced first, written after: if the write fails, the next pass sees the old
+        # status and announces again (at least once, never a change nobody was told of).
+        await self._store.record(writes, now=now)
         await self._store.reschedule(kind, retry, next_check=soon)
         self._note_queries(blocklist)
 
     async def _apply(self, blocklist: BlockList, row: ReputationRow, lookup: Lookup,
-                     who: Watched | None, now: datetime, summary: ListRound) -> str:
+                     who: Watched | None, summary: ListRound,
+                     writes: list[VerdictWrite]) -> str:
+        """What `lookup` means for `row`: a change is announced, and a verdict is added to
+        `writes`; returns the result (listed, not_listed, refused, error, ...)."""
         verdict = lookup.verdict
         if verdict == BUDGET_SPENT:
             return "budget-spent"
@@ -209,22 +217,33 @@ class ReputationWatch:
         customer = who.customer_id if who is not None else None
         listed_name = lookup.query_name.removesuffix("." + blocklist.zone)
         fix_url = FIX_URLS[blocklist.kind]
+        event: DomainListed | DomainDelisted | None = None
+        noted = f"{row.name}@{blocklist.kind.value}"
+        changes = None
         if status == LISTED and row.status != LISTED:
+            changes = summary.listed
             if customer is not None:
-                await self._announcer.announce(DomainListed(
+                event = DomainListed(
                     domain=row.name, customer_id=customer, blocklist=blocklist.kind.value,
                     zone=blocklist.label, listed_name=listed_name,
-                    categories=list(verdict.categories), fix_url=fix_url))
-            summary.listed.append(f"{row.name}@{blocklist.kind.value}")
+                    categories=list(verdict.categories), fix_url=fix_url)
         elif status == NOT_LISTED and row.status == LISTED:
+            changes = summary.delisted
             if customer is not None:
-                await self._announcer.announce(DomainDelisted(
+                event = DomainDelisted(
                     domain=row.name, customer_id=customer, blocklist=blocklist.kind.value,
                     zone=blocklist.label, listed_name=listed_name,
-                    listed_since=row.first_listed_at))
-            summary.delisted.append(f"{row.name}@{blocklist.kind.value}")
-        await self._store.record(row, status=status, categories=verdict.categories,
-                                 raw=verdict.raw, fix_url=fix_url, now=now)
+                    listed_since=row.first_listed_at)
+        if event is not None:
+            try:
+                await self._announcer.announce(event)
+            except Exception as exc:  # the broker: not written, so announced again soon
+                log.warning("reputation.announce_failed", domain=row.name, type=event.TYPE,
+                            list=blocklist.kind.value, error=str(exc) or type(exc).__name__)
+                return "announce-failed"
+        if changes is not None:
+            changes.append(noted)
+        writes.append(VerdictWrite(row, status, verdict.categories, verdict.raw, fix_url))
         return status
 
     async def update_gauges(self, watched: dict[str, Watched]) -> None:
