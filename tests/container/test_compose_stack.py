@@ -169,7 +169,9 @@ def _stack(amqp_url: str, pg_admin_url: str, directory: Path,
         variables = {
             "TRACKING_HOST": TRACKING_HOST, "LINK_KEYS": TEST_LINK_KEYS,
             "ACME_DIRECTORY_URL": pebble.directory_url, "ACME_EMAIL": "certs@platform.test",
-            "DNS_NAMESERVERS": dns.address, "TRUSTED_PROXIES": "127.0.0.1", "LOG_LEVEL": "INFO"}
+            "DNS_NAMESERVERS": dns.address, "TRUSTED_PROXIES": "127.0.0.1", "LOG_LEVEL": "INFO",
+            # The blocklist watch off: its defaults are the real lists.
+            "REPUTATION_LISTS": ""}
         project = Project(project_name, directory,
                           host_networked(merged(project_name, override_file, variables)),
                           variables)
