@@ -208,6 +208,9 @@ async def test_the_platform_host_listed_is_the_operators_not_a_customers(
     assert (await harness.rows(HOST))["uribl"]["status"] == "listed"
     [line] = [entry for entry in logs if entry["event"] == "reputation.pass"]
     assert line["listed"] == [f"{HOST}@uribl"]
+    [warning] = [entry for entry in logs if entry["event"] == "reputation.platform_host_listed"]
+    assert (warning["host"], warning["list"], warning["categories"]) == (HOST, "uribl",
+                                                                        ["black"])
     assert harness.metric("tracking_reputation_platform_host_listed", list="uribl") == 1
     assert harness.metric("tracking_reputation_listed", list="uribl", category="black") is None
 

@@ -243,6 +243,11 @@ class ReputationWatch:
                 return "announce-failed"
         if changes is not None:
             changes.append(noted)
+            if customer is None:
+                # The operator's: the alert fires on the gauge; this line says which list.
+                log.warning("reputation.platform_host_" + status.replace("not_", "de"),
+                            host=row.name, list=blocklist.kind.value, zone=blocklist.label,
+                            categories=list(verdict.categories) or None, fix_url=fix_url)
         writes.append(VerdictWrite(row, status, verdict.categories, verdict.raw, fix_url))
         return status
 
