@@ -102,8 +102,14 @@ def dns() -> Iterator[DnsServer]:
 
 
 @pytest.fixture
+def daily_budget() -> int:
+    """Questions per list and day (a test parametrizes it to spend it)."""
+    return 100_000
+
+
+@pytest.fixture
 async def harness(database: DatabaseSettings, broker: BrokerSettings, topology: Topology,
-                  dns: DnsServer) -> AsyncIterator[Harness]:
+                  dns: DnsServer, daily_budget: int) -> AsyncIterator[Harness]:
     await seed(database, A, "cust-a", "active")
     await seed(database, B, "cust-b", "verified")
     await seed(database, PENDING, "cust-c", "pending")
@@ -123,7 +129,7 @@ async def harness(database: DatabaseSettings, broker: BrokerSettings, topology: 
         lookups = ReputationEngine(
             DnspythonListResolver((("127.0.0.1", dns.port),), timeout_s=0.3,
                                   negative_ttl_s=0),
-            policy.lists, retry_delay_s=0.01, attempts=2)
+            policy.lists, retry_delay_s=0.01, attempts=2, daily_budget=daily_budget)
         clock = Clock()
         watch = ReputationWatch(
             store=ReputationStore(engine), engine=lookups,
@@ -294,4 +300,25 @@ async def test_a_change_that_cannot_be_announced_is_not_written_and_comes_back_s
     assert row["status"] == "not_listed"  # not written: the next pass announces again
     soon = row["next_check_at"] - harness.clock.now
     assert timedelta(0) < soon <= timedelta(seconds=INTERVAL_S * 0.1 * 1.1)
+
+
+@pytest.mark.parametrize("daily_budget", [3])
+async def test_the_daily_budget_is_never_exceeded_and_the_rest_waits_for_midnight(
+        harness: Harness) -> None:
+    first = {r.blocklist: r for r in await harness.watch.run_once()}
+    # 3 questions: the 2 controls and 1 of the 3 names; the other 2 are no verdict.
+    assert first["dbl"].results == {"not_listed": 1, "budget-spent": 2}
+    assert harness.zones.queries("dbl") == 3
+    assert harness.metric("tracking_reputation_budget_remaining", list="dbl") == 0
+    with structlog.testing.capture_logs() as logs:
+        second = {r.blocklist: r for r in await harness.next_round()}
+    assert second["dbl"].results == {"budget-spent": 3}
+    assert harness.zones.queries("dbl") == 3
+    [line] = [e for e in logs if e["event"] == "reputation.budget_spent" and e["list"] == "dbl"]
+    assert line["deferred"] == 3
+    # Deferred past the next UTC midnight, when the budget (real time) is whole again.
+    midnight = (datetime.now(UTC) + timedelta(days=1)).replace(hour=0, minute=0, second=0,
+                                                               microsecond=0)
+    for row in (await harness.rows(A), await harness.rows(B)):
+        assert row["dbl"]["next_check_at"] >= midnight - timedelta(seconds=1)
 

@@ -142,8 +142,8 @@ class ReputationWatch:
         return now + timedelta(seconds=self._policy.spread(interval_s * fraction))
 
     def _after_claim(self, row: ReputationRow, now: datetime, interval_s: float) -> datetime:
-        """When a claimed row is next due: an interval on (jittered); a row never looked
-        up anywhere in the interval, so names added together spread out."""
+        """When a claimed row is next due: an interval on (jittered). A row never looked up
+        before goes anywhere in the first interval, so names added together spread out."""
         if row.last_checked_at is None:
             return now + timedelta(seconds=interval_s * (0.1 + 0.9 * self._policy.rng.random()))
         return self._next(now, interval_s)
@@ -152,6 +152,7 @@ class ReputationWatch:
                      watched: dict[str, Watched], now: datetime, interval_s: float,
                      summary: ListRound) -> None:
         kind = blocklist.kind.value
+
         def soon() -> datetime:
             return self._next(now, interval_s, UNSURE_FRACTION)
 
@@ -161,6 +162,7 @@ class ReputationWatch:
             await self._store.reschedule(kind, (r.name for r in rows), next_check=lambda: (
                 now + timedelta(seconds=reset_s + self._policy.rng.random() * interval_s)))
             summary.results["budget-spent"] += len(rows)
+            self._count(kind, "budget-spent", len(rows))
             log.warning("reputation.budget_spent", list=kind, zone=blocklist.label,
                         deferred=len(rows), resets_in_s=round(reset_s))
             self._note_queries(blocklist)
