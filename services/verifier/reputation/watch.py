@@ -28,13 +28,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import structlog
 
 from services.verifier.announcer import Announces
+from services.verifier.handlers import Clock
 from services.verifier.reputation.blocklists import FIX_URLS, BlockList, Status
 from services.verifier.reputation.engine import BUDGET_SPENT, Lookup, ReputationEngine
 from services.verifier.reputation.store import (
@@ -52,7 +52,6 @@ from shared.periodic import every
 
 log = structlog.get_logger(__name__)
 
-Clock = Callable[[], datetime]
 # After an answer that was no verdict (or a discarded round), look again this much sooner.
 UNSURE_FRACTION = 0.1
 DAY_S = 86400.0
