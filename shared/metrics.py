@@ -363,6 +363,33 @@ class ReputationMetrics:
         self._known |= set(counts)
 
 
+class DestinationMetrics:
+    """The verifier's destination watch (services/verifier/destinations.py)."""
+
+    OUTCOMES = ("listed", "not_listed", "refused", "error", "unusable")
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.clicks = Counter(
+            "tracking_destination_clicks", "Clicks the destination watch read from its "
+            "queue (compare with tracking_clicks_served_total: the queue drops its oldest "
+            "batches when the watch falls far behind).", registry=registry)
+        checked = Counter(
+            "tracking_destination_checks", "Destinations (registered domains) asked of the "
+            "DBL, by outcome: listed, not_listed, refused or error (no verdict; asked again "
+            "on a later click), unusable (the list failed its controls: not asked).",
+            ["outcome"], registry=registry)
+        self.checked = {outcome: checked.labels(outcome) for outcome in self.OUTCOMES}
+        self._listings = Counter(
+            "tracking_destination_listings", "destination.listed events published: a "
+            "customer's links first led to a listed destination, by list and category.",
+            ["list", "category"], registry=registry)
+        self._category = _Bounded()
+
+    def listed(self, blocklist: str, categories: Iterable[str]) -> None:
+        for category in tuple(categories) or ("",):
+            self._listings.labels(blocklist, self._category(category)).inc()
+
+
 class VerifierMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.consumer = ConsumerMetrics(registry)
@@ -381,6 +408,7 @@ class VerifierMetrics:
             "counted.", registry=registry)
         self._outcome = _Bounded()
         self._code = _Bounded()
+        self.destinations = DestinationMetrics(registry)
 
     def verification(self, check: str, outcome: Outcome) -> None:
         self._verifications.labels(check, self._outcome(outcome.name),

@@ -46,6 +46,9 @@ from shared.events import Event, InvalidEvent, decode_message, encode_batch
 from shared.metrics import ConsumerMetrics
 
 Handler = Callable[[Sequence[Event[Any]]], Awaitable[None]]
+# A message's body and content type -> its events (`decode_message` unless a consumer
+# reads a lighter view of them).
+Decoder = Callable[[bytes, str | None], list[Event[Any] | InvalidEvent]]
 
 ATTEMPT_HEADER = "x-attempt"
 REASON_HEADER = "x-dead-reason"
@@ -77,12 +80,14 @@ class Consumer:
     def __init__(self, *, channel: AbstractChannel, topology: Topology, queue: str,
                  handler: Handler, publisher: Publisher,
                  policy: ConsumePolicy | None = None,
-                 metrics: ConsumerMetrics | None = None) -> None:
+                 metrics: ConsumerMetrics | None = None,
+                 decode: Decoder = decode_message) -> None:
         self._channel = channel
         self._topology = topology
         self._name = queue
         self._queue_name = topology.queue(queue)
         self._handler = handler
+        self._decode = decode
         self._publisher = publisher
         self._policy = policy or ConsumePolicy()
         self._queue: AbstractQueue | None = None
@@ -138,7 +143,7 @@ class Consumer:
         started = time.perf_counter()
         headers = message.headers or {}
         attempt = _int_header(headers.get(ATTEMPT_HEADER), 1)
-        decoded = decode_message(message.body, message.content_type)
+        decoded = self._decode(message.body, message.content_type)
         events: list[Event[Any]] = []
         invalid: list[tuple[int, InvalidEvent]] = []  # (position in the message, why)
         for position, item in enumerate(decoded, start=1):

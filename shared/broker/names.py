@@ -12,6 +12,7 @@ from shared.events import (
     CertificateFailed,
     CertificateIssued,
     ClickTracked,
+    DestinationListed,
     DomainCreated,
     DomainDeleted,
     DomainDelisted,
@@ -35,17 +36,34 @@ CERTIFICATE_EXPIRING = CertificateExpiring.TYPE
 DOMAIN_LISTED = DomainListed.TYPE
 DOMAIN_DELISTED = DomainDelisted.TYPE
 CLICK_TRACKED = ClickTracked.TYPE
+DESTINATION_LISTED = DestinationListed.TYPE
 
 # One queue per consuming service; replicas of a service compete on it.
 LOGGER_QUEUE = "logger"
 VERIFIER_QUEUE = "verifier"
 CERTIFIER_QUEUE = "certifier"
+# The verifier's destination watch reads its own copy of the clicks, so neither the
+# redirector nor the logger ever waits for it (services/verifier/destinations.py).
+DESTINATIONS_QUEUE = "verifier.destinations"
 
 # What each service's queue receives.
 BINDINGS: dict[str, tuple[str, ...]] = {
     LOGGER_QUEUE: (CLICK_TRACKED,),
     VERIFIER_QUEUE: (DOMAIN_CREATED, DOMAIN_DELETED),
     CERTIFIER_QUEUE: (DOMAIN_VERIFIED, DOMAIN_DELETED, DOMAIN_LAPSED),
+    DESTINATIONS_QUEUE: (CLICK_TRACKED,),
+}
+
+# Extra queue arguments. The destination watch's copy of the clicks is bounded: past the
+# bound RabbitMQ drops the oldest message (a batch of up to CLICK_BATCH_SIZE clicks), so a
+# stopped or slow watch never holds clicks back or fills the broker's disk; it only misses
+# the checks of clicks it had no room for (their destinations come again with later clicks).
+# A constant, not a setting: every service declares the queue, and RabbitMQ refuses a
+# declaration whose arguments differ from the queue's.
+DESTINATIONS_QUEUE_MAX_BYTES = 256 * 1024 * 1024
+QUEUE_ARGUMENTS: dict[str, dict[str, int | str]] = {
+    DESTINATIONS_QUEUE: {"x-max-length-bytes": DESTINATIONS_QUEUE_MAX_BYTES,
+                         "x-overflow": "drop-head"},
 }
 
 # The upstream platform's inbox: every outcome it must hear about. Declared with the
@@ -56,6 +74,7 @@ PLATFORM_BINDINGS: tuple[str, ...] = (
     DOMAIN_VERIFIED, DOMAIN_REJECTED, DOMAIN_LAPSED,
     CERTIFICATE_ISSUED, CERTIFICATE_FAILED, CERTIFICATE_EXPIRING,
     DOMAIN_LISTED, DOMAIN_DELISTED,
+    DESTINATION_LISTED,
 )
 
 # Delayed-retry tiers in milliseconds. A message waits in the tier's queue until

@@ -16,6 +16,7 @@ from shared.broker.names import (
     DEAD_SUFFIX,
     PLATFORM_BINDINGS,
     PLATFORM_QUEUE,
+    QUEUE_ARGUMENTS,
     RETRY_DELAYS_MS,
     RETRY_SUFFIX,
 )
@@ -65,7 +66,8 @@ async def declare(channel: AbstractChannel, topology: Topology) -> AbstractExcha
     )
     for name, routing_keys in BINDINGS.items():
         main = topology.queue(name)
-        queue = await channel.declare_queue(main, durable=True, arguments=QUORUM)
+        queue = await channel.declare_queue(
+            main, durable=True, arguments={**QUORUM, **QUEUE_ARGUMENTS.get(name, {})})
         for key in routing_keys:
             await queue.bind(exchange, key)
         for delay in topology.retry_delays_ms:

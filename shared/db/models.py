@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     and_,
     func,
 )
@@ -174,4 +175,41 @@ class DomainReputation(Base):
         Index(None, "blocklist", "next_check_at"),
         Index(None, "status"),
         CheckConstraint("status IN ('unchecked', 'listed', 'not_listed')", name="status"),
+    )
+
+
+class DestinationCheck(Base):
+    """The destination watch's last verdict on a destination (a registered domain clicked
+    links lead to), so a restart does not ask the blocklist again until it is due."""
+
+    __tablename__ = "destination_checks"
+
+    destination: Mapped[str] = mapped_column(String(253), primary_key=True)
+    # services/verifier/destinations.py: "listed" or "not_listed" (errors are not stored).
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    # The list's categories when listed, comma-joined.
+    categories: Mapped[str | None] = mapped_column(Text)
+    checked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class DestinationListing(Base):
+    """A customer's links led to a listed destination: `destination.listed` was published
+    (once per customer, destination and list; the row is what makes it once)."""
+
+    __tablename__ = "destination_listings"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str] = mapped_column(String(256), nullable=False)
+    destination: Mapped[str] = mapped_column(String(253), nullable=False)
+    blocklist: Mapped[str] = mapped_column(String(16), nullable=False)
+    categories: Mapped[str | None] = mapped_column(Text)
+    # The campaign of the click that revealed it.
+    campaign_id: Mapped[str] = mapped_column(String(256), nullable=False)
+    event_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    first_seen_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("customer_id", "destination", "blocklist"),
+        Index(None, "first_seen_at"),
     )

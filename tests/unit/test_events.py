@@ -158,6 +158,10 @@ def test_encode_event_round_trips_every_type() -> None:
                             "listed_name": "t.example", "listed_since": WHEN},
         "click.tracked": click(ip="203.0.113.1", user_agent="UA", bot=True,
                                bot_reason="head-request", method="HEAD"),
+        "destination.listed": {"customer_id": "c", "campaign_id": "k",
+                               "destination": "bad.example", "blocklist": "dbl",
+                               "categories": ["phishing"],
+                               "fix_url": "https://check.spamhaus.org/"},
     }
     for name, cls in EVENT_TYPES.items():
         fields = samples.get(name)
