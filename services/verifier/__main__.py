@@ -10,6 +10,8 @@ import os
 from services.verifier import settings as verifier_settings
 from services.verifier.announcer import Announcer
 from services.verifier.census import census_forever
+from services.verifier.destination_store import DestinationStore
+from services.verifier.destinations import dbl_of, start_watch
 from services.verifier.handlers import handle_domain_events, utc_now
 from services.verifier.reputation.dnspython import DnspythonListResolver
 from services.verifier.reputation.engine import ReputationEngine
@@ -74,6 +76,7 @@ async def open_verifier(life: Lifecycle, settings: VerifierSettings) -> None:
     schedule = asyncio.create_task(rechecker.run(life.stopping), name="recheck")
     life.on_stop(functools.partial(_finish, schedule, timeout_s=30))
     reputation = settings.reputation
+    dbl = None
     if reputation is not None:
         engine_ = ReputationEngine(
             DnspythonListResolver(reputation.nameservers, timeout_s=reputation.timeout_s),
@@ -86,6 +89,17 @@ async def open_verifier(life: Lifecycle, settings: VerifierSettings) -> None:
                             *settings.policy.tracking_host_aliases))
         watching = asyncio.create_task(watch.run(life.stopping), name="reputation")
         life.on_stop(functools.partial(_finish, watching, timeout_s=10))
+        # The destination watch shares the engine: one cache and one daily budget per list.
+        dbl = dbl_of(engine_) if settings.destinations.enabled else None
+        if dbl is not None:
+            wanted = settings.destinations
+            destinations = await start_watch(
+                connection=connection, topology=topology, engine=engine_, blocklist=dbl,
+                store=DestinationStore(engine), source=source, metrics=metrics.destinations,
+                consumer_metrics=metrics.consumer, recheck_s=wanted.recheck_s,
+                memory=wanted.memory, prefetch=wanted.prefetch,
+                max_attempts=settings.max_attempts)
+            life.on_stop(destinations.stop)
     life.on_stop(consumer.stop)
     await consumer.start()
     life.describe(queue=topology.queue(VERIFIER_QUEUE),
@@ -93,6 +107,7 @@ async def open_verifier(life: Lifecycle, settings: VerifierSettings) -> None:
                   tracking_host_aliases=list(settings.policy.tracking_host_aliases) or None,
                   nameservers=resolver.description, prefetch=settings.prefetch,
                   reputation_lists=[b.label for b in reputation.lists] if reputation else None,
+                  destination_watch=dbl.label if dbl else None,
                   database=settings.database.safe_url, broker=settings.broker.safe_url)
 
 

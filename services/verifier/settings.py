@@ -20,7 +20,7 @@ from shared.settings import (
     Setting,
     metrics_bind,
 )
-from shared.settings.parsers import nameservers, number, whole
+from shared.settings.parsers import flag, nameservers, number, whole
 from shared.verification.settings import (
     DEFAULT_CAA_IDENTITY,
     DNS_JUDGEMENT,
@@ -55,6 +55,20 @@ VERIFIER_RECHECK_CONCURRENCY = Setting(
 VERIFIER_DB_POOL = Setting(
     "VERIFIER_DB_POOL", whole(minimum=1), "10", "Database connections.")
 METRICS_BIND = metrics_bind("verifier")
+# The destination watch (services/verifier/destinations.py).
+DESTINATION_WATCH = Setting(
+    "DESTINATION_WATCH", flag, "1",
+    "Check clicked destinations against the DBL (when REPUTATION_LISTS has one).")
+DESTINATION_RECHECK_S = Setting(
+    "DESTINATION_RECHECK_S", number(minimum=60), "86400",
+    "How long a destination's verdict is trusted before a click has it asked again.")
+DESTINATION_MEMORY = Setting(
+    "DESTINATION_MEMORY", whole(minimum=100), "100000",
+    "Destinations (and customer-destination pairs) kept in memory.")
+DESTINATION_PREFETCH = Setting(
+    "DESTINATION_PREFETCH", whole(minimum=1), "4", "Click messages handled at once.")
+DESTINATIONS = (DESTINATION_WATCH, DESTINATION_RECHECK_S, DESTINATION_MEMORY,
+                DESTINATION_PREFETCH)
 
 # The reputation watch (docs/reputation.md).
 REPUTATION_LISTS = Setting(
@@ -89,7 +103,7 @@ PROGRAM = Program("verifier", (
     VERIFIER_RETRY_DELAYS_MS, VERIFY_DEADLINE_S, RECHECK_INTERVAL_S, *DNS_JUDGEMENT,
     RECHECK_JITTER, *BROKER, DATABASE_URL, VERIFIER_PREFETCH, VERIFIER_MAX_ATTEMPTS,
     VERIFIER_SCHEDULE_POLL_S, VERIFIER_RECHECK_BATCH, VERIFIER_RECHECK_CONCURRENCY,
-    VERIFIER_DB_POOL, LOG_LEVEL, METRICS_BIND, *REPUTATION,
+    VERIFIER_DB_POOL, LOG_LEVEL, METRICS_BIND, *REPUTATION, *DESTINATIONS,
 ))
 
 
@@ -145,6 +159,21 @@ class ReputationPolicy:
 
 
 @dataclass(frozen=True)
+class DestinationSettings:
+    """The destination watch: on or off, and how long verdicts and memory last."""
+
+    enabled: bool = True
+    recheck_s: float = 86400.0
+    memory: int = 100_000
+    prefetch: int = 4
+
+    @classmethod
+    def read(cls, env: Env) -> DestinationSettings:
+        return cls(enabled=env[DESTINATION_WATCH], recheck_s=env[DESTINATION_RECHECK_S],
+                   memory=env[DESTINATION_MEMORY], prefetch=env[DESTINATION_PREFETCH])
+
+
+@dataclass(frozen=True)
 class VerifierSettings:
     broker: BrokerSettings
     database: DatabaseSettings
@@ -162,6 +191,7 @@ class VerifierSettings:
     log_level: str
     metrics_bind: tuple[str, int] | None = None
     reputation: ReputationPolicy | None = None  # None: the watch is off (no lists)
+    destinations: DestinationSettings = field(default_factory=DestinationSettings)
 
 
 def load(environ: Mapping[str, str]) -> VerifierSettings:
@@ -199,6 +229,7 @@ def load(environ: Mapping[str, str]) -> VerifierSettings:
         log_level=env[LOG_LEVEL],
         metrics_bind=env[METRICS_BIND],
         reputation=load_reputation(env),
+        destinations=DestinationSettings.read(env),
     )
 
 
