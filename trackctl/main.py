@@ -105,13 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how long to wait for the click row (default 10)")
     _json_flag(doctor)
 
+    _reputation_parser(commands)
+    commands.add_parser("up", help="run every service of the pipeline until Ctrl-C")
+    return parser
+
+
+def _reputation_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     reputation = commands.add_parser(
         "reputation", help="what the DNS blocklists list now (the verifier's reputation "
                            "watch): per list, and every listed domain")
+    reputation.add_argument("--destinations", action="store_true",
+                            help="customers whose links lead to listed destinations")
+    reputation.add_argument("--customer", help="with --destinations: only this customer")
+    reputation.add_argument("--limit", type=_positive_int, default=500,
+                            help="with --destinations: at most this many (default 500)")
     _json_flag(reputation)
-
-    commands.add_parser("up", help="run every service of the pipeline until Ctrl-C")
-    return parser
 
 
 def _domain_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -2,7 +2,8 @@
 
 Reads `domain_reputation` (written by the verifier's reputation watch, docs/reputation.md)
 with each row's customer from `tracking_domains`. `domain show` and `doctor` show one
-domain's rows through `fetch_reputation` and `describe`.
+domain's rows through `fetch_reputation` and `describe`. `--destinations`: the
+destinations customers' links lead to that a list has listed (trackctl/destinations.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db.models import DomainReputation, TrackingDomain
-from trackctl import connections
+from trackctl import connections, destinations
 from trackctl.output import OK, as_utc, emit_json, fmt_relative, jsonable, table, utc_now
 
 R = DomainReputation.__table__.c
@@ -83,6 +84,8 @@ def describe(row: Mapping[str, Any], now: datetime) -> str:
 
 
 async def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    if args.destinations:
+        return await destinations.run(args, environ)
     async with connections.database(environ) as engine:
         listed = await fetch_reputation(engine, listed_only=True)
         summary = await fetch_summary(engine)
