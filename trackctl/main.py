@@ -20,7 +20,7 @@ from trackctl.output import USAGE, CliError, EscapingStream
 
 COMMAND_MODULES = {"db": "db", "link": "links", "domain": "domain_commands", "dlq": "dlq",
                    "clicks": "clicks", "doctor": "doctor", "reputation": "reputation"}
-DLQ_SERVICES = ("logger", "verifier", "certifier")
+DLQ_SERVICES = ("logger", "verifier", "verifier.destinations", "certifier")
 
 
 def _json_flag(parser: argparse.ArgumentParser) -> None:
