@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.run            # the click path beside its baselines
     .venv/bin/python -m bench.paired TREE    # two trees' redirectors, CPU per click, at once
     .venv/bin/python -m bench.destinations TREE  # the click path, destination watch on vs TREE
+    .venv/bin/python -m bench.destination_cost  # the destination watch's CPU per click
     .venv/bin/python -m bench.lifecycle      # domain.created -> HTTPS, against Pebble
     .venv/bin/python -m bench.verify         # verification concurrency against a slow DNS
     .venv/bin/python -m bench.event_ids      # what the kind of click id costs PostgreSQL
