@@ -30,11 +30,18 @@ from services.verifier.reputation.dnspython import DnspythonListResolver
 from services.verifier.reputation.engine import ReputationEngine
 from shared.broker import topology as broker_topology
 from shared.broker.connection import connect, open_channel
-from shared.broker.names import CLICK_TRACKED, DESTINATIONS_QUEUE, PLATFORM_QUEUE
+from shared.broker.names import (
+    CLICK_TRACKED,
+    DESTINATIONS_QUEUE,
+    LOGGER_QUEUE,
+    PLATFORM_QUEUE,
+    QUEUE_ARGUMENTS,
+)
+from shared.broker.publisher import Publisher
 from shared.broker.topology import Topology
 from shared.db.engine import create_engine
 from shared.db.models import DestinationCheck, DestinationListing
-from shared.events import DestinationListed, decode_message, encode_event
+from shared.events import DestinationListed, decode_message, encode_batch, encode_event
 from shared.metrics import ConsumerMetrics, DestinationMetrics
 from shared.settings import BrokerSettings, DatabaseSettings
 from tests.support.amqp import batch_message, click, get_messages, message_count
@@ -226,3 +233,27 @@ async def test_a_list_refusing_this_resolver_gives_no_verdict_and_tells_nobody(
         assert await told(side, topology, 0) == []
         assert watch.checked("unusable") == 1
     assert await rows(database, DestinationCheck.__table__) == 0
+
+
+async def test_a_full_destination_queue_drops_its_oldest_and_never_refuses_a_click(
+        broker: BrokerSettings, topology: Topology, side: AbstractConnection,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no watch reading it, the copy fills to its bound and then drops its oldest
+    messages; every publish of the clicks is still confirmed, and the logger's queue gets
+    them all. (The real bound is 256 MiB; a small one here, in a namespace of the test's.)"""
+    monkeypatch.setitem(QUEUE_ARGUMENTS, DESTINATIONS_QUEUE,
+                        {"x-max-length-bytes": 20_000, "x-overflow": "drop-head"})
+    connection = await connect(broker, name="test-destinations-bound", attempts=1)
+    try:
+        channel = await open_channel(connection)
+        publisher = Publisher(channel, await broker_topology.declare(channel, topology),
+                              source="/tests/redirector")
+        for number in range(40):  # about 2 kB each: twice the bound in all
+            body = encode_batch([encode_event(click(number * 4 + n), source="/tests")
+                                 for n in range(4)])
+            await publisher.publish(CLICK_TRACKED, body, batch=True)  # confirmed, mandatory
+    finally:
+        await connection.close()
+    assert await message_count(side, topology.queue(LOGGER_QUEUE)) == 40
+    kept = await message_count(side, topology.queue(DESTINATIONS_QUEUE))
+    assert 0 < kept < 20
