@@ -9,40 +9,17 @@ import asyncio
 import time
 from pathlib import Path
 
-import aio_pika
-from aio_pika.abc import AbstractQueue
-
 from demo.blocklists import ListZones
 from demo.databases import fetch
 from demo.dns import DnsServer
 from demo.net import free_port, https_get
 from demo.processes import ServiceProcess, count_lines
-from shared.broker import topology as broker_topology
 from shared.broker.names import DESTINATION_LISTED
 from shared.broker.topology import Topology
-from shared.events import DestinationListed, decode_message
 from shared.links import LinkSigner
 from shared.settings import BrokerSettings, DatabaseSettings, LinkKey
 from tests.conftest import TRACKING_HOST, service_env
-
-
-async def listed_events(queue: AbstractQueue, expected: int) -> list[DestinationListed]:
-    """The destination.listed events that arrive: waiting up to 20 s for `expected`, then
-    1 s more, so one too many shows."""
-    found: list[DestinationListed] = []
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if len(found) >= expected:
-            deadline = min(deadline, time.monotonic() + 1)
-        message = await queue.get(no_ack=True, fail=False, timeout=5)
-        if message is None:
-            await asyncio.sleep(0.05)
-            continue
-        for event in decode_message(message.body, message.content_type):
-            data = getattr(event, "data", None)
-            assert isinstance(data, DestinationListed), event
-            found.append(data)
-    return found
+from tests.support.amqp import assert_no_more, decoded_messages, observing
 
 
 def handled(verifier: ServiceProcess) -> int:
@@ -76,13 +53,8 @@ async def test_a_click_to_a_listed_destination_tells_its_customer_once(
         env = service_env(broker, database, tmp_path, REDIRECTOR_BIND=f"127.0.0.1:{port}",
                           DNS_NAMESERVERS=dns.address, REPUTATION_LISTS=zones.setting,
                           REPUTATION_NAMESERVERS=dns.address, CLICK_LINGER_MS="5")
-        connection = await aio_pika.connect(broker.url)
-        try:
-            channel = await connection.channel()
-            exchange = await broker_topology.declare(channel, Topology(broker.exchange))
-            observer = await channel.declare_queue(f"{broker.exchange}.observer",
-                                                   exclusive=True)
-            await observer.bind(exchange, DESTINATION_LISTED)
+        async with observing(broker.url, Topology(broker.exchange),
+                             DESTINATION_LISTED) as (_exchange, observed):
             with ServiceProcess("verifier", env, tmp_path) as verifier, \
                     ServiceProcess("redirector", env, tmp_path) as redirector:
                 await asyncio.to_thread(verifier.wait_for_log, "verifier.started")
@@ -91,12 +63,14 @@ async def test_a_click_to_a_listed_destination_tells_its_customer_once(
                                         f"http://127.0.0.1:{port}/healthz")
                 await asyncio.to_thread(click, "spring", "r1", "https://www.phish.test/login")
                 await asyncio.to_thread(click, "spring", "r2", "https://fine.test/sale")
-                events = await listed_events(observer, 1)
-                assert len(events) == 1, (events, verifier.log_text()[-3000:])
-                event = events[0]
-                assert (event.customer_id, event.campaign_id, event.destination,
-                        event.blocklist, event.categories) == (
-                    "cust-a", "spring", "phish.test", "dbl", ["phishing"])
+                events = await decoded_messages(observed, 1, timeout_s=20)
+                assert len(events) == 1, verifier.log_text()[-3000:]
+                assert events[0]["type"] == DESTINATION_LISTED
+                assert events[0]["data"] == {
+                    "customer_id": "cust-a", "campaign_id": "spring",
+                    "destination": "phish.test", "blocklist": "dbl",
+                    "fix_url": "https://check.spamhaus.org/", "categories": ["phishing"]}
+                await assert_no_more(observed, 1.0)
                 await checked(database, 2)
 
                 # A second click to it (another campaign), and the clean one again: nothing.
@@ -107,7 +81,5 @@ async def test_a_click_to_a_listed_destination_tells_its_customer_once(
                 while handled(verifier) == before:  # the watch has read them
                     assert time.monotonic() < deadline, "the watch never read the clicks"
                     await asyncio.sleep(0.05)
-                assert await listed_events(observer, 0) == []
+                await assert_no_more(observed, 1.0)
                 assert dns.queries[(zones.qname("dbl", "phish.test"), "A")] == 1
-        finally:
-            await connection.close()
