@@ -366,17 +366,18 @@ class ReputationMetrics:
 class DestinationMetrics:
     """The verifier's destination watch (services/verifier/destinations.py)."""
 
-    OUTCOMES = ("listed", "not_listed", "refused", "error", "unusable")
+    OUTCOMES = ("listed", "not_listed", "refused", "error", "unusable", "budget")
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.clicks = Counter(
-            "tracking_destination_clicks", "Clicks the destination watch read from its "
-            "queue (compare with tracking_clicks_served_total: the queue drops its oldest "
+            "tracking_destination_clicks", "Clicks the destination watch has handled from "
+            "its queue (compare with tracking_clicks_served_total: the queue drops its oldest "
             "batches when the watch falls far behind).", registry=registry)
         checked = Counter(
             "tracking_destination_checks", "Destinations (registered domains) asked of the "
             "DBL, by outcome: listed, not_listed, refused or error (no verdict; asked again "
-            "on a later click), unusable (the list failed its controls: not asked).",
+            "on a later click), unusable (the list failed its controls: not asked), budget "
+            "(not asked: half the list's daily budget stays for the tracking domains).",
             ["outcome"], registry=registry)
         self.checked = {outcome: checked.labels(outcome) for outcome in self.OUTCOMES}
         self._listings = Counter(

@@ -182,8 +182,8 @@ class DestinationWatch:
                         not known.listed or (click.customer_id, destination) in told):
                     continue
                 pending.setdefault((click.customer_id, destination), click.campaign_id)
-        self._metrics.clicks.inc(clicks)
         if not pending:
+            self._metrics.clicks.inc(clicks)
             return
         started = time.perf_counter()
         fresh = await self._verdicts_for({destination for _, destination in pending}, now)
@@ -199,6 +199,7 @@ class DestinationWatch:
         log.info("destinations.checked", clicks=clicks, pairs=len(pending),
                  destinations=len({d for _, d in pending}), listed=len(listed), told=told_now,
                  duration_ms=round((time.perf_counter() - started) * 1000, 2))
+        self._metrics.clicks.inc(clicks)  # once handled: a retried message counts once
 
     async def _verdicts_for(self, destinations: set[str], now: float) -> dict[str, Known]:
         """A fresh verdict for each destination that has one: memory, then the table, then
@@ -227,6 +228,9 @@ class DestinationWatch:
         if not await self._controls_pass(now):
             self._metrics.checked["unusable"].inc(len(destinations))
             return {}
+        destinations = self._affordable(destinations)
+        if not destinations:
+            return {}
         lookups = await asyncio.gather(*(self._lookups.lookup(self._blocklist, destination)
                                          for destination in destinations))
         found: dict[str, Known] = {}
@@ -245,6 +249,27 @@ class DestinationWatch:
             stored.append(StoredVerdict(destination, listed, verdict.categories, checked_at))
         await self._store.save_verdicts(stored)
         return found
+
+    def _affordable(self, destinations: list[str]) -> list[str]:
+        """Those of `destinations` the watch may ask now: answers in the engine's cache
+        always; otherwise only while more than half of the list's daily budget is left.
+        Customers choose their destinations (and their number); that half stays for the
+        tracking domains' own watch, whatever they link to. The rest are asked on a
+        later click, tomorrow at the latest."""
+        budget = self._lookups.budget(self._blocklist)
+        room = budget.left - budget.limit // 2
+        affordable = []
+        for destination in destinations:
+            if self._lookups.cached(self._blocklist, destination):
+                affordable.append(destination)
+            elif room > 0:
+                room -= 1
+                affordable.append(destination)
+        if len(affordable) < len(destinations):
+            self._metrics.checked["budget"].inc(len(destinations) - len(affordable))
+            log.warning("destinations.budget_reserved", list=self._blocklist.label,
+                        not_asked=len(destinations) - len(affordable), left=budget.left)
+        return affordable
 
     async def _controls_pass(self, now: float) -> bool:
         """Whether the list answers this resolver truthfully (its controls, asked at most

@@ -85,12 +85,14 @@ class Watch:
 
 @asynccontextmanager
 async def watching(broker: BrokerSettings, topology: Topology, database: DatabaseSettings,
-                   dns: DnsServer, zones: ListZones) -> AsyncIterator[Watch]:
+                   dns: DnsServer, zones: ListZones, daily_budget: int = 1000,
+                   ) -> AsyncIterator[Watch]:
     """A destination watch as the verifier starts it, with a fresh engine and memory (a
     new process, as far as the watch can tell); stopped on the way out."""
     engine = ReputationEngine(DnspythonListResolver((("127.0.0.1", dns.port),),
                                                     timeout_s=0.3),
-                              parse_lists(zones.setting), retry_delay_s=0.01)
+                              parse_lists(zones.setting), retry_delay_s=0.01,
+                              daily_budget=daily_budget)
     blocklist = dbl_of(engine)
     assert blocklist is not None and blocklist.kind == Kind.DBL
     db = create_engine(database)
@@ -233,6 +235,18 @@ async def test_a_list_refusing_this_resolver_gives_no_verdict_and_tells_nobody(
         assert await told(side, topology, 0) == []
         assert watch.checked("unusable") == 1
     assert await rows(database, DestinationCheck.__table__) == 0
+
+
+async def test_half_the_daily_budget_stays_for_the_tracking_domains(
+        broker: BrokerSettings, topology: Topology, database: DatabaseSettings,
+        dns: DnsServer, zones: ListZones) -> None:
+    # 8 a day: the controls take 2, so 6 are left and 4 are kept back: 2 destinations.
+    async with watching(broker, topology, database, dns, zones, daily_budget=8) as watch:
+        await watch.send(*(("cust-1", "spring", f"https://shop{n}.test/") for n in range(4)))
+        await until(lambda: watch.checked("not_listed") + watch.checked("budget") >= 4)
+        assert (watch.checked("not_listed"), watch.checked("budget")) == (2, 2)
+    assert zones.queries("dbl") == 2 + 2
+    assert await rows(database, DestinationCheck.__table__) == 2
 
 
 async def test_a_full_destination_queue_drops_its_oldest_and_never_refuses_a_click(
