@@ -5,6 +5,7 @@ Read by the certifier (writes), the edge agent, the redirector (challenge answer
 trackctl; it imports no service.
 """
 
+from shared.certificates.accounts import AcmeAccounts
 from shared.certificates.challenges import ChallengeAnswers
 from shared.certificates.keyring import Keyring, Sealed, SealError
 from shared.certificates.pem import CertificateInfo, PemError, check_pair
@@ -12,6 +13,7 @@ from shared.certificates.store import SERVED_STATUSES, CertStore, StoredCertific
 
 __all__ = [
     "SERVED_STATUSES",
+    "AcmeAccounts",
     "CertStore",
     "CertificateInfo",
     "ChallengeAnswers",

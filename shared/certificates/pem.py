@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -54,3 +55,25 @@ def check_pair(chain_pem: str, key_pem: bytes) -> CertificateInfo:
             certificate.public_key().public_bytes(serialization.Encoding.DER, spki):
         raise PemError("the private key does not belong to the chain's leaf certificate")
     return info(certificate)
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def ari_certificate_id(certificate: x509.Certificate) -> str | None:
+    """The certificate's ACME Renewal Information identifier (RFC 9773, section 4.1):
+    base64url of the Authority Key Identifier's keyIdentifier, ".", base64url of the
+    serial's DER INTEGER content octets. None when the certificate has no AKI."""
+    try:
+        extension = certificate.extensions.get_extension_for_class(
+            x509.AuthorityKeyIdentifier)
+    except x509.ExtensionNotFound:
+        return None
+    key_id = extension.value.key_identifier
+    if key_id is None:
+        return None
+    serial = certificate.serial_number
+    # DER INTEGER: big-endian two's complement, a leading zero when the top bit is set.
+    octets = serial.to_bytes(serial.bit_length() // 8 + 1, "big", signed=True)
+    return f"{_b64url(key_id)}.{_b64url(octets)}"

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
 from shared.certificates.keyring import Keyring, Sealed
-from shared.certificates.pem import CertificateInfo, check_pair
+from shared.certificates.pem import CertificateInfo, ari_certificate_id, check_pair, leaf
 from shared.db.models import StoredCertificate as Row
 from shared.db.models import TrackingDomain
 from shared.domain_status import DomainStatus
@@ -85,6 +85,8 @@ class CertStore:
         """Store `name`'s certificate (replacing the one stored); the key must be the leaf's.
         Raises `PemError` for a chain or key that does not fit. The domain's row must exist."""
         facts = check_pair(chain_pem, key_pem)
+        if ari_id is None:
+            ari_id = ari_certificate_id(leaf(chain_pem))
         sealed = self.keyring.seal(key_pem, purpose=PRIVATE_KEY, subject=name)
         at = issued_at or datetime.now(UTC)
         values = dict(chain_pem=chain_pem, key_kid=sealed.kid, key_sealed=sealed.blob,
@@ -127,6 +129,12 @@ class CertStore:
     def _served(now: datetime | None) -> ColumnElement[bool]:
         return and_(TrackingDomain.status.in_(SERVED_STATUSES),
                     Row.not_after > (now or datetime.now(UTC)))
+
+    async def serials(self) -> dict[str, str]:
+        """name -> serial of every stored certificate, whatever its domain's status."""
+        async with self._engine.connect() as connection:
+            return {name: serial for name, serial in
+                    await connection.execute(select(Row.name, Row.serial))}
 
     async def delete(self, name: str) -> bool:
         """Forget `name`'s certificate; False if none was stored."""

@@ -119,10 +119,12 @@ CERT_STORE_KEYS = Setting(
 # Read by the redirector, and named by `trackctl up` when it starts one.
 REDIRECTOR_BIND = Setting(
     "REDIRECTOR_BIND", host_port, DEFAULT_REDIRECTOR_BIND, "host:port the redirector listens on.")
-# The certifier writes HTTP-01 answers there; redirectors serve them (optional for them).
+# HTTP-01 answers are in the database (shared/certificates/challenges.py); this directory
+# is a single-host option: the certifier also writes them there, the redirector also
+# reads them there.
 ACME_CHALLENGE_DIR = Setting(
     "ACME_CHALLENGE_DIR", path, "var/acme-challenge",
-    "Directory of HTTP-01 challenge answers, shared by the certifier and every edge.")
+    "Single-host option: a directory of HTTP-01 answers beside the database's.")
 
 
 def metrics_bind(service: str) -> Setting[tuple[str, int] | None]:

@@ -1,14 +1,17 @@
 """The certifier in-process against real Pebble, certbot, RabbitMQ, PostgreSQL, and the real
-redirector process answering the HTTP-01 challenges from ACME_CHALLENGE_DIR."""
+redirector process answering the HTTP-01 challenges from the database (no shared
+directory)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
+import shutil
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,7 @@ from tests.conftest import FAST_DELAYS_MS, TRACKING_HOST, service_env
 from tests.support.amqp import connected, get_messages, message_count, wait_count
 
 NAME = "track.customer-a.test"
+CERT_STORE_KEYS = "k2026:" + "c" * 40
 
 
 def certifier_env(broker: BrokerSettings, database: DatabaseSettings, tmp_path: Path,
@@ -54,8 +58,7 @@ def certifier_env(broker: BrokerSettings, database: DatabaseSettings, tmp_path: 
         "AMQP_URL": broker.url, "AMQP_EXCHANGE": broker.exchange, "DATABASE_URL": database.url,
         "TRACKING_HOST": TRACKING_HOST, "ACME_DIRECTORY_URL": directory_url,
         "ACME_CA_BUNDLE": str(ca_bundle), "ACME_EMAIL": "certs@platform.test",
-        "CERTBOT_DIR": str(tmp_path / "certbot"),
-        "ACME_CHALLENGE_DIR": str(tmp_path / "challenges"),
+        "CERTBOT_DIR": str(tmp_path / "certbot"), "CERT_STORE_KEYS": CERT_STORE_KEYS,
         "NGINX_CONF_PATH": str(tmp_path / "nginx" / "tracking-domains.conf"),
         "CERTIFIER_RETRY_DELAYS_MS": ",".join(str(d) for d in FAST_DELAYS_MS),
         "CERTIFIER_RENEW_CHECK_S": "3600", **extra,
@@ -116,6 +119,18 @@ async def wait_for(condition: Callable[[], Any], timeout_s: float = 20.0) -> Non
         await asyncio.sleep(0.02)
 
 
+@contextmanager
+def pebble_and_redirector(broker: BrokerSettings, database: DatabaseSettings,
+                          tmp_path: Path) -> Iterator[tuple[Pebble, ServiceProcess]]:
+    """Pebble, and a redirector where Pebble validates HTTP-01 (answers from the database)."""
+    with Pebble(tmp_path / "pebble", http_port=free_port()) as pebble, \
+            ServiceProcess("redirector", service_env(
+                broker, database, tmp_path,
+                REDIRECTOR_BIND=f"127.0.0.1:{pebble.http_port}"), tmp_path) as redirector:
+        redirector.wait_http(f"http://127.0.0.1:{pebble.http_port}/healthz")
+        yield pebble, redirector
+
+
 @asynccontextmanager
 async def certifier(env: dict[str, str]) -> AsyncIterator[Running]:
     running = await start(certifier_settings.load(env))
@@ -129,12 +144,7 @@ async def test_verified_domain_is_certified_once_renewed_warned_and_removed(
         broker: BrokerSettings, database: DatabaseSettings, topology: Topology,
         tmp_path: Path) -> None:
     await insert_domain(database)
-    challenges = tmp_path / "challenges"
-    with Pebble(tmp_path / "pebble", http_port=free_port()) as pebble, \
-            ServiceProcess("redirector", service_env(
-                broker, database, tmp_path, ACME_CHALLENGE_DIR=str(challenges),
-                REDIRECTOR_BIND=f"127.0.0.1:{pebble.http_port}"), tmp_path) as redirector:
-        redirector.wait_http(f"http://127.0.0.1:{pebble.http_port}/healthz")
+    with pebble_and_redirector(broker, database, tmp_path) as (pebble, redirector):
         env = certifier_env(broker, database, tmp_path, pebble.directory_url,
                             pebble.listener_ca)
         async with platform(broker, topology) as upstream, certifier(env) as running:
@@ -166,7 +176,12 @@ async def test_verified_domain_is_certified_once_renewed_warned_and_removed(
                 <= on_disk.not_after - third
             conf = nginx_conf(env)
             assert f"server_name {NAME};" in conf and f"serial {on_disk.serial}" in conf
-            assert not list(challenges.iterdir())  # the cleanup hook removed the answer
+            # The answer was served from the database; the cleanup hook removed it.
+            assert await fetch(database, "SELECT token FROM acme_challenges") == []
+            stored = await running.issuer.vault.get(NAME)
+            assert stored is not None and stored.serial == on_disk.serial
+            assert stored.chain_pem == (live / "fullchain.pem").read_text()
+            assert stored.key_pem == (live / "privkey.pem").read_bytes()
             assert await acme_counts(database) == {"order": 1, "certificate": 1}
             print(f"issuance took {elapsed:.2f} s")
 
@@ -180,8 +195,9 @@ async def test_verified_domain_is_certified_once_renewed_warned_and_removed(
 
             # Renewal, with the clock moved to when a third of the lifetime remains.
             later = renewal_due(on_disk) + timedelta(hours=1)
-            issuer = Issuer(certbot=running.certbot, store=running.store, limits=Limits(),
-                            clock=lambda: later)
+            issuer = Issuer(certbot=running.certbot, store=running.store,
+                            vault=running.issuer.vault, accounts=running.issuer.accounts,
+                            limits=Limits(), clock=lambda: later)
             common: dict[str, Any] = {
                 "store": running.store, "sites": running.sites,
                 "publisher": upstream.publisher, "policy": Policy(), "rng": random.Random(1),
@@ -202,9 +218,10 @@ async def test_verified_domain_is_certified_once_renewed_warned_and_removed(
             unreachable = Certbot(
                 command=running.certbot.command, base_dir=tmp_path / "certbot",
                 server=f"https://127.0.0.1:{free_port()}/dir", email=None,
-                ca_bundle=pebble.listener_ca, challenge_dir=challenges)
-            failing = Issuer(certbot=unreachable, store=running.store, limits=Limits(),
-                             clock=lambda: near_end)
+                ca_bundle=pebble.listener_ca, challenge_dir=None)
+            failing = Issuer(certbot=unreachable, store=running.store,
+                             vault=running.issuer.vault, accounts=running.issuer.accounts,
+                             limits=Limits(), clock=lambda: near_end)
             common["clock"] = lambda: near_end
             assert await renew_due(issuer=failing, **common) == 1
             [expiring] = await upstream.received()
@@ -288,7 +305,9 @@ async def test_failed_validations_hold_work_back_without_running_certbot(
     env = certifier_env(broker, database, tmp_path, f"https://127.0.0.1:{free_port()}/dir",
                         listener_ca)
     async with certifier(env) as running:
-        issuer = Issuer(certbot=running.certbot, store=running.store, limits=Limits())
+        issuer = Issuer(certbot=running.certbot, store=running.store,
+                        vault=running.issuer.vault, accounts=running.issuer.accounts,
+                        limits=Limits())
         verified = DomainVerified(domain=NAME, customer_id="cust-a", matched_by="cname")
         with pytest.raises(TransientError) as caught:
             # No publisher: the limit is hit before anything could be published.
@@ -345,3 +364,61 @@ async def test_a_stopping_certifier_abandons_what_outlives_its_drain_timeout(
     assert await acme_counts(database) == {"order": 1}
     for name in (NAME, other):
         assert (await domain_row(database, name))["status"] == "verified"
+
+
+def account_uri(certbot_dir: Path) -> str:
+    """The ACME account certbot's directory holds (its URL at the CA)."""
+    [regr] = list((certbot_dir / "config" / "accounts").rglob("regr.json"))
+    return str(json.loads(regr.read_text())["uri"])
+
+
+async def test_a_certifier_moved_to_an_empty_directory_carries_on_from_the_store(
+        broker: BrokerSettings, database: DatabaseSettings, topology: Topology,
+        tmp_path: Path) -> None:
+    """Certifier A issues; B starts on another "machine" (an empty certbot directory) with
+    the store keys rotated (a new key first, the old one still listed): it serves the
+    stored certificate, orders nothing for a redelivered event, and renews with A's
+    account, no new registration, the new key sealed under the new kid."""
+    await insert_domain(database)
+    with pebble_and_redirector(broker, database, tmp_path) as (pebble, redirector):
+        env_a = certifier_env(broker, database, tmp_path / "a", pebble.directory_url,
+                              pebble.listener_ca)
+        verified = DomainVerified(domain=NAME, customer_id="cust-a", matched_by="cname")
+        async with platform(broker, topology) as upstream:
+            async with certifier(env_a):
+                await upstream.send(verified)
+                [issued] = await upstream.received()
+            account = account_uri(tmp_path / "a" / "certbot")
+            shutil.rmtree(tmp_path / "a")  # the old machine is gone
+
+            env_b = certifier_env(broker, database, tmp_path / "b", pebble.directory_url,
+                                  pebble.listener_ca,
+                                  CERT_STORE_KEYS=f"k2027:{'n' * 40},{CERT_STORE_KEYS}")
+            async with certifier(env_b) as running:
+                # nginx serves the stored certificate from the start.
+                assert f"serial {issued.data.serial}" in nginx_conf(env_b)
+                await upstream.send(verified)  # a redelivery: nothing is ordered
+                await wait_for(lambda: running.outcomes["already-certified"] == 1)
+                assert running.certbot.runs == 0
+                assert await acme_counts(database) == {"order": 1, "certificate": 1}
+
+                stored = await running.issuer.vault.get(NAME)
+                assert stored is not None
+                later = renewal_due(stored.info) + timedelta(hours=1)
+                issuer = Issuer(certbot=running.certbot, store=running.store,
+                                vault=running.issuer.vault, accounts=running.issuer.accounts,
+                                limits=Limits(), clock=lambda: later)
+                assert await renew_due(
+                    issuer=issuer, store=running.store, sites=running.sites,
+                    publisher=upstream.publisher, policy=Policy(), rng=random.Random(1),
+                    renewal=RenewalPolicy(), clock=lambda: later) == 1
+                [renewed] = await upstream.received()
+                assert renewed.data.serial != issued.data.serial
+                assert running.certbot.runs == 1
+                assert account_uri(tmp_path / "b" / "certbot") == account
+                assert await acme_counts(database) == {"order": 2, "certificate": 2}
+                assert await running.issuer.vault.key_ids() == {"k2027": 1}
+                row = (await fetch(database, "SELECT kid FROM acme_accounts"))[0]
+                assert row["kid"] == "k2026"  # unchanged account: not re-sealed by a run
+                assert f"serial {renewed.data.serial}" in nginx_conf(env_b)
+        assert redirector.terminate() == 0
