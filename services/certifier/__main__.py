@@ -14,6 +14,7 @@ from datetime import timedelta
 import structlog
 
 from services.certifier import settings as certifier_settings
+from services.certifier.ari import AriClient
 from services.certifier.certbot import Certbot
 from services.certifier.challenges import ChallengeRelay
 from services.certifier.handlers import Policy, handle_events, served_sites
@@ -106,7 +107,8 @@ async def open_certifier(life: Lifecycle, settings: CertifierSettings,
         hook_socket=relay.path,
     )
     issuer = Issuer(certbot=certbot, store=store, vault=vault,
-                    accounts=AcmeAccounts(engine, keyring), limits=settings.limits)
+                    accounts=AcmeAccounts(engine, keyring), limits=settings.limits,
+                    ari=AriClient(settings.acme_directory_url, ca_bundle=settings.acme_ca_bundle))
     nginx = settings.nginx
     sites = NginxSites(
         conf_path=nginx.conf_path, reload_command=nginx.reload_command,

@@ -47,7 +47,7 @@ from services.certifier.certbot import (
     FailureKind,
     Stopping,
 )
-from services.certifier.issuance import Failed, HeldBack, Issued, Issuer, renew_at
+from services.certifier.issuance import Failed, HeldBack, Issued, Issuer
 from services.certifier.nginx import NginxError, NginxSites, Site
 from services.certifier.store import CERTIFIABLE_STATUSES, CertificateStore
 from shared.broker.publisher import Publisher
@@ -123,8 +123,8 @@ async def certify(data: DomainVerified, *, store: CertificateStore, issuer: Issu
                     outcome = Outcome("already-certified")
                 else:
                     await put_in_service(name, data.customer_id, certificate, store=store,
-                                         sites=sites, publisher=publisher, policy=policy,
-                                         rng=rng)
+                                         issuer=issuer, sites=sites, publisher=publisher,
+                                         policy=policy, rng=rng)
                     outcome = Outcome("issued" if result.fresh else "recorded-existing")
             elif isinstance(result, HeldBack):
                 outcome = Outcome("held-back", detail=result.hold.reason)
@@ -158,9 +158,11 @@ async def already_recorded(store: CertificateStore, name: str,
 
 
 async def put_in_service(name: str, customer_id: str, certificate: CertificateInfo, *,
-                         store: CertificateStore, sites: NginxSites, publisher: Publisher,
-                         policy: Policy, rng: random.Random) -> bool:
-    """Serve the certificate, tell the platform, then mark the row active (in that order)."""
+                         store: CertificateStore, issuer: Issuer, sites: NginxSites,
+                         publisher: Publisher, policy: Policy, rng: random.Random) -> bool:
+    """Serve the certificate, tell the platform, then mark the row active (in that order),
+    with its renewal scheduled (`Issuer.schedule`: the CA's ARI window, or a third of the
+    lifetime)."""
     try:
         await sites.sync()
     except NginxError as exc:
@@ -168,8 +170,8 @@ async def put_in_service(name: str, customer_id: str, certificate: CertificateIn
     await _publish(publisher, CertificateIssued(
         domain=name, customer_id=customer_id, not_before=certificate.not_before,
         not_after=certificate.not_after, serial=certificate.serial))
-    return await store.activate(name, certificate,
-                                renew_at(certificate, rng, jitter=policy.renew_jitter))
+    return await store.activate(name, certificate, await issuer.schedule(
+        name, certificate, rng, jitter=policy.renew_jitter))
 
 
 async def forget(data: DomainDeleted, *, store: CertificateStore, certbot: Certbot,

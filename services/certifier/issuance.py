@@ -22,10 +22,11 @@ import contextlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 
+from services.certifier.ari import AriClient, RenewalWindow
 from services.certifier.certbot import (
     Certbot,
     CertbotError,
@@ -84,17 +85,54 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# The soonest a certificate just recorded is looked at again for renewal.
+FRESH_LOOK_DELAY = timedelta(hours=1)
+
+
+def stable_rng(certificate: CertificateInfo, window: RenewalWindow) -> random.Random:
+    """The same draw for one certificate and one window at every look, so asking the CA
+    again (each Retry-After) does not re-roll the moment earlier and earlier."""
+    return random.Random(f"{certificate.serial}/{window.start.isoformat()}/"
+                         f"{window.end.isoformat()}")
+
+
 class Issuer:
     def __init__(self, *, certbot: Certbot, store: CertificateStore, vault: CertStore,
-                 accounts: AcmeAccounts, limits: Limits,
+                 accounts: AcmeAccounts, limits: Limits, ari: AriClient | None = None,
                  clock: Callable[[], datetime] = _utcnow) -> None:
         self.certbot = certbot
         self.store = store
         self.vault = vault  # the certificate store every edge reads
         self.accounts = accounts
         self.limits = limits
+        self.ari = ari  # None: the CA's renewal information is never asked for
         self.clock = clock
         self._saved_account: dict[str, str] | None = None
+
+    async def renewal_window(self, name: str,
+                             certificate: CertificateInfo) -> RenewalWindow | None:
+        """The CA's suggested renewal window for `name`'s stored `certificate` (RFC 9773);
+        None when the CA offers none (or did not answer), or the certificate is not the
+        stored one, or it has no ARI identifier."""
+        if self.ari is None:
+            return None
+        stored = await self.vault.get(name)
+        if stored is None or stored.serial != certificate.serial or stored.ari_id is None:
+            return None
+        return await self.ari.window(stored.ari_id, self.clock())
+
+    async def schedule(self, name: str, certificate: CertificateInfo, rng: random.Random, *,
+                       jitter: float = 0.1) -> datetime:
+        """When the renewal loop should next look at `name`: the moment picked in the CA's
+        window (or when to ask the CA again, if sooner); without ARI, `renew_at`."""
+        window = await self.renewal_window(name, certificate)
+        if window is None:
+            return renew_at(certificate, rng, jitter=jitter)
+        now = self.clock()
+        # A window already over for a certificate just recorded would renew it again at
+        # once, and again: such a CA is heard an hour later, not in a loop.
+        return max(min(window.choose(now, stable_rng(certificate, window)),
+                       now + window.retry_after), now + FRESH_LOOK_DELAY)
 
     async def current(self, name: str) -> CertificateInfo | None:
         """The certificate in service for `name`: the stored one, or the one on disk when

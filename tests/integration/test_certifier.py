@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractQueue
+from aiohttp import web
 
 from demo.databases import execute, fetch
 from demo.net import free_port
@@ -25,6 +26,7 @@ from demo.pebble import Pebble, make_listener_ca
 from demo.processes import ServiceProcess
 from services.certifier import settings as certifier_settings
 from services.certifier.__main__ import Running, start
+from services.certifier.ari import AriClient
 from services.certifier.certbot import Certbot, read_certificate
 from services.certifier.handlers import Policy, certify
 from services.certifier.issuance import Issuer, renewal_due
@@ -78,6 +80,17 @@ async def domain_row(database: DatabaseSettings, name: str = NAME) -> Any:
 async def acme_counts(database: DatabaseSettings) -> dict[str, int]:
     rows = await fetch(database, "SELECT kind, count(*) AS n FROM acme_events GROUP BY kind")
     return {row["kind"]: row["n"] for row in rows}
+
+
+async def wait_until_active(database: DatabaseSettings) -> Any:
+    """The row, once active: it becomes so just after certificate.issued is published."""
+    row = await domain_row(database)
+    deadline = time.monotonic() + 5
+    while row["status"] != "active" and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+        row = await domain_row(database)
+    assert row["status"] == "active"
+    return row
 
 
 class Platform:
@@ -162,13 +175,8 @@ async def test_verified_domain_is_certified_once_renewed_warned_and_removed(
             assert (live / "privkey.pem").is_file()
             assert (issued.data.serial, issued.data.not_before, issued.data.not_after) == (
                 on_disk.serial, on_disk.not_before, on_disk.not_after)
-            # The row becomes active just after certificate.issued is published.
-            row = await domain_row(database)
-            deadline = time.monotonic() + 5
-            while row["status"] != "active" and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-                row = await domain_row(database)
-            assert row["status"] == "active" and row["last_error"] is None
+            row = await wait_until_active(database)
+            assert row["last_error"] is None
             assert row["certificate_serial"] == on_disk.serial
             assert row["certificate_expires_at"] == on_disk.not_after
             third = on_disk.lifetime / 3
@@ -228,8 +236,9 @@ async def test_verified_domain_is_certified_once_renewed_warned_and_removed(
             assert expiring.type == "certificate.expiring"
             assert expiring.data.not_after == renewed_row["certificate_expires_at"]
             assert "could not be renewed" in expiring.data.reason
-            assert (await domain_row(database))["certificate_renew_at"] == \
-                near_end + RenewalPolicy().retry
+            retry = RenewalPolicy().retry  # plus up to 10%, so failures spread out
+            assert near_end + retry <= (await domain_row(database))["certificate_renew_at"] \
+                <= near_end + retry * 1.1
 
             # Lapsed: renewal stops. Deleted: certificate, key and nginx server go.
             await execute(database, "UPDATE tracking_domains SET status = 'lapsed'")
@@ -378,7 +387,8 @@ async def test_a_certifier_moved_to_an_empty_directory_carries_on_from_the_store
     """Certifier A issues; B starts on another "machine" (an empty certbot directory) with
     the store keys rotated (a new key first, the old one still listed): it serves the
     stored certificate, orders nothing for a redelivered event, and renews with A's
-    account, no new registration, the new key sealed under the new kid."""
+    account, no new registration, the new key sealed under the new kid. B also asks for
+    a profile the CA does not offer (`--preferred-profile`): the CA's default comes."""
     await insert_domain(database)
     with pebble_and_redirector(broker, database, tmp_path) as (pebble, redirector):
         env_a = certifier_env(broker, database, tmp_path / "a", pebble.directory_url,
@@ -393,7 +403,9 @@ async def test_a_certifier_moved_to_an_empty_directory_carries_on_from_the_store
 
             env_b = certifier_env(broker, database, tmp_path / "b", pebble.directory_url,
                                   pebble.listener_ca,
-                                  CERT_STORE_KEYS=f"k2027:{'n' * 40},{CERT_STORE_KEYS}")
+                                  CERT_STORE_KEYS=f"k2027:{'n' * 40},{CERT_STORE_KEYS}",
+                                  # Pebble 2.4 has no profiles: the CA's default is issued.
+                                  ACME_PROFILE="shortlived")
             async with certifier(env_b) as running:
                 # nginx serves the stored certificate from the start.
                 assert f"serial {issued.data.serial}" in nginx_conf(env_b)
@@ -421,4 +433,92 @@ async def test_a_certifier_moved_to_an_empty_directory_carries_on_from_the_store
                 row = (await fetch(database, "SELECT kid FROM acme_accounts"))[0]
                 assert row["kid"] == "k2026"  # unchanged account: not re-sealed by a run
                 assert f"serial {renewed.data.serial}" in nginx_conf(env_b)
+        assert redirector.terminate() == 0
+
+
+@asynccontextmanager
+async def renewal_info_server(windows: dict[str, Any]) -> AsyncIterator[tuple[str, list[str]]]:
+    """A CA's ACME Renewal Information, as a small real HTTP server the test controls
+    (Pebble 2.4 offers none): the directory names `renewalInfo`; a certificate gets
+    `windows[its id]`, else `windows["any"]`: (start, end, Retry-After seconds). Yields
+    the directory URL and the certificate identifiers asked for."""
+    asked: list[str] = []
+
+    async def directory(_: web.Request) -> web.Response:
+        return web.json_response({"renewalInfo": f"{base}/renewal-info"})
+
+    async def renewal_info(request: web.Request) -> web.Response:
+        asked.append(request.match_info["id"])
+        start, end, retry = windows.get(request.match_info["id"], windows["any"])
+        return web.json_response(
+            {"suggestedWindow": {"start": start.isoformat(), "end": end.isoformat()}},
+            headers={"Retry-After": str(retry)})
+
+    app = web.Application()
+    app.router.add_get("/dir", directory)
+    app.router.add_get("/renewal-info/{id}", renewal_info)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"{base}/dir", asked
+    finally:
+        await runner.cleanup()
+
+
+async def test_renewal_follows_the_cas_renewal_information(
+        broker: BrokerSettings, database: DatabaseSettings, topology: Topology,
+        tmp_path: Path) -> None:
+    """The CA's window is in the future: only looked at again (at its Retry-After, sooner
+    than the window); once the window has begun, renewed, and the new certificate's next
+    look is a moment inside its window."""
+    await insert_domain(database)
+    windows: dict[str, Any] = {}
+    with pebble_and_redirector(broker, database, tmp_path) as (pebble, redirector):
+        env = certifier_env(broker, database, tmp_path, pebble.directory_url,
+                            pebble.listener_ca)
+        async with platform(broker, topology) as upstream, certifier(env) as running, \
+                renewal_info_server(windows) as (directory, asked):
+            await upstream.send(DomainVerified(domain=NAME, customer_id="cust-a",
+                                               matched_by="cname"))
+            [issued] = await upstream.received()
+            await wait_until_active(database)
+            stored = await running.issuer.vault.get(NAME)
+            assert stored is not None and stored.ari_id is not None
+            issuer = Issuer(certbot=running.certbot, store=running.store,
+                            vault=running.issuer.vault, accounts=running.issuer.accounts,
+                            limits=Limits(), ari=AriClient(directory))
+            common: dict[str, Any] = {
+                "issuer": issuer, "store": running.store, "sites": running.sites,
+                "publisher": upstream.publisher, "policy": Policy(), "rng": random.Random(1),
+                "renewal": RenewalPolicy()}
+
+            async def make_due() -> None:
+                await execute(database, "UPDATE tracking_domains SET certificate_renew_at = "
+                                        "now() - interval '1 minute'")
+
+            now = datetime.now(UTC)
+            windows["any"] = (now + timedelta(days=10), now + timedelta(days=12), 3600)
+            await make_due()
+            assert await renew_due(**common) == 1
+            assert asked == [stored.ari_id] and running.certbot.runs == 1
+            assert await upstream.received(timeout_s=0.3) == []
+            renew = (await domain_row(database))["certificate_renew_at"]
+            assert now + timedelta(minutes=59) < renew < now + timedelta(minutes=61)
+
+            windows[stored.ari_id] = (now - timedelta(days=2), now - timedelta(days=1), 3600)
+            windows["any"] = (now + timedelta(hours=2), now + timedelta(hours=3), 86400)
+            await make_due()
+            assert await renew_due(**common) == 1
+            [renewed] = await upstream.received()
+            assert renewed.data.serial != issued.data.serial and running.certbot.runs == 2
+            # The new certificate's next look: a moment inside its own window (two to
+            # three hours away; its Retry-After, a day, comes later).
+            assert len(asked) == 3 and asked[2] != stored.ari_id
+        row = await domain_row(database)
+        assert row["certificate_serial"] == renewed.data.serial
+        assert now + timedelta(hours=2) <= row["certificate_renew_at"] \
+            <= now + timedelta(hours=3)
         assert redirector.terminate() == 0
