@@ -53,6 +53,13 @@ class AcmeAccounts:
         async with self._engine.begin() as connection:
             await connection.execute(delete(AcmeAccount).where(AcmeAccount.server == server))
 
+    async def key_ids(self) -> dict[str, int]:
+        """How many accounts each kid seals."""
+        async with self._engine.connect() as connection:
+            rows = await connection.execute(
+                select(AcmeAccount.kid, func.count()).group_by(AcmeAccount.kid))
+            return {kid: int(count) for kid, count in rows}
+
     async def reseal(self) -> int:
         """Re-encrypt every account not sealed under the first key; how many were."""
         async with self._engine.connect() as connection:
