@@ -13,6 +13,7 @@ from aiohttp import web
 
 from services.redirector import settings as redirector_settings
 from services.redirector.active_domains import DomainDirectory, load_active, refresh_forever
+from services.redirector.caddy_ask import CaddyAsk
 from services.redirector.clients import ClientAddress
 from services.redirector.forwarder import Forwarder
 from services.redirector.handlers import CHALLENGE_LOOKUPS, Redirector, build_server
@@ -78,6 +79,7 @@ async def open_redirector(life: Lifecycle, settings: RedirectorSettings) -> None
     # refresh of active domains (clicks touch no database at all).
     challenge_engine = create_engine(settings.database, pool_size=CHALLENGE_LOOKUPS)
     life.on_stop(challenge_engine.dispose)
+    await life.enter(CaddyAsk(challenge_engine, settings.caddy_ask_bind))
     try:
         async with asyncio.timeout(5):
             directory.replace(await load_active(engine))
