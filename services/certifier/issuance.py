@@ -168,7 +168,8 @@ class Issuer:
         self._saved_account = files
 
     async def ensure(self, name: str, *, replace_serial: str | None = None) -> Outcome:
-        """A good certificate for `name`: the one on disk if it is not due, else a new one.
+        """A good certificate for `name`: the current one (`current`: the store's, or a
+        newer one on disk) if it is not due, else a new one, stored before it is returned.
 
         `replace_serial` (renewal) asks for that certificate to be replaced even before
         it is due; if the one on disk is already another, it is kept.
