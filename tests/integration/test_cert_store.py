@@ -5,13 +5,22 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.certificates import CertStore, ChallengeAnswers, Keyring, PemError, SealError
+from shared.certificates import (
+    AcmeAccounts,
+    CertStore,
+    ChallengeAnswers,
+    Keyring,
+    PemError,
+    SealError,
+)
 from shared.db.engine import create_engine
+from shared.db.migrate import upgrade
 from shared.db.models import StoredCertificate as Row
 from shared.db.models import TrackingDomain
 from shared.domain_status import DomainStatus
@@ -157,3 +166,29 @@ async def test_challenge_answers_are_served_while_valid(engine: AsyncEngine) -> 
                           now=now - timedelta(hours=1))
     await answers.publish("new", "a.test", "new.x", now=now)  # removes the stale one
     assert await answers.lookup("old", now=now - timedelta(hours=1)) is None
+
+
+async def test_the_store_works_on_sqlite_too(tmp_path: Path) -> None:
+    """The development default (scripts/run): the same upserts and reads on SQLite."""
+    settings = DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path}/store.db")
+    await upgrade(settings)
+    engine = create_engine(settings)
+    try:
+        await add_domain(engine, "a.test")
+        store = CertStore(engine, keyring())
+        await store.put("a.test", *self_signed_pem("a.test", serial=1))
+        chain, key = self_signed_pem("a.test", serial=2)
+        await store.put("a.test", chain, key)
+        [served] = await store.served()
+        assert (served.serial, served.key_pem) == ("2", key)
+        assert served.not_after.tzinfo is not None
+        answers = ChallengeAnswers(engine)
+        await answers.publish("tok", "a.test", "tok.x")
+        await answers.publish("tok", "a.test", "tok.y")
+        assert await answers.lookup("tok") == "tok.y"
+        accounts = AcmeAccounts(engine, keyring())
+        await accounts.save("https://ca.test/dir", "id1", {"a/regr.json": "{}"})
+        await accounts.save("https://ca.test/dir", "id2", {"b/regr.json": "{}"})
+        assert await accounts.load("https://ca.test/dir") == ("id2", {"b/regr.json": "{}"})
+    finally:
+        await engine.dispose()
