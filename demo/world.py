@@ -21,6 +21,7 @@ it before any order is placed.
 
 from __future__ import annotations
 
+import secrets
 import shlex
 import ssl
 import sys
@@ -109,7 +110,9 @@ def local_world(directory: Path, *, env: Mapping[str, str], tracking_host: str,
         stack.enter_context(nginx)
         root = directory / "pebble-root.pem"
         root.write_text(pebble.root_pem())
-        common = {**env, "ACME_CHALLENGE_DIR": str(challenges)}
+        # A throwaway world's store key, unless the caller gave one.
+        common = {"CERT_STORE_KEYS": f"world:{secrets.token_urlsafe(32)}", **env,
+                  "ACME_CHALLENGE_DIR": str(challenges)}
         verifier = ServiceProcess("verifier", {
             **common, "DNS_NAMESERVERS": dns.address, "DNS_TIMEOUT_S": "2",
             "ACME_CAA_IDENTITY": PEBBLE_CAA_IDENTITY, "REPUTATION_LISTS": lists.setting,

@@ -433,7 +433,7 @@ class CertifierMetrics:
             "(a renewal failed within the warning window).", registry=registry)
         self._renewals = Counter(
             "tracking_certificate_renewals", "Renewal attempts by outcome (renewed, failed, "
-            "held-back, error, already-renewed, recorded-existing).", ["outcome"],
+            "held-back, error, already-renewed, recorded-existing, ari-not-yet).", ["outcome"],
             registry=registry)
         self.expiring = Gauge(
             "tracking_certificates_expiring", "Active domains whose certificate expires within "

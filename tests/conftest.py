@@ -23,6 +23,7 @@ from tests.support import environment
 from tests.support.amqp import connected
 
 TEST_LINK_KEYS = "k2026:" + "test-signing-secret-0123456789abcdef" + ",old:" + "o" * 40
+TEST_CERT_STORE_KEYS = "s2026:" + "test-store-secret-0123456789abcdefgh"
 TRACKING_HOST = "click.platform.test"
 # Short retry tiers (the `topology` fixture's): a retry round trip takes well under a second.
 FAST_DELAYS_MS = (200, 400)
@@ -115,6 +116,7 @@ def service_env(broker: BrokerSettings, database: DatabaseSettings, tmp_path: Pa
         "DATABASE_URL": database.url,
         "TRACKING_HOST": TRACKING_HOST,
         "LINK_KEYS": TEST_LINK_KEYS,
+        "CERT_STORE_KEYS": TEST_CERT_STORE_KEYS,
         "SPOOL_DIR": str(tmp_path / "spool"),
         "LOG_LEVEL": "INFO",
         # Off unless a test asks: the default ports are fixed, and tests run several

@@ -19,7 +19,8 @@ from shared.errors import SettingsError
 from trackctl.output import USAGE, CliError, EscapingStream
 
 COMMAND_MODULES = {"db": "db", "link": "links", "domain": "domain_commands", "dlq": "dlq",
-                   "clicks": "clicks", "doctor": "doctor", "reputation": "reputation"}
+                   "clicks": "clicks", "doctor": "doctor", "reputation": "reputation",
+                   "certificates": "certificates"}
 DLQ_SERVICES = ("logger", "verifier", "verifier.destinations", "certifier")
 
 
@@ -150,6 +151,13 @@ def _domain_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _dlq_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    certificates = commands.add_parser(
+        "certificates", help="the certificate store's keys: what each seals, re-encrypting")
+    sub = certificates.add_subparsers(dest="certificates_command", required=True)
+    _json_flag(sub.add_parser("keys", help="how many secrets each CERT_STORE_KEYS key id seals"))
+    _json_flag(sub.add_parser("reseal", help="re-encrypt every secret under the first key "
+                                             "(after a rotation)"))
+
     dlq = commands.add_parser("dlq", help="dead-lettered messages: inspect, replay, purge")
     sub = dlq.add_subparsers(dest="dlq_command", required=True)
     queue_help = f"the service whose dead-letter queue it is: {', '.join(DLQ_SERVICES)}"

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 from shared.settings import (
     BROKER,
+    CERT_STORE_KEYS,
     DATABASE_URL,
     LINK_KEYS,
     REDIRECTOR_BIND,
@@ -16,7 +17,7 @@ from shared.settings import (
 from shared.verification.settings import DNS_JUDGEMENT
 
 PROGRAM = Program("trackctl", (
-    DATABASE_URL, *BROKER, *DNS_JUDGEMENT, LINK_KEYS, REDIRECTOR_BIND,
+    DATABASE_URL, *BROKER, *DNS_JUDGEMENT, LINK_KEYS, REDIRECTOR_BIND, CERT_STORE_KEYS,
 ))
 
 

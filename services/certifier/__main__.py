@@ -14,7 +14,9 @@ from datetime import timedelta
 import structlog
 
 from services.certifier import settings as certifier_settings
+from services.certifier.ari import AriClient
 from services.certifier.certbot import Certbot
+from services.certifier.challenges import ChallengeRelay
 from services.certifier.handlers import Policy, handle_events, served_sites
 from services.certifier.issuance import Issuer
 from services.certifier.nginx import NginxError, NginxSites, local_address
@@ -26,6 +28,7 @@ from shared.broker.connection import connect, open_channel
 from shared.broker.consumer import CANCEL_GRACE_S, ConsumePolicy, Consumer
 from shared.broker.names import CERTIFIER_QUEUE, RETRY_DELAYS_MS
 from shared.broker.publisher import Publisher
+from shared.certificates import AcmeAccounts, CertStore, ChallengeAnswers, Keyring
 from shared.db.migrate import open_migrated
 from shared.lifecycle import Lifecycle, event_source, service_main
 from shared.metrics import CertifierMetrics, MetricsServer, new_registry
@@ -42,6 +45,7 @@ class Running:
     certbot: Certbot
     sites: NginxSites
     store: CertificateStore
+    issuer: Issuer
     outcomes: Counter[str]
 
     async def stop(self) -> None:
@@ -90,17 +94,26 @@ async def open_certifier(life: Lifecycle, settings: CertifierSettings,
     engine = await open_migrated(settings.database, service="certifier", pool_size=2)
     life.on_stop(engine.dispose)
     store = CertificateStore(engine)
+    keyring = Keyring(settings.store_keys)
+    vault = CertStore(engine, keyring)
+    relay = ChallengeRelay(ChallengeAnswers(engine))
+    await relay.start()
+    life.on_stop(relay.close)
     certbot = Certbot(
         command=settings.certbot_command, base_dir=settings.certbot_dir,
         server=settings.acme_directory_url, email=settings.acme_email,
         ca_bundle=settings.acme_ca_bundle, challenge_dir=settings.challenge_dir,
-        timeout_s=settings.certbot_timeout_s,
+        timeout_s=settings.certbot_timeout_s, profile=settings.acme_profile,
+        hook_socket=relay.path,
     )
-    issuer = Issuer(certbot=certbot, store=store, limits=settings.limits)
+    issuer = Issuer(certbot=certbot, store=store, vault=vault,
+                    accounts=AcmeAccounts(engine, keyring), limits=settings.limits,
+                    ari=AriClient(settings.acme_directory_url, ca_bundle=settings.acme_ca_bundle))
     nginx = settings.nginx
     sites = NginxSites(
         conf_path=nginx.conf_path, reload_command=nginx.reload_command,
-        sites=functools.partial(served_sites, store=store, certbot=certbot),
+        sites=functools.partial(served_sites, store=store, certbot=certbot, vault=vault,
+                                cache=settings.certbot_dir / "from-store"),
         https_listen=nginx.https_listen, http_listen=nginx.http_listen,
         upstreams=nginx.upstreams,
         verify_address=local_address(nginx.https_listen) if nginx.verify_tls else None,
@@ -145,13 +158,15 @@ async def open_certifier(life: Lifecycle, settings: CertifierSettings,
     life.describe(queue=topology.queue(CERTIFIER_QUEUE),
                   acme_directory=settings.acme_directory_url,
                   certbot_dir=str(settings.certbot_dir),
-                  challenge_dir=str(settings.challenge_dir), nginx_conf=str(nginx.conf_path),
+                  challenge_dir=str(settings.challenge_dir) if settings.challenge_dir else None,
+                  store_key=keyring.current_kid, acme_profile=settings.acme_profile,
+                  nginx_conf=str(nginx.conf_path),
                   nginx_reload=" ".join(nginx.reload_command) or None,
                   database=settings.database.safe_url, broker=settings.broker.safe_url)
     life.summarize(lambda: {"certbot_runs": certbot.runs, "nginx_reloads": sites.reloads,
                             "outcomes": dict(outcomes)})
     return Running(lifecycle=life, consumer=consumer, certbot=certbot, sites=sites,
-                   store=store, outcomes=outcomes)
+                   store=store, issuer=issuer, outcomes=outcomes)
 
 
 def new_lifecycle(settings: CertifierSettings) -> Lifecycle:

@@ -47,12 +47,16 @@ import aiohttp
 import structlog
 from cryptography import x509
 
+from shared.certificates import pem
+from shared.certificates.pem import CertificateInfo
 from shared.errors import TransientError
 
 log = structlog.get_logger(__name__)
 
 ACME_ERROR = "urn:ietf:params:acme:error:"
 HOOK = Path(__file__).with_name("challenge_hook.py")
+# Where the challenge hook reaches this certifier (services/certifier/challenges.py).
+HOOK_SOCKET_ENV = "CERTIFIER_HOOK_SOCKET"
 LOG_DIRS_KEPT = 50
 
 
@@ -86,17 +90,6 @@ MAX_RETRY_AFTER = timedelta(days=30)
 
 
 @dataclass(frozen=True)
-class CertificateInfo:
-    not_before: datetime
-    not_after: datetime
-    serial: str
-
-    @property
-    def lifetime(self) -> timedelta:
-        return self.not_after - self.not_before
-
-
-@dataclass(frozen=True)
 class CertbotFailure:
     kind: FailureKind
     detail: str
@@ -125,10 +118,7 @@ class Stopping(TransientError):
 
 
 def read_certificate(path: Path) -> CertificateInfo:
-    cert = x509.load_pem_x509_certificate(path.read_bytes())
-    return CertificateInfo(not_before=cert.not_valid_before_utc,
-                           not_after=cert.not_valid_after_utc,
-                           serial=format(cert.serial_number, "x"))
+    return pem.info(x509.load_pem_x509_certificate(path.read_bytes()))
 
 
 def problems_in_log(text: str) -> list[dict[str, Any]]:
@@ -200,15 +190,19 @@ class Certbot:
     """One certbot directory (`config/`, `work/`, `logs/`), one ACME server, one account."""
 
     def __init__(self, *, command: str, base_dir: Path, server: str, email: str | None,
-                 ca_bundle: Path | None, challenge_dir: Path, timeout_s: float = 300.0,
+                 ca_bundle: Path | None, challenge_dir: Path | None, timeout_s: float = 300.0,
                  lock_timeout_s: float | None = None,
-                 environ: Mapping[str, str] | None = None) -> None:
+                 environ: Mapping[str, str] | None = None, profile: str | None = None,
+                 hook_socket: Path | None = None) -> None:
         self.command = command
         self.base_dir = base_dir.resolve()
         self.server = server
         self.email = email
         self.ca_bundle = ca_bundle
-        self.challenge_dir = challenge_dir.resolve()
+        # Single-host option: the hook also writes answers there (ACME_CHALLENGE_DIR).
+        self.challenge_dir = challenge_dir.resolve() if challenge_dir is not None else None
+        self.profile = profile  # ACME_PROFILE: asked for, the CA's default if it has none
+        self.hook_socket = hook_socket
         self.timeout_s = timeout_s
         self.lock_timeout_s = lock_timeout_s if lock_timeout_s is not None else 2 * timeout_s
         self._environ = dict(environ if environ is not None else os.environ)
@@ -222,6 +216,39 @@ class Certbot:
 
     def live(self, name: str) -> Path:
         return self.config_dir / "live" / name
+
+    @property
+    def accounts_dir(self) -> Path:
+        return self.config_dir / "accounts"
+
+    def lineage(self, name: str) -> tuple[str, bytes]:
+        """(fullchain PEM, private key PEM) of `name`'s certificate on disk."""
+        live = self.live(name)
+        return (live / "fullchain.pem").read_text(encoding="ascii"), \
+            (live / "privkey.pem").read_bytes()
+
+    def account_files(self) -> dict[str, str]:
+        """certbot's account files (every server's), by path under `accounts/`: what the
+        store keeps so that a certifier with an empty directory keeps its account."""
+        root = self.accounts_dir
+        if not root.is_dir():
+            return {}
+        return {str(path.relative_to(root)): path.read_text(encoding="utf-8")
+                for path in sorted(root.rglob("*")) if path.is_file()}
+
+    def has_account(self) -> bool:
+        return self.accounts_dir.is_dir() and any(self.accounts_dir.rglob("regr.json"))
+
+    def restore_account(self, files: Mapping[str, str]) -> None:
+        """Write back what `account_files` returned, readable by this user only."""
+        root = self.accounts_dir
+        for relative, text in files.items():
+            target = (root / relative).resolve()
+            if root.resolve() not in target.parents:
+                raise ValueError(f"account file outside accounts/: {relative!r}")
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            target.write_text(text, encoding="utf-8")
+            target.chmod(0o600)
 
     def current(self, name: str) -> CertificateInfo | None:
         """The certificate on disk for `name`, or None when there is no complete set."""
@@ -283,6 +310,7 @@ class Certbot:
         logs_dir = self.base_dir / "logs" / (
             f"{datetime.now(UTC):%Y%m%dT%H%M%S.%f}-{os.getpid()}-{name}")
         hook = shlex.join([sys.executable, "-I", "-S", str(HOOK)])
+        profile = ["--preferred-profile", self.profile] if self.profile else []
         args = [
             "certonly", "--non-interactive", "--agree-tos", "--no-eff-email",
             "--server", self.server,
@@ -290,7 +318,7 @@ class Certbot:
             "--manual-auth-hook", f"{hook} auth", "--manual-cleanup-hook", f"{hook} cleanup",
             "--cert-name", name, "-d", name,
             "--config-dir", str(self.config_dir), "--work-dir", str(self.base_dir / "work"),
-            "--logs-dir", str(logs_dir), "--max-log-backups", "0",
+            "--logs-dir", str(logs_dir), "--max-log-backups", "0", *profile,
         ]
         args += ["--email", self.email] if self.email else ["--register-unsafely-without-email"]
         if replace is not None or self.live(name).exists():
@@ -355,7 +383,13 @@ class Certbot:
         return None
 
     async def _run(self, args: list[str]) -> tuple[int, str]:
-        env = {**self._environ, "ACME_CHALLENGE_DIR": str(self.challenge_dir)}
+        env = dict(self._environ)
+        env.pop("ACME_CHALLENGE_DIR", None)
+        env.pop(HOOK_SOCKET_ENV, None)
+        if self.challenge_dir is not None:
+            env["ACME_CHALLENGE_DIR"] = str(self.challenge_dir)
+        if self.hook_socket is not None:
+            env[HOOK_SOCKET_ENV] = str(self.hook_socket)
         if self.ca_bundle is not None:
             env["REQUESTS_CA_BUNDLE"] = str(self.ca_bundle.resolve())
         self.runs += 1

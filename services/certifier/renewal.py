@@ -1,10 +1,21 @@
-"""Renewal: certificates are replaced when a third of their lifetime remains, jittered.
+"""Renewal: when the CA's renewal information says (RFC 9773), else when a third of the
+lifetime remains, jittered; spread in time either way.
 
-Each certificate's `certificate_renew_at` is set when it is recorded (`issuance.renew_at`):
-`not_after` minus a third of the lifetime, minus up to `jitter` (10%) of that third again,
-at random, so certificates issued together (a migration, a burst of sign-ups) do not
-all renew together. For Let's Encrypt's 90-day certificates that is 30 to 33 days before
-expiry; for Pebble's 5-year ones, 20 to 22 months.
+Each certificate's `certificate_renew_at` is set when it is recorded (`Issuer.schedule`).
+Where the CA offers ACME Renewal Information (services/certifier/ari.py), it is a
+moment picked at random inside the CA's suggested window, or when to ask the CA again
+(its Retry-After) if that is sooner; at each look the window is asked for again, and
+the certificate is renewed once its moment has come (the CA may move the window
+earlier, for a mass revocation). Without ARI: `not_after` minus a third of the lifetime,
+minus up to `jitter` (10%) of that third again, at random, so certificates issued
+together (a migration, a burst of sign-ups) do not all renew together. For Let's
+Encrypt's 90-day certificates that is 30 to 33 days before expiry; for Pebble's 5-year
+ones, 20 to 22 months.
+
+No thundering herd after a restore or an outage: renewals run one at a time, and the
+ones the CA's limits hold back are put off to when the limit allows plus a random part
+of `spread` (3 hours), not all to the same moment; failed ones are retried after
+`retry` plus up to 10%.
 
 A periodic task in the certifier (`renew_forever`, every `CERTIFIER_RENEW_CHECK_S`,
 jittered) renews the active domains that are due, one at a time through the same
@@ -31,7 +42,7 @@ import structlog
 
 from services.certifier.certbot import Stopping
 from services.certifier.handlers import Policy, already_recorded, explain, put_in_service
-from services.certifier.issuance import Failed, HeldBack, Issuer
+from services.certifier.issuance import Failed, HeldBack, Issuer, stable_rng
 from services.certifier.nginx import NginxSites
 from services.certifier.store import CertificateRow, CertificateStore
 from shared.broker.publisher import Publisher
@@ -43,6 +54,8 @@ log = structlog.get_logger(__name__)
 
 # The certifier is stopping: this renewal was not started (nor counted).
 STOPPED = Outcome("stopped")
+# Batches of due rows one pass may go through (ARI looks are quick; renewals are not).
+MAX_BATCHES = 50
 
 
 @dataclass(frozen=True)
@@ -50,6 +63,8 @@ class RenewalPolicy:
     retry: timedelta = timedelta(hours=6)
     warning: timedelta = timedelta(days=14)
     batch: int = 100
+    # Renewals held back by a rate limit are spread over this much after it allows.
+    spread: timedelta = timedelta(hours=3)
 
 
 def _utcnow() -> datetime:
@@ -60,17 +75,24 @@ async def renew_due(*, store: CertificateStore, issuer: Issuer, sites: NginxSite
                     publisher: Publisher, policy: Policy, renewal: RenewalPolicy,
                     rng: random.Random, clock: Callable[[], datetime] = _utcnow,
                     metrics: CertifierMetrics | None = None) -> int:
-    """Renew every active domain that is due now; returns how many were looked at."""
-    rows = await store.due_for_renewal(clock(), limit=renewal.batch)
-    for looked_at, row in enumerate(rows, start=1):
-        outcome = await renew_one(row, store=store, issuer=issuer, sites=sites,
-                                  publisher=publisher, policy=policy, renewal=renewal, rng=rng,
-                                  clock=clock)
-        if outcome is STOPPED:
-            return looked_at - 1
-        if metrics is not None:
-            metrics.renewal(outcome)
-    return len(rows)
+    """Renew every active domain that is due now, `batch` rows at a time (up to
+    `MAX_BATCHES` batches a pass: each look reschedules its row, so a pass ends);
+    returns how many were looked at."""
+    looked_at = 0
+    for _ in range(MAX_BATCHES):
+        rows = await store.due_for_renewal(clock(), limit=renewal.batch)
+        for row in rows:
+            outcome = await renew_one(row, store=store, issuer=issuer, sites=sites,
+                                      publisher=publisher, policy=policy, renewal=renewal,
+                                      rng=rng, clock=clock)
+            if outcome is STOPPED:
+                return looked_at
+            looked_at += 1
+            if metrics is not None:
+                metrics.renewal(outcome)
+        if len(rows) < renewal.batch:
+            break
+    return looked_at
 
 
 async def update_expiry_gauges(store: CertificateStore, metrics: CertifierMetrics,
@@ -89,11 +111,17 @@ async def renew_one(row: CertificateRow, *, store: CertificateStore, issuer: Iss
                     rng: random.Random, clock: Callable[[], datetime] = _utcnow) -> Outcome:
     started = time.perf_counter()
     outcome = Outcome("unfinished")
-    retry_at = clock() + renewal.retry
+    retry_at = clock() + renewal.retry * (1 + 0.1 * rng.random())
     try:
+        later = await _not_yet(row, issuer=issuer, clock=clock)
+        if later is not None:
+            outcome = Outcome("ari-not-yet")
+            await store.postpone_renewal(row.name, later)
+            return outcome
         result = await issuer.ensure(row.name, replace_serial=row.certificate_serial)
         if isinstance(result, HeldBack):
-            outcome, retry_at = Outcome("held-back", detail=result.hold.reason), result.hold.until
+            outcome = Outcome("held-back", detail=result.hold.reason)
+            retry_at = result.hold.until + renewal.spread * rng.random()
         elif isinstance(result, Failed):
             outcome = Outcome("failed", result.failure.code,
                               explain(row.name, result.failure, policy.tracking_host))
@@ -102,7 +130,8 @@ async def renew_one(row: CertificateRow, *, store: CertificateStore, issuer: Iss
             return outcome
         else:
             await put_in_service(row.name, row.customer_id, result.certificate, store=store,
-                                 sites=sites, publisher=publisher, policy=policy, rng=rng)
+                                 issuer=issuer, sites=sites, publisher=publisher,
+                                 policy=policy, rng=rng)
             outcome = Outcome("renewed" if result.fresh else "recorded-existing")
             return outcome
     except Stopping:
@@ -127,6 +156,26 @@ async def renew_one(row: CertificateRow, *, store: CertificateStore, issuer: Iss
         except Exception as exc:
             log.warning("certificate.expiring_not_sent", domain=row.name, error=str(exc))
     return outcome
+
+
+async def _not_yet(row: CertificateRow, *, issuer: Issuer,
+                   clock: Callable[[], datetime]) -> datetime | None:
+    """When to look again if the CA's renewal window says this certificate's moment has
+    not come (ARI); None: renew now (its moment came, or the CA offers no ARI)."""
+    if issuer.ari is None or row.certificate_serial is None:
+        return None
+    stored = await issuer.vault.get(row.name)
+    if stored is None or stored.serial != row.certificate_serial:
+        return None  # replaced meanwhile, or only on disk: ensure() finds out
+    current = stored.info
+    window = await issuer.renewal_window(row.name, current)
+    if window is None:
+        return None
+    now = clock()
+    moment = window.choose(now, stable_rng(current, window))
+    if moment <= now:
+        return None
+    return min(moment, now + window.retry_after)
 
 
 async def renew_forever(stop: asyncio.Event, *, interval_s: float, store: CertificateStore,

@@ -16,6 +16,7 @@ from shared.logs import LOG_LEVEL
 from shared.settings import (
     ACME_CHALLENGE_DIR,
     BROKER,
+    CERT_STORE_KEYS,
     DATABASE_URL,
     TRACKING_HOST,
     BrokerSettings,
@@ -24,6 +25,7 @@ from shared.settings import (
     Invalid,
     Program,
     Setting,
+    StoreKey,
     metrics_bind,
     optional,
 )
@@ -95,6 +97,12 @@ ACME_EMAIL = Setting(
 ACME_CA_BUNDLE = Setting(
     "ACME_CA_BUNDLE", optional(pem_file), "",
     "PEM file to trust for the ACME server's own TLS.", shown="system trust")
+ACME_PROFILE = Setting(
+    "ACME_PROFILE", optional(matching(r"[A-Za-z0-9._-]{1,64}", "a profile name")), "",
+    "Certificate profile to ask the CA for (e.g. shortlived); the CA's default if it has "
+    "none of that name.", shown="(the CA's default)")
+# The certifier writes HTTP-01 answers to the database; a directory only if asked.
+CERTIFIER_CHALLENGE_DIR = ACME_CHALLENGE_DIR.optional()
 CERTBOT_COMMAND = Setting(
     "CERTBOT_COMMAND", string, _default_certbot, "certbot executable.",
     shown="the virtualenv's `certbot`")
@@ -156,7 +164,8 @@ METRICS_BIND = metrics_bind("certifier")
 
 PROGRAM = Program("certifier", (
     ACME_DIRECTORY_URL, ACME_EMAIL, ACME_CA_BUNDLE, NGINX_RELOAD_COMMAND, *BROKER,
-    DATABASE_URL, CERTBOT_COMMAND, CERTBOT_DIR, CERTBOT_TIMEOUT_S, ACME_CHALLENGE_DIR,
+    DATABASE_URL, CERT_STORE_KEYS, ACME_PROFILE, CERTBOT_COMMAND, CERTBOT_DIR,
+    CERTBOT_TIMEOUT_S, CERTIFIER_CHALLENGE_DIR,
     CERTIFIER_TRACKING_HOST, NGINX_CONF_PATH, NGINX_HTTPS_LISTEN, NGINX_HTTP_LISTEN,
     NGINX_UPSTREAMS, NGINX_VERIFY_TLS, ACME_LIMIT_ORDERS_PER_3H,
     ACME_LIMIT_CERTIFICATES_PER_WEEK, ACME_LIMIT_FAILED_VALIDATIONS_PER_HOUR,
@@ -192,7 +201,7 @@ class CertifierSettings:
     certbot_command: str
     certbot_dir: Path
     certbot_timeout_s: float
-    challenge_dir: Path
+    challenge_dir: Path | None
     tracking_host: str | None
     nginx: NginxSettings
     limits: Limits
@@ -206,6 +215,8 @@ class CertifierSettings:
     retry_delays_ms: tuple[int, ...]
     log_level: str
     metrics_bind: tuple[str, int] | None = None
+    store_keys: tuple[StoreKey, ...] = ()
+    acme_profile: str | None = None
     # On SIGTERM: how long the certbot run in progress may take to finish before it is
     # abandoned (killed, its event left unacked for the broker to deliver again).
     drain_timeout_s: float = 60.0
@@ -222,7 +233,9 @@ def load(environ: Mapping[str, str]) -> CertifierSettings:
         certbot_command=env[CERTBOT_COMMAND],
         certbot_dir=env[CERTBOT_DIR],
         certbot_timeout_s=env[CERTBOT_TIMEOUT_S],
-        challenge_dir=env[ACME_CHALLENGE_DIR],
+        challenge_dir=env[CERTIFIER_CHALLENGE_DIR],
+        store_keys=env[CERT_STORE_KEYS],
+        acme_profile=env[ACME_PROFILE],
         tracking_host=env[CERTIFIER_TRACKING_HOST],
         nginx=NginxSettings(
             conf_path=env[NGINX_CONF_PATH],

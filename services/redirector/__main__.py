@@ -13,14 +13,16 @@ from aiohttp import web
 
 from services.redirector import settings as redirector_settings
 from services.redirector.active_domains import DomainDirectory, load_active, refresh_forever
+from services.redirector.caddy_ask import CaddyAsk
 from services.redirector.clients import ClientAddress
 from services.redirector.forwarder import Forwarder
-from services.redirector.handlers import Redirector, build_server
+from services.redirector.handlers import CHALLENGE_LOOKUPS, Redirector, build_server
 from services.redirector.settings import RedirectorSettings
 from services.redirector.spool import Spool, SpoolError, adopt_orphans_forever
 from shared.broker import topology as broker_topology
 from shared.broker.connection import connect, open_channel
 from shared.broker.publisher import Publisher
+from shared.certificates import ChallengeAnswers
 from shared.db.engine import create_engine
 from shared.lifecycle import Lifecycle, event_source, service_main
 from shared.links import LinkSigner
@@ -73,6 +75,11 @@ async def open_redirector(life: Lifecycle, settings: RedirectorSettings) -> None
     directory = DomainDirectory(settings.tracking_host, settings.tracking_host_aliases)
     engine = create_engine(settings.database, pool_size=1)
     life.on_stop(engine.dispose)
+    # HTTP-01 answers on a pool of their own: a slow challenge lookup never holds up the
+    # refresh of active domains (clicks touch no database at all).
+    challenge_engine = create_engine(settings.database, pool_size=CHALLENGE_LOOKUPS)
+    life.on_stop(challenge_engine.dispose)
+    await life.enter(CaddyAsk(challenge_engine, settings.caddy_ask_bind))
     try:
         async with asyncio.timeout(5):
             directory.replace(await load_active(engine))
@@ -83,7 +90,7 @@ async def open_redirector(life: Lifecycle, settings: RedirectorSettings) -> None
         clients=ClientAddress(settings.trusted_proxies), spool=spool, forwarder=forwarder,
         source=source, spool_max_bytes=settings.spool_max_bytes,
         access_log=settings.access_log, challenge_dir=settings.challenge_dir,
-        metrics=metrics,
+        challenge_answers=ChallengeAnswers(challenge_engine), metrics=metrics,
     )
     runner = web.ServerRunner(build_server(redirector), handle_signals=False,
                               shutdown_timeout=10)

@@ -30,6 +30,7 @@ from services.redirector.clients import ClientAddress
 from services.redirector.event_ids import EventIds
 from services.redirector.forwarder import Forwarder
 from services.redirector.spool import Spool
+from shared.certificates import ChallengeAnswers
 from shared.domains import host_from_header
 from shared.events import ClickTracked, encode_event
 from shared.links import MAX_TOKEN_LENGTH, LinkError, LinkSigner
@@ -55,8 +56,12 @@ _MAX_UA = 1024
 _CHALLENGE_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 # An HTTP-01 answer is a key authorization, about 90 bytes: anything much larger is not one.
 MAX_CHALLENGE_BYTES = 4096
-# How long a challenge read may take (a slow shared mount) before the CA gets a 404.
+# How long a challenge read may take (a slow database or shared mount) before the CA
+# gets a 404.
 CHALLENGE_READ_TIMEOUT_S = 5.0
+# Database lookups of challenges at once: the rest wait (within the timeout), so a flood
+# of challenge requests never takes more than this many connections' worth of work.
+CHALLENGE_LOOKUPS = 2
 _CHALLENGE_OPEN_FLAGS = (os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
                          | os.O_CLOEXEC)
 TRACK_PREFIX = "/t/"
@@ -92,6 +97,11 @@ class Redirector:
     spool_max_bytes: int
     access_log: bool = False
     challenge_dir: Path | None = None
+    # HTTP-01 answers in the database (every edge serves them); on its own small pool,
+    # never the one the active-domain refresh uses, and never on a click's path.
+    challenge_answers: ChallengeAnswers | None = None
+    challenge_lookups: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(CHALLENGE_LOOKUPS))
     # Challenge reads run here, never on the event loop and never in the default executor
     # that the forwarder's spool work shares: a hung shared mount stalls only challenges.
     challenge_reads: Executor = field(default_factory=lambda: ThreadPoolExecutor(
@@ -191,10 +201,34 @@ class Redirector:
         return not_found(request, reason)
 
     async def acme_challenge(self, request: web.BaseRequest, token: str) -> web.Response:
-        """HTTP-01 answers, read from the directory the certifier writes (shared by every
-        edge): a regular file directly in it, read off the event loop."""
-        if self.challenge_dir is None or not _CHALLENGE_TOKEN.match(token):
+        """HTTP-01 answers: from the database the certifier's hook writes (every edge
+        reads it), else from ACME_CHALLENGE_DIR (single-host option)."""
+        if not _CHALLENGE_TOKEN.match(token):
             return not_found(request, "no such challenge")
+        if self.challenge_answers is not None:
+            try:
+                async with asyncio.timeout(CHALLENGE_READ_TIMEOUT_S):
+                    async with self.challenge_lookups:
+                        answer = await self.challenge_answers.lookup(token)
+            except TimeoutError:
+                log.warning("challenge.lookup_timeout", token=token,
+                            timeout_s=CHALLENGE_READ_TIMEOUT_S)
+                answer = None
+            except Exception as exc:  # the database is down: try the directory, else 404
+                log.warning("challenge.lookup_failed", token=token,
+                            error=str(exc) or type(exc).__name__)
+                answer = None
+            if answer is not None:
+                return web.Response(body=answer.encode("ascii", "replace"),
+                                    content_type="text/plain",
+                                    headers={"Cache-Control": "no-store"})
+        if self.challenge_dir is None:
+            return not_found(request, "no such challenge")
+        return await self._challenge_file(request, token)
+
+    async def _challenge_file(self, request: web.BaseRequest, token: str) -> web.Response:
+        """A regular file directly in ACME_CHALLENGE_DIR, read off the event loop."""
+        assert self.challenge_dir is not None
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(CHALLENGE_READ_TIMEOUT_S):

@@ -25,7 +25,7 @@ from shared.settings import (
     metrics_bind,
     tracking_host_aliases,
 )
-from shared.settings.parsers import flag, networks, number, path, whole
+from shared.settings.parsers import flag, host_port, networks, number, or_off, path, whole
 
 TRUSTED_PROXIES = Setting(
     "TRUSTED_PROXIES", networks, "",
@@ -52,12 +52,16 @@ DRAIN_TIMEOUT_S = Setting(
 REDIRECTOR_ACCESS_LOG = Setting(
     "REDIRECTOR_ACCESS_LOG", flag, "0", "1 logs one line per click (costs throughput).")
 METRICS_BIND = metrics_bind("redirector")
+CADDY_ASK_BIND = Setting(
+    "CADDY_ASK_BIND", or_off(host_port, "serve no ask endpoint"), "",
+    "host:port of Caddy's on-demand TLS `ask` endpoint (never the public port); "
+    "empty or off: none.")
 
 PROGRAM = Program("redirector", (
     REDIRECTOR_BIND, TRACKING_HOST, TRACKING_HOST_ALIASES, LINK_KEYS, TRUSTED_PROXIES,
     *BROKER, DATABASE_URL, SPOOL_DIR, CHALLENGE_DIR, SPOOL_MAX_BYTES, CLICK_BATCH_SIZE,
     CLICK_LINGER_MS, DOMAIN_REFRESH_S, DRAIN_TIMEOUT_S, LOG_LEVEL, REDIRECTOR_ACCESS_LOG,
-    METRICS_BIND,
+    METRICS_BIND, CADDY_ASK_BIND,
 ))
 
 
@@ -81,6 +85,7 @@ class RedirectorSettings:
     metrics_bind: tuple[str, int] | None = None
     # Other names of the platform host (a move in progress): links are served on them too.
     tracking_host_aliases: tuple[str, ...] = ()
+    caddy_ask_bind: tuple[str, int] | None = None
 
 
 def load(environ: Mapping[str, str]) -> RedirectorSettings:
@@ -104,4 +109,5 @@ def load(environ: Mapping[str, str]) -> RedirectorSettings:
         log_level=env[LOG_LEVEL],
         access_log=env[REDIRECTOR_ACCESS_LOG],
         metrics_bind=env[METRICS_BIND],
+        caddy_ask_bind=env[CADDY_ASK_BIND],
     )

@@ -10,8 +10,10 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -33,6 +35,7 @@ NAMING = {
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
     "ck": "ck_%(table_name)s_%(constraint_name)s",
     "pk": "pk_%(table_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
 }
 
 
@@ -212,4 +215,64 @@ class DestinationListing(Base):
     __table_args__ = (
         UniqueConstraint("customer_id", "destination", "blocklist"),
         Index(None, "first_seen_at"),
+    )
+
+
+class StoredCertificate(Base):
+    """The certificate store (shared/certificates): each domain's current certificate,
+    its private key sealed under CERT_STORE_KEYS. What every edge installs from."""
+
+    __tablename__ = "certificates"
+
+    # Goes with its domain's row when a tombstone is purged.
+    name: Mapped[str] = mapped_column(
+        String(253), ForeignKey("tracking_domains.name", ondelete="CASCADE"), primary_key=True)
+    # The leaf first, then the intermediates (certbot's fullchain.pem).
+    chain_pem: Mapped[str] = mapped_column(Text, nullable=False)
+    # The private key (PEM), AES-GCM sealed: `key_kid` names the CERT_STORE_KEYS entry.
+    key_kid: Mapped[str] = mapped_column(String(32), nullable=False, index=True)
+    key_sealed: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    # The leaf's serial in lower-case hex, as `certificate.issued` carries it.
+    serial: Mapped[str] = mapped_column(String(64), nullable=False)
+    not_before: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    not_after: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    # When this certificate was stored (issued, or restored from certbot's directory).
+    issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    # The CA's ACME Renewal Information certificate identifier (RFC 9773), when known.
+    ari_id: Mapped[str | None] = mapped_column(String(512))
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
+    )
+
+
+class AcmeChallenge(Base):
+    """An HTTP-01 answer while its order runs: written by the certifier's challenge hook,
+    served by every redirector at /.well-known/acme-challenge/<token>."""
+
+    __tablename__ = "acme_challenges"
+
+    token: Mapped[str] = mapped_column(String(256), primary_key=True)
+    name: Mapped[str] = mapped_column(String(253), nullable=False)
+    # The key authorization (token "." account key thumbprint): public by design.
+    validation: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now())
+    # Never served after this, and removed by the next write (a hook that died mid-order).
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False,
+                                                 index=True)
+
+
+class AcmeAccount(Base):
+    """The certifier's ACME account per CA directory, sealed under CERT_STORE_KEYS, so a
+    certifier with an empty certbot directory carries on with the same account."""
+
+    __tablename__ = "acme_accounts"
+
+    server: Mapped[str] = mapped_column(String(512), primary_key=True)
+    # certbot's account id (the directory name under accounts/<server>/directory/).
+    account_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    kid: Mapped[str] = mapped_column(String(32), nullable=False)
+    sealed: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
     )

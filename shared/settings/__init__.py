@@ -29,6 +29,7 @@ from shared.settings.connections import (
 from shared.settings.declare import REQUIRED, Env, Invalid, Program, Setting, optional
 from shared.settings.platform import (
     ACME_CHALLENGE_DIR,
+    CERT_STORE_KEYS,
     DEFAULT_METRICS_BINDS,
     DEFAULT_REDIRECTOR_BIND,
     LINK_KEYS,
@@ -37,6 +38,7 @@ from shared.settings.platform import (
     TRACKING_HOST,
     TRACKING_HOST_ALIASES,
     LinkKey,
+    StoreKey,
     metrics_bind,
     parse_link_keys,
     tracking_host_aliases,
@@ -47,6 +49,7 @@ __all__ = [
     "AMQP_EXCHANGE",
     "AMQP_URL",
     "BROKER",
+    "CERT_STORE_KEYS",
     "DATABASE_URL",
     "DEFAULT_AMQP_URL",
     "DEFAULT_DATABASE_URL",
@@ -67,6 +70,7 @@ __all__ = [
     "Program",
     "Setting",
     "SettingsError",
+    "StoreKey",
     "metrics_bind",
     "normalise_database_url",
     "optional",

@@ -31,10 +31,11 @@ class LinkKey:
     secret: bytes = field(repr=False)
 
 
-def link_keys(value: str) -> tuple[LinkKey, ...]:
-    """`kid:secret,kid:secret`; the first key signs, all verify. Entries are numbered
-    in messages, so an empty one is refused rather than skipped."""
-    keys: list[LinkKey] = []
+def key_entries(value: str) -> tuple[tuple[str, str], ...]:
+    """`kid:secret,kid:secret` as (kid, secret) pairs, in order: the rules LINK_KEYS and
+    CERT_STORE_KEYS share. Entries are numbered in messages, so an empty one is refused
+    rather than skipped."""
+    entries: list[tuple[str, str]] = []
     # Nothing from an entry is ever echoed, not even its key id: an entry written
     # secret:kid holds the secret where the key id belongs.
     spelling = "entries are kid:secret, the key id first"
@@ -53,11 +54,30 @@ def link_keys(value: str) -> tuple[LinkKey, ...]:
                 f"entry {number}: the secret (after the first ':') must be at "
                 f"least {MIN_SECRET_LENGTH} characters, got {len(secret)} ({spelling})"
             )
-        first = next((n for n, key in enumerate(keys, start=1) if key.kid == kid), None)
+        first = next((n for n, (seen, _) in enumerate(entries, start=1) if seen == kid), None)
         if first is not None:
             raise Invalid(f"entries {first} and {number}: the same key id appears twice")
-        keys.append(LinkKey(kid=kid, secret=secret.encode()))
-    return tuple(keys)
+        entries.append((kid, secret))
+    return tuple(entries)
+
+
+def link_keys(value: str) -> tuple[LinkKey, ...]:
+    """`kid:secret,kid:secret`; the first key signs, all verify."""
+    return tuple(LinkKey(kid=kid, secret=secret.encode()) for kid, secret in key_entries(value))
+
+
+@dataclass(frozen=True)
+class StoreKey:
+    """One key of the certificate store (shared/certificates/keyring.py). The secret never
+    appears in a repr."""
+
+    kid: str
+    secret: bytes = field(repr=False)
+
+
+def store_keys(value: str) -> tuple[StoreKey, ...]:
+    """`kid:secret,kid:secret` as LINK_KEYS; the first key encrypts, all decrypt."""
+    return tuple(StoreKey(kid=kid, secret=secret.encode()) for kid, secret in key_entries(value))
 
 
 def parse_link_keys(value: str) -> tuple[LinkKey, ...]:
@@ -91,13 +111,20 @@ LINK_KEYS = Setting(
     "LINK_KEYS", link_keys, REQUIRED,
     "kid:secret,kid:secret (secrets of 32 characters or more); the first key signs.",
     redact=lambda _value: "***")
+CERT_STORE_KEYS = Setting(
+    "CERT_STORE_KEYS", store_keys, REQUIRED,
+    "kid:secret,kid:secret (secrets of 32 characters or more); the first key encrypts "
+    "private keys in the certificate store, all decrypt.",
+    redact=lambda _value: "***")
 # Read by the redirector, and named by `trackctl up` when it starts one.
 REDIRECTOR_BIND = Setting(
     "REDIRECTOR_BIND", host_port, DEFAULT_REDIRECTOR_BIND, "host:port the redirector listens on.")
-# The certifier writes HTTP-01 answers there; redirectors serve them (optional for them).
+# HTTP-01 answers are in the database (shared/certificates/challenges.py); this directory
+# is a single-host option: the certifier also writes them there, the redirector also
+# reads them there.
 ACME_CHALLENGE_DIR = Setting(
     "ACME_CHALLENGE_DIR", path, "var/acme-challenge",
-    "Directory of HTTP-01 challenge answers, shared by the certifier and every edge.")
+    "Single-host option: a directory of HTTP-01 answers beside the database's.")
 
 
 def metrics_bind(service: str) -> Setting[tuple[str, int] | None]:

@@ -42,7 +42,7 @@ from shared.db.migrate import alembic_config
 from shared.events import DomainCreated, encode_event
 from shared.links import LinkSigner
 from shared.settings import DatabaseSettings, LinkKey
-from tests.conftest import TEST_LINK_KEYS, TRACKING_HOST
+from tests.conftest import TEST_CERT_STORE_KEYS, TEST_LINK_KEYS, TRACKING_HOST
 from tests.container.conftest import CALL_FAILED, TIMES
 from tests.container.stack import (
     APP_IMAGE,
@@ -168,6 +168,7 @@ def _stack(amqp_url: str, pg_admin_url: str, directory: Path,
             acme_ca=pebble.listener_ca, nginx_conf=nginx_conf)))
         variables = {
             "TRACKING_HOST": TRACKING_HOST, "LINK_KEYS": TEST_LINK_KEYS,
+            "CERT_STORE_KEYS": TEST_CERT_STORE_KEYS,
             "ACME_DIRECTORY_URL": pebble.directory_url, "ACME_EMAIL": "certs@platform.test",
             "DNS_NAMESERVERS": dns.address, "TRUSTED_PROXIES": "127.0.0.1", "LOG_LEVEL": "INFO",
             # The blocklist watch off: its defaults are the real lists.

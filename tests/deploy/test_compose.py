@@ -34,6 +34,7 @@ APP_IMAGE = "tracking-domains"
 REQUIRED_ENV = {
     "TRACKING_HOST": "click.platform.example",
     "LINK_KEYS": "k2026:" + "x" * 40,
+    "CERT_STORE_KEYS": "s2026:" + "y" * 40,
 }
 SCALABLE = ("redirector", "logger", "verifier", "certifier")
 

@@ -30,7 +30,8 @@ SHORT_SECRET = "ShortSecret0123"  # 15 characters, also a valid key id
 
 def _env(tmp_path: Path, **changes: str) -> dict[str, str]:
     env = {**os.environ, "TRACKING_HOST": "click.platform.test",
-           "LINK_KEYS": "k1:" + "s" * 40, "REDIRECTOR_BIND": f"127.0.0.1:{free_port()}",
+           "LINK_KEYS": "k1:" + "s" * 40, "CERT_STORE_KEYS": "c1:" + "c" * 40,
+           "REDIRECTOR_BIND": f"127.0.0.1:{free_port()}",
            "METRICS_BIND": "off", "AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
            "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}",
            "SPOOL_DIR": str(tmp_path / "spool"), "CERTBOT_DIR": str(tmp_path / "certbot"),
@@ -91,6 +92,8 @@ def test_postgresql_down_at_start_is_one_line_without_the_password(
     ("redirector", {"LINK_KEYS": f"{SENTINEL}:k2026"}),  # written secret:kid
     ("redirector", {"LINK_KEYS": f"{SHORT_SECRET}:k1"}),  # and a short secret at that
     ("redirector", {"LINK_KEYS": f"k1:{'s' * 40},{SHORT_SECRET}:k2"}),
+    ("certifier", {"CERT_STORE_KEYS": f"{SENTINEL}:k2026"}),
+    ("certifier", {"CERT_STORE_KEYS": f"c1:{SHORT_SECRET}"}),
     ("logger", {"AMQP_URL": f"amqp://guest@127.0.0.1:5672/?password={SENTINEL}"}),
     ("logger", {"DATABASE_URL": f"mysql://db/x?password={SENTINEL}"}),
 ])

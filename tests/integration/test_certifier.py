@@ -1,20 +1,24 @@
 """The certifier in-process against real Pebble, certbot, RabbitMQ, PostgreSQL, and the real
-redirector process answering the HTTP-01 challenges from ACME_CHALLENGE_DIR."""
+redirector process answering the HTTP-01 challenges from the database (no shared
+directory)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
+import shutil
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractQueue
+from aiohttp import web
 
 from demo.databases import execute, fetch
 from demo.net import free_port
@@ -22,6 +26,7 @@ from demo.pebble import Pebble, make_listener_ca
 from demo.processes import ServiceProcess
 from services.certifier import settings as certifier_settings
 from services.certifier.__main__ import Running, start
+from services.certifier.ari import AriClient
 from services.certifier.certbot import Certbot, read_certificate
 from services.certifier.handlers import Policy, certify
 from services.certifier.issuance import Issuer, renewal_due
@@ -46,6 +51,7 @@ from tests.conftest import FAST_DELAYS_MS, TRACKING_HOST, service_env
 from tests.support.amqp import connected, get_messages, message_count, wait_count
 
 NAME = "track.customer-a.test"
+CERT_STORE_KEYS = "k2026:" + "c" * 40
 
 
 def certifier_env(broker: BrokerSettings, database: DatabaseSettings, tmp_path: Path,
@@ -54,8 +60,7 @@ def certifier_env(broker: BrokerSettings, database: DatabaseSettings, tmp_path: 
         "AMQP_URL": broker.url, "AMQP_EXCHANGE": broker.exchange, "DATABASE_URL": database.url,
         "TRACKING_HOST": TRACKING_HOST, "ACME_DIRECTORY_URL": directory_url,
         "ACME_CA_BUNDLE": str(ca_bundle), "ACME_EMAIL": "certs@platform.test",
-        "CERTBOT_DIR": str(tmp_path / "certbot"),
-        "ACME_CHALLENGE_DIR": str(tmp_path / "challenges"),
+        "CERTBOT_DIR": str(tmp_path / "certbot"), "CERT_STORE_KEYS": CERT_STORE_KEYS,
         "NGINX_CONF_PATH": str(tmp_path / "nginx" / "tracking-domains.conf"),
         "CERTIFIER_RETRY_DELAYS_MS": ",".join(str(d) for d in FAST_DELAYS_MS),
         "CERTIFIER_RENEW_CHECK_S": "3600", **extra,
@@ -75,6 +80,17 @@ async def domain_row(database: DatabaseSettings, name: str = NAME) -> Any:
 async def acme_counts(database: DatabaseSettings) -> dict[str, int]:
     rows = await fetch(database, "SELECT kind, count(*) AS n FROM acme_events GROUP BY kind")
     return {row["kind"]: row["n"] for row in rows}
+
+
+async def wait_until_active(database: DatabaseSettings) -> Any:
+    """The row, once active: it becomes so just after certificate.issued is published."""
+    row = await domain_row(database)
+    deadline = time.monotonic() + 5
+    while row["status"] != "active" and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+        row = await domain_row(database)
+    assert row["status"] == "active"
+    return row
 
 
 class Platform:
@@ -116,6 +132,18 @@ async def wait_for(condition: Callable[[], Any], timeout_s: float = 20.0) -> Non
         await asyncio.sleep(0.02)
 
 
+@contextmanager
+def pebble_and_redirector(broker: BrokerSettings, database: DatabaseSettings,
+                          tmp_path: Path) -> Iterator[tuple[Pebble, ServiceProcess]]:
+    """Pebble, and a redirector where Pebble validates HTTP-01 (answers from the database)."""
+    with Pebble(tmp_path / "pebble", http_port=free_port()) as pebble, \
+            ServiceProcess("redirector", service_env(
+                broker, database, tmp_path,
+                REDIRECTOR_BIND=f"127.0.0.1:{pebble.http_port}"), tmp_path) as redirector:
+        redirector.wait_http(f"http://127.0.0.1:{pebble.http_port}/healthz")
+        yield pebble, redirector
+
+
 @asynccontextmanager
 async def certifier(env: dict[str, str]) -> AsyncIterator[Running]:
     running = await start(certifier_settings.load(env))
@@ -129,12 +157,7 @@ async def test_verified_domain_is_certified_once_renewed_warned_and_removed(
         broker: BrokerSettings, database: DatabaseSettings, topology: Topology,
         tmp_path: Path) -> None:
     await insert_domain(database)
-    challenges = tmp_path / "challenges"
-    with Pebble(tmp_path / "pebble", http_port=free_port()) as pebble, \
-            ServiceProcess("redirector", service_env(
-                broker, database, tmp_path, ACME_CHALLENGE_DIR=str(challenges),
-                REDIRECTOR_BIND=f"127.0.0.1:{pebble.http_port}"), tmp_path) as redirector:
-        redirector.wait_http(f"http://127.0.0.1:{pebble.http_port}/healthz")
+    with pebble_and_redirector(broker, database, tmp_path) as (pebble, redirector):
         env = certifier_env(broker, database, tmp_path, pebble.directory_url,
                             pebble.listener_ca)
         async with platform(broker, topology) as upstream, certifier(env) as running:
@@ -152,13 +175,8 @@ async def test_verified_domain_is_certified_once_renewed_warned_and_removed(
             assert (live / "privkey.pem").is_file()
             assert (issued.data.serial, issued.data.not_before, issued.data.not_after) == (
                 on_disk.serial, on_disk.not_before, on_disk.not_after)
-            # The row becomes active just after certificate.issued is published.
-            row = await domain_row(database)
-            deadline = time.monotonic() + 5
-            while row["status"] != "active" and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-                row = await domain_row(database)
-            assert row["status"] == "active" and row["last_error"] is None
+            row = await wait_until_active(database)
+            assert row["last_error"] is None
             assert row["certificate_serial"] == on_disk.serial
             assert row["certificate_expires_at"] == on_disk.not_after
             third = on_disk.lifetime / 3
@@ -166,7 +184,12 @@ async def test_verified_domain_is_certified_once_renewed_warned_and_removed(
                 <= on_disk.not_after - third
             conf = nginx_conf(env)
             assert f"server_name {NAME};" in conf and f"serial {on_disk.serial}" in conf
-            assert not list(challenges.iterdir())  # the cleanup hook removed the answer
+            # The answer was served from the database; the cleanup hook removed it.
+            assert await fetch(database, "SELECT token FROM acme_challenges") == []
+            stored = await running.issuer.vault.get(NAME)
+            assert stored is not None and stored.serial == on_disk.serial
+            assert stored.chain_pem == (live / "fullchain.pem").read_text()
+            assert stored.key_pem == (live / "privkey.pem").read_bytes()
             assert await acme_counts(database) == {"order": 1, "certificate": 1}
             print(f"issuance took {elapsed:.2f} s")
 
@@ -180,8 +203,9 @@ async def test_verified_domain_is_certified_once_renewed_warned_and_removed(
 
             # Renewal, with the clock moved to when a third of the lifetime remains.
             later = renewal_due(on_disk) + timedelta(hours=1)
-            issuer = Issuer(certbot=running.certbot, store=running.store, limits=Limits(),
-                            clock=lambda: later)
+            issuer = Issuer(certbot=running.certbot, store=running.store,
+                            vault=running.issuer.vault, accounts=running.issuer.accounts,
+                            limits=Limits(), clock=lambda: later)
             common: dict[str, Any] = {
                 "store": running.store, "sites": running.sites,
                 "publisher": upstream.publisher, "policy": Policy(), "rng": random.Random(1),
@@ -202,17 +226,19 @@ async def test_verified_domain_is_certified_once_renewed_warned_and_removed(
             unreachable = Certbot(
                 command=running.certbot.command, base_dir=tmp_path / "certbot",
                 server=f"https://127.0.0.1:{free_port()}/dir", email=None,
-                ca_bundle=pebble.listener_ca, challenge_dir=challenges)
-            failing = Issuer(certbot=unreachable, store=running.store, limits=Limits(),
-                             clock=lambda: near_end)
+                ca_bundle=pebble.listener_ca, challenge_dir=None)
+            failing = Issuer(certbot=unreachable, store=running.store,
+                             vault=running.issuer.vault, accounts=running.issuer.accounts,
+                             limits=Limits(), clock=lambda: near_end)
             common["clock"] = lambda: near_end
             assert await renew_due(issuer=failing, **common) == 1
             [expiring] = await upstream.received()
             assert expiring.type == "certificate.expiring"
             assert expiring.data.not_after == renewed_row["certificate_expires_at"]
             assert "could not be renewed" in expiring.data.reason
-            assert (await domain_row(database))["certificate_renew_at"] == \
-                near_end + RenewalPolicy().retry
+            retry = RenewalPolicy().retry  # plus up to 10%, so failures spread out
+            assert near_end + retry <= (await domain_row(database))["certificate_renew_at"] \
+                <= near_end + retry * 1.1
 
             # Lapsed: renewal stops. Deleted: certificate, key and nginx server go.
             await execute(database, "UPDATE tracking_domains SET status = 'lapsed'")
@@ -288,7 +314,9 @@ async def test_failed_validations_hold_work_back_without_running_certbot(
     env = certifier_env(broker, database, tmp_path, f"https://127.0.0.1:{free_port()}/dir",
                         listener_ca)
     async with certifier(env) as running:
-        issuer = Issuer(certbot=running.certbot, store=running.store, limits=Limits())
+        issuer = Issuer(certbot=running.certbot, store=running.store,
+                        vault=running.issuer.vault, accounts=running.issuer.accounts,
+                        limits=Limits())
         verified = DomainVerified(domain=NAME, customer_id="cust-a", matched_by="cname")
         with pytest.raises(TransientError) as caught:
             # No publisher: the limit is hit before anything could be published.
@@ -345,3 +373,152 @@ async def test_a_stopping_certifier_abandons_what_outlives_its_drain_timeout(
     assert await acme_counts(database) == {"order": 1}
     for name in (NAME, other):
         assert (await domain_row(database, name))["status"] == "verified"
+
+
+def account_uri(certbot_dir: Path) -> str:
+    """The ACME account certbot's directory holds (its URL at the CA)."""
+    [regr] = list((certbot_dir / "config" / "accounts").rglob("regr.json"))
+    return str(json.loads(regr.read_text())["uri"])
+
+
+async def test_a_certifier_moved_to_an_empty_directory_carries_on_from_the_store(
+        broker: BrokerSettings, database: DatabaseSettings, topology: Topology,
+        tmp_path: Path) -> None:
+    """Certifier A issues; B starts on another "machine" (an empty certbot directory) with
+    the store keys rotated (a new key first, the old one still listed): it serves the
+    stored certificate, orders nothing for a redelivered event, and renews with A's
+    account, no new registration, the new key sealed under the new kid. B also asks for
+    a profile the CA does not offer (`--preferred-profile`): the CA's default comes."""
+    await insert_domain(database)
+    with pebble_and_redirector(broker, database, tmp_path) as (pebble, redirector):
+        env_a = certifier_env(broker, database, tmp_path / "a", pebble.directory_url,
+                              pebble.listener_ca)
+        verified = DomainVerified(domain=NAME, customer_id="cust-a", matched_by="cname")
+        async with platform(broker, topology) as upstream:
+            async with certifier(env_a):
+                await upstream.send(verified)
+                [issued] = await upstream.received()
+            account = account_uri(tmp_path / "a" / "certbot")
+            shutil.rmtree(tmp_path / "a")  # the old machine is gone
+
+            env_b = certifier_env(broker, database, tmp_path / "b", pebble.directory_url,
+                                  pebble.listener_ca,
+                                  CERT_STORE_KEYS=f"k2027:{'n' * 40},{CERT_STORE_KEYS}",
+                                  # Pebble 2.4 has no profiles: the CA's default is issued.
+                                  ACME_PROFILE="shortlived")
+            async with certifier(env_b) as running:
+                # nginx serves the stored certificate from the start.
+                assert f"serial {issued.data.serial}" in nginx_conf(env_b)
+                await upstream.send(verified)  # a redelivery: nothing is ordered
+                await wait_for(lambda: running.outcomes["already-certified"] == 1)
+                assert running.certbot.runs == 0
+                assert await acme_counts(database) == {"order": 1, "certificate": 1}
+
+                stored = await running.issuer.vault.get(NAME)
+                assert stored is not None
+                later = renewal_due(stored.info) + timedelta(hours=1)
+                issuer = Issuer(certbot=running.certbot, store=running.store,
+                                vault=running.issuer.vault, accounts=running.issuer.accounts,
+                                limits=Limits(), clock=lambda: later)
+                assert await renew_due(
+                    issuer=issuer, store=running.store, sites=running.sites,
+                    publisher=upstream.publisher, policy=Policy(), rng=random.Random(1),
+                    renewal=RenewalPolicy(), clock=lambda: later) == 1
+                [renewed] = await upstream.received()
+                assert renewed.data.serial != issued.data.serial
+                assert running.certbot.runs == 1
+                assert account_uri(tmp_path / "b" / "certbot") == account
+                assert await acme_counts(database) == {"order": 2, "certificate": 2}
+                assert await running.issuer.vault.key_ids() == {"k2027": 1}
+                row = (await fetch(database, "SELECT kid FROM acme_accounts"))[0]
+                assert row["kid"] == "k2026"  # unchanged account: not re-sealed by a run
+                assert f"serial {renewed.data.serial}" in nginx_conf(env_b)
+        assert redirector.terminate() == 0
+
+
+@asynccontextmanager
+async def renewal_info_server(windows: dict[str, Any]) -> AsyncIterator[tuple[str, list[str]]]:
+    """A CA's ACME Renewal Information, as a small real HTTP server the test controls
+    (Pebble 2.4 offers none): the directory names `renewalInfo`; a certificate gets
+    `windows[its id]`, else `windows["any"]`: (start, end, Retry-After seconds). Yields
+    the directory URL and the certificate identifiers asked for."""
+    asked: list[str] = []
+
+    async def directory(_: web.Request) -> web.Response:
+        return web.json_response({"renewalInfo": f"{base}/renewal-info"})
+
+    async def renewal_info(request: web.Request) -> web.Response:
+        asked.append(request.match_info["id"])
+        start, end, retry = windows.get(request.match_info["id"], windows["any"])
+        return web.json_response(
+            {"suggestedWindow": {"start": start.isoformat(), "end": end.isoformat()}},
+            headers={"Retry-After": str(retry)})
+
+    app = web.Application()
+    app.router.add_get("/dir", directory)
+    app.router.add_get("/renewal-info/{id}", renewal_info)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"{base}/dir", asked
+    finally:
+        await runner.cleanup()
+
+
+async def test_renewal_follows_the_cas_renewal_information(
+        broker: BrokerSettings, database: DatabaseSettings, topology: Topology,
+        tmp_path: Path) -> None:
+    """The CA's window is in the future: only looked at again (at its Retry-After, sooner
+    than the window); once the window has begun, renewed, and the new certificate's next
+    look is a moment inside its window."""
+    await insert_domain(database)
+    windows: dict[str, Any] = {}
+    with pebble_and_redirector(broker, database, tmp_path) as (pebble, redirector):
+        env = certifier_env(broker, database, tmp_path, pebble.directory_url,
+                            pebble.listener_ca)
+        async with platform(broker, topology) as upstream, certifier(env) as running, \
+                renewal_info_server(windows) as (directory, asked):
+            await upstream.send(DomainVerified(domain=NAME, customer_id="cust-a",
+                                               matched_by="cname"))
+            [issued] = await upstream.received()
+            await wait_until_active(database)
+            stored = await running.issuer.vault.get(NAME)
+            assert stored is not None and stored.ari_id is not None
+            issuer = Issuer(certbot=running.certbot, store=running.store,
+                            vault=running.issuer.vault, accounts=running.issuer.accounts,
+                            limits=Limits(), ari=AriClient(directory))
+            common: dict[str, Any] = {
+                "issuer": issuer, "store": running.store, "sites": running.sites,
+                "publisher": upstream.publisher, "policy": Policy(), "rng": random.Random(1),
+                "renewal": RenewalPolicy()}
+
+            async def make_due() -> None:
+                await execute(database, "UPDATE tracking_domains SET certificate_renew_at = "
+                                        "now() - interval '1 minute'")
+
+            now = datetime.now(UTC)
+            windows["any"] = (now + timedelta(days=10), now + timedelta(days=12), 3600)
+            await make_due()
+            assert await renew_due(**common) == 1
+            assert asked == [stored.ari_id] and running.certbot.runs == 1
+            assert await upstream.received(timeout_s=0.3) == []
+            renew = (await domain_row(database))["certificate_renew_at"]
+            assert now + timedelta(minutes=59) < renew < now + timedelta(minutes=61)
+
+            windows[stored.ari_id] = (now - timedelta(days=2), now - timedelta(days=1), 3600)
+            windows["any"] = (now + timedelta(hours=2), now + timedelta(hours=3), 86400)
+            await make_due()
+            assert await renew_due(**common) == 1
+            [renewed] = await upstream.received()
+            assert renewed.data.serial != issued.data.serial and running.certbot.runs == 2
+            # The new certificate's next look: a moment inside its own window (two to
+            # three hours away; its Retry-After, a day, comes later).
+            assert len(asked) == 3 and asked[2] != stored.ari_id
+        row = await domain_row(database)
+        assert row["certificate_serial"] == renewed.data.serial
+        assert now + timedelta(hours=2) <= row["certificate_renew_at"] \
+            <= now + timedelta(hours=3)
+        assert redirector.terminate() == 0

@@ -226,26 +226,36 @@ def test_challenge_hook_writes_atomically_and_cleans_up(tmp_path: Path) -> None:
     assert challenge_hook.main(["hook", "bogus"], env) == 2
 
 
+KEYS = {"CERT_STORE_KEYS": "c1:" + "c" * 40}
+
+
 def test_settings_defaults_and_errors(tmp_path: Path) -> None:
-    settings = certifier_settings.load({})
+    settings = certifier_settings.load(KEYS)
+    assert settings.challenge_dir is None and settings.acme_profile is None
     assert settings.acme_directory_url == certifier_settings.LETS_ENCRYPT
     assert settings.nginx.https_port == 443 and settings.nginx.reload_command == ()
     assert settings.drain_timeout_s == 60.0
     settings = certifier_settings.load({
+        **KEYS, "ACME_PROFILE": "shortlived",
         "ACME_DIRECTORY_URL": certifier_settings.LETS_ENCRYPT_STAGING,
         "NGINX_RELOAD_COMMAND": "nginx -p '/srv/my nginx/' -s reload",
         "NGINX_HTTPS_LISTEN": "127.0.0.1:8443", "CERTIFIER_RETRY_DELAYS_MS": "200,400"})
     assert settings.nginx.reload_command == ("nginx", "-p", "/srv/my nginx/", "-s", "reload")
     assert settings.nginx.https_port == 8443 and settings.retry_delays_ms == (200, 400)
+    assert settings.acme_profile == "shortlived"
     for name, value in [("ACME_DIRECTORY_URL", "http://insecure/dir"),
                         ("ACME_EMAIL", "not-an-address"),
                         ("ACME_CA_BUNDLE", str(tmp_path / "missing.pem")),
                         ("NGINX_HTTPS_LISTEN", "443; evil"),
                         ("NGINX_UPSTREAMS", "nohostport"),
                         ("CERTIFIER_RETRY_DELAYS_MS", "400,200"),
-                        ("CERTIFIER_DRAIN_TIMEOUT_S", "-1")]:
+                        ("CERTIFIER_DRAIN_TIMEOUT_S", "-1"),
+                        ("ACME_PROFILE", "short lived"),
+                        ("CERT_STORE_KEYS", "c1:short")]:
         with pytest.raises(SettingsError, match=name):
-            certifier_settings.load({name: value})
+            certifier_settings.load({**KEYS, name: value})
+    with pytest.raises(SettingsError, match="CERT_STORE_KEYS"):
+        certifier_settings.load({})
 
 
 def certbot_in(base: Path, lock_timeout_s: float | None = None) -> Certbot:
@@ -326,3 +336,10 @@ async def test_once_stopping_the_holder_finishes_and_everyone_else_is_refused(
     release.set()
     await elsewhere
     assert events == ["elsewhere in", "late refused", "elsewhere out"]
+
+
+def test_challenge_hook_fails_unless_the_certifier_confirms(tmp_path: Path) -> None:
+    env = {"CERTIFIER_HOOK_SOCKET": str(tmp_path / "absent.sock"), "CERTBOT_TOKEN": "tok-1",
+           "CERTBOT_VALIDATION": "tok-1.thumbprint", "CERTBOT_DOMAIN": "a.test"}
+    assert challenge_hook.main(["hook", "auth"], env) == 1
+    assert challenge_hook.main(["hook", "auth"], {"CERTBOT_TOKEN": "tok-1"}) == 2

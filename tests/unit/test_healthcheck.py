@@ -11,6 +11,7 @@ from shared.errors import SettingsError
 from shared.healthcheck import SERVICES, main, probe_url
 
 SERVICE_ENV = {"TRACKING_HOST": "click.platform.test", "LINK_KEYS": "k1:" + "s" * 40,
+               "CERT_STORE_KEYS": "c1:" + "c" * 40,
                "ACME_EMAIL": "certs@platform.test"}
 
 

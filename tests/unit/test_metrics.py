@@ -70,7 +70,8 @@ def test_service_settings_carry_metrics_bind() -> None:
     from services.redirector import settings as redirector
     from services.verifier import settings as verifier
 
-    base = {"TRACKING_HOST": HOST, "LINK_KEYS": "k:" + "s" * 40}
+    base = {"TRACKING_HOST": HOST, "LINK_KEYS": "k:" + "s" * 40,
+            "CERT_STORE_KEYS": "c1:" + "c" * 40}
     assert redirector.load(base).metrics_bind == ("127.0.0.1", 9101)
     assert logger.load({**base, "METRICS_BIND": "off"}).metrics_bind is None
     assert verifier.load({**base, "METRICS_BIND": "0.0.0.0:1"}).metrics_bind == ("0.0.0.0", 1)

@@ -20,7 +20,8 @@ from shared.settings import AMQP_URL, LINK_KEYS, REQUIRED, Env, Program, Setting
 from shared.settings.parsers import matching, string
 from tests.support.settings import PROGRAMS, SERVICES
 
-MINIMAL = {"TRACKING_HOST": "click.platform.test", "LINK_KEYS": "k1:" + "s" * 40}
+MINIMAL = {"TRACKING_HOST": "click.platform.test", "LINK_KEYS": "k1:" + "s" * 40,
+           "CERT_STORE_KEYS": "c1:" + "c" * 40}
 LOADERS: dict[str, Callable[[Mapping[str, str]], Any]] = {
     "redirector": redirector_settings.load,
     "logger": logger_settings.load,
