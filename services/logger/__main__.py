@@ -10,6 +10,7 @@ from services.logger import settings as logger_settings
 from services.logger.batcher import BatchWriter
 from services.logger.database import click_store
 from services.logger.handlers import record_clicks
+from services.logger.partitions import PartitionKeeper
 from services.logger.settings import LoggerSettings
 from shared.broker import topology as broker_topology
 from shared.broker.connection import connect, open_channel
@@ -31,6 +32,9 @@ async def open_logger(life: Lifecycle, settings: LoggerSettings) -> None:
     engine = await open_migrated(settings.database, service="logger", pool_size=2,
                                  pre_ping=False)
     life.on_stop(engine.dispose)
+    partitions = PartitionKeeper(engine, retention_days=settings.retention_days)
+    await partitions.start()
+    life.on_stop(partitions.stop)
     registry = new_registry()
     metrics = LoggerMetrics(registry)
     writer = BatchWriter(click_store(engine), max_rows=settings.batch_rows,

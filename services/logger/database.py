@@ -3,9 +3,13 @@
 PostgreSQL: COPY straight into `tracking_logs` in one transaction (BEGIN, COPY,
 COMMIT: three round trips). Duplicates are rare (only redeliveries after a crash or
 a lost ack), so that fast path almost always commits; when the unique index on
-`event_id` refuses the batch, the transaction is rolled back and the batch goes the
-idempotent way in a second one: COPY into a session-local staging table, then
-`INSERT ... SELECT ... ON CONFLICT (event_id) DO NOTHING`. COPY is several times
+`(event_id, clicked_at)` refuses the batch, the transaction is rolled back and the batch
+goes the idempotent way in a second one: COPY into a session-local staging table, then
+`INSERT ... SELECT ... ON CONFLICT (event_id, clicked_at) DO NOTHING`. The table is
+partitioned by month of `clicked_at`, and a unique index there must include it; a
+redelivered event carries its own time again, so that is still one row per event id.
+The triggers on `tracking_logs` keep the click_* aggregates in the same transaction,
+from the rows actually inserted (migration 0004). COPY is several times
 faster than row inserts, and the staging path writes every row twice, so taking it
 only when needed roughly halves the database's work. SQLite: `INSERT OR IGNORE` with
 executemany.
@@ -44,7 +48,7 @@ CREATE TEMP TABLE IF NOT EXISTS {_STAGING} (
 """
 _MERGE = (
     f"INSERT INTO tracking_logs ({', '.join(COLUMNS)}) "
-    f"SELECT {', '.join(COLUMNS)} FROM {_STAGING} ON CONFLICT (event_id) DO NOTHING"
+    f"SELECT {', '.join(COLUMNS)} FROM {_STAGING} ON CONFLICT (event_id, clicked_at) DO NOTHING"
 )
 
 
@@ -112,7 +116,7 @@ class SqliteClickStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._statement = sqlite_insert(TrackingLog).on_conflict_do_nothing(
-            index_elements=["event_id"])
+            index_elements=["event_id", "clicked_at"])
 
     async def insert(self, rows: Sequence[Row]) -> int:
         async with self._engine.begin() as connection:

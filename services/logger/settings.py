@@ -28,11 +28,15 @@ LOGGER_PREFETCH = Setting(
 LOGGER_MAX_BACKOFF_S = Setting(
     "LOGGER_MAX_BACKOFF_S", number(minimum=0.1), "5",
     "Longest wait between retries of a failed commit.")
+CLICK_RETENTION_DAYS = Setting(
+    "CLICK_RETENTION_DAYS", whole(minimum=31), "400",
+    "PostgreSQL: clicks are kept at least this many days; older months' partitions are "
+    "dropped whole (hourly).")
 METRICS_BIND = metrics_bind("logger")
 
 PROGRAM = Program("logger", (
     *BROKER, DATABASE_URL, LOGGER_BATCH_ROWS, LOGGER_FLUSH_MS, LOGGER_PREFETCH,
-    LOGGER_MAX_BACKOFF_S, LOG_LEVEL, METRICS_BIND,
+    LOGGER_MAX_BACKOFF_S, CLICK_RETENTION_DAYS, LOG_LEVEL, METRICS_BIND,
 ))
 
 
@@ -45,6 +49,7 @@ class LoggerSettings:
     prefetch: int
     max_backoff_s: float
     log_level: str
+    retention_days: int = 400
     metrics_bind: tuple[str, int] | None = None
 
 
@@ -58,5 +63,6 @@ def load(environ: Mapping[str, str]) -> LoggerSettings:
         prefetch=env[LOGGER_PREFETCH],
         max_backoff_s=env[LOGGER_MAX_BACKOFF_S],
         log_level=env[LOG_LEVEL],
+        retention_days=env[CLICK_RETENTION_DAYS],
         metrics_bind=env[METRICS_BIND],
     )

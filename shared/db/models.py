@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import ClassVar
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -47,13 +48,19 @@ class Base(DeclarativeBase):
 
 
 class TrackingLog(Base):
-    """One row per click served, exactly once (`event_id` is the click event's id)."""
+    """One row per click served, exactly once (`event_id` is the click event's id).
+
+    On PostgreSQL partitioned by month of `clicked_at` (shared/db/click_partitions.py),
+    which every unique constraint must include: a click is one (`event_id`, `clicked_at`),
+    and since every delivery of an event carries the event's own time, that is one row
+    per event id. Statement triggers keep the click_* aggregates below in step with
+    inserts and with changes of `bot`/`bot_reason` (migration 0004)."""
 
     __tablename__ = "tracking_logs"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     # Text, not UUID: CloudEvents ids are any string, and one odd id must not fail a batch.
-    event_id: Mapped[str] = mapped_column(String(256), unique=True, nullable=False)
+    event_id: Mapped[str] = mapped_column(String(256), nullable=False)
     customer_id: Mapped[str] = mapped_column(String(256), nullable=False)
     campaign_id: Mapped[str] = mapped_column(String(256), nullable=False)
     recipient_id: Mapped[str] = mapped_column(String(256), nullable=False)
@@ -70,9 +77,57 @@ class TrackingLog(Base):
     )
 
     __table_args__ = (
+        UniqueConstraint("event_id", "clicked_at"),
         Index(None, "campaign_id", "clicked_at"),
         Index(None, "customer_id", "clicked_at"),
     )
+
+
+class CampaignDay:
+    """The leading key of the click aggregates: a customer's campaign on one UTC day
+    (campaign first: reports may leave out the customer)."""
+
+    campaign_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+
+
+class ClickDaily(CampaignDay, Base):
+    """A campaign's clicks of one UTC day on one domain: what campaign reports read.
+
+    Kept by triggers on tracking_logs in the inserting (or reclassifying) transaction.
+    `human_recipients` counts the recipients with a human click that day on that domain."""
+
+    __tablename__ = "click_daily"
+
+    domain: Mapped[str] = mapped_column(String(253), primary_key=True)
+    clicks: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    human_clicks: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    human_recipients: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    first_click: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_click: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ClickRecipient(CampaignDay, Base):
+    """One recipient's clicks in a campaign on one UTC day and domain: the sets behind
+    unique-recipient counts. Partitioned by month of `day` on PostgreSQL, dropped with
+    the clicks (CLICK_RETENTION_DAYS)."""
+
+    __tablename__ = "click_recipients"
+
+    domain: Mapped[str] = mapped_column(String(253), primary_key=True)
+    recipient_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    clicks: Mapped[int] = mapped_column(Integer, nullable=False)
+    human_clicks: Mapped[int] = mapped_column(Integer, nullable=False)
+
+
+class ClickReason(CampaignDay, Base):
+    """A campaign's bot clicks of one UTC day by `bot_reason` ('unknown' when none)."""
+
+    __tablename__ = "click_reasons"
+
+    reason: Mapped[str] = mapped_column(String(100), primary_key=True)
+    clicks: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
 
 class TrackingDomain(Base):

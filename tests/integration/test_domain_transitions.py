@@ -8,17 +8,15 @@ refuses a forbidden move before it writes anything.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from demo.databases import execute, fetch
 from services.certifier.certbot import CertificateInfo
 from services.certifier.store import CertificateStore
 from services.verifier.store import VerificationStore
-from shared.db.engine import create_engine
 from shared.domain_status import TRANSITIONS, DomainStatus, ForbiddenTransition
 from shared.settings import DatabaseSettings
 
@@ -57,13 +55,6 @@ MOVES: dict[str, Move] = {
     "certifier.activate": lambda _, certifier: certifier.activate(
         NAME, CERTIFICATE, NOW + timedelta(days=60)),
 }
-
-
-@pytest.fixture
-async def engine(database: DatabaseSettings) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(database)
-    yield engine
-    await engine.dispose()
 
 
 async def _seed(database: DatabaseSettings, status: DomainStatus) -> None:

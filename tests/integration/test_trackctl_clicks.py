@@ -14,7 +14,9 @@ from demo.processes import ROOT
 from shared.settings import DatabaseSettings
 
 TRACKCTL = ROOT / ".venv" / "bin" / "trackctl"
-NOW = datetime.now(UTC).replace(microsecond=0)
+# Noon today: the clicks below, hours apart, fall on the days the assertions say whatever
+# the time the test runs (reports count whole UTC days).
+NOW = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
 
 
 def trackctl(database: DatabaseSettings, *args: str) -> subprocess.CompletedProcess[str]:
@@ -67,9 +69,16 @@ def test_clicks_counts_people_and_bots_per_campaign(database: DatabaseSettings) 
                for d in report["domains"]}
     assert domains == {a: (2, 3, 1), platform: (1, 0, 1)}
 
+    today = f"{NOW:%Y-%m-%d}"
     recent = json.loads(trackctl(database, "--campaign", "spring", "--customer", "cust-a",
-                                 "--since", "24h", "--json").stdout)
-    assert (recent["clicks"], recent["human"]) == (5, 2)
+                                 "--since", today, "--json").stdout)
+    assert (recent["clicks"], recent["human"], recent["human_recipients"]) == (5, 2, 2)
+    yesterday = json.loads(trackctl(database, "--campaign", "spring", "--customer", "cust-a",
+                                    "--until", f"{NOW:%Y-%m-%d}T00:00Z", "--json").stdout)
+    assert (yesterday["clicks"], yesterday["human_recipients"]) == (1, 1)
+    # --since inside a day counts that whole day: the reports read per-day aggregates.
+    assert json.loads(trackctl(database, "--campaign", "spring", "--customer", "cust-a",
+                               "--since", f"{NOW:%Y-%m-%d}T11:30Z", "--json").stdout)["clicks"] == 5
 
     table = trackctl(database, "--campaign", "spring")
     assert table.returncode == 0
