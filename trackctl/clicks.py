@@ -48,6 +48,23 @@ def day_range(since: datetime | None, until: datetime | None) -> tuple[date | No
     return first, end
 
 
+def _recipients_by(domain: Any, where: ColumnElement[bool]) -> Any:
+    """Distinct recipients (with a human click; at all), per domain or (None) overall,
+    counted by grouping (a hash) rather than count(DISTINCT) (a sort): twice as fast."""
+    keys = [R.recipient_id] if domain is None else [domain, R.recipient_id]
+    each = (select(*keys, (func.max(R.human_clicks) > 0).label("human"))
+            .where(where).group_by(*keys).subquery())
+    counts = (func.count().filter(each.c.human).label("human_recipients"),
+              func.count().label("recipients"))
+    if domain is None:
+        return select(*counts)
+    return select(each.c.domain, *counts).group_by(each.c.domain)
+
+
+def _after(day: date | None) -> date | None:
+    return None if day is None else day + timedelta(days=1)
+
+
 def _where(columns: Any, campaign: str, customer: str | None, first: date | None,
            end: date | None) -> ColumnElement[bool]:
     conditions = [columns.campaign_id == campaign]
@@ -64,35 +81,39 @@ async def campaign_report(engine: AsyncEngine, *, campaign: str, customer: str |
                           since: datetime | None, until: datetime | None) -> dict[str, Any]:
     first, end = day_range(since, until)
     daily = _where(D, campaign, customer, first, end)
-    recipients = _where(R, campaign, customer, first, end)
-    human_recipient = func.count(distinct(R.recipient_id)).filter(R.human_clicks > 0)
     totals_query = select(
         func.coalesce(func.sum(D.clicks), 0).label("clicks"),
         func.coalesce(func.sum(D.human_clicks), 0).label("human"),
         func.min(D.first_click).label("first_click"),
         func.max(D.last_click).label("last_click"),
         func.count(distinct(D.customer_id)).label("customers"),
+        func.min(D.day).label("first_day"), func.max(D.day).label("last_day"),
     ).where(daily)
-    recipients_query = select(human_recipient.label("human_recipients"),
-                              func.count(distinct(R.recipient_id)).label("recipients"),
-                              ).where(recipients)
     domains_query = (select(
         D.domain, func.sum(D.human_clicks).label("human"),
         func.sum(D.clicks - D.human_clicks).label("bot"),
         func.max(D.last_click).label("last_click"))
         .where(daily).group_by(D.domain).order_by(func.sum(D.clicks).desc(), D.domain))
-    domain_recipients_query = (select(R.domain, human_recipient.label("human_recipients"))
-                               .where(recipients).group_by(R.domain))
     reasons_query = (select(C.reason, func.sum(C.clicks).label("clicks"))
                      .where(_where(C, campaign, customer, first, end)).group_by(C.reason)
                      .having(func.sum(C.clicks) > 0)
                      .order_by(func.sum(C.clicks).desc(), C.reason))
     async with engine.connect() as connection:
         totals = dict((await connection.execute(totals_query)).one()._mapping)
-        totals.update((await connection.execute(recipients_query)).one()._mapping)
-        per_domain = {r.domain: r.human_recipients
-                      for r in (await connection.execute(domain_recipients_query)).all()}
-        domains = [{**r._mapping, "human_recipients": per_domain.get(r.domain, 0)}
+        # The days the campaign has clicks on bound the recipient sets' scan, so only
+        # their months' partitions are read (not a year of them).
+        recipients = _where(R, campaign, customer, totals.pop("first_day"),
+                            _after(totals.pop("last_day")))
+        per_domain = {r.domain: r for r in (await connection.execute(
+            _recipients_by(R.domain, recipients))).all()}
+        if len(per_domain) > 1:  # a recipient may have clicked on several: count again
+            per_domain[None] = (await connection.execute(
+                _recipients_by(None, recipients))).one()
+        everyone = per_domain.get(None) or next(iter(per_domain.values()), None)
+        totals["human_recipients"] = everyone.human_recipients if everyone else 0
+        totals["recipients"] = everyone.recipients if everyone else 0
+        domains = [{**r._mapping, "human_recipients": per_domain[r.domain].human_recipients
+                    if r.domain in per_domain else 0}
                    for r in (await connection.execute(domains_query)).all()]
         reasons = [{"reason": r.reason, "clicks": int(r.clicks)}
                    for r in (await connection.execute(reasons_query)).all()]

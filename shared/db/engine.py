@@ -13,9 +13,11 @@ from shared.settings import DatabaseSettings
 
 
 def create_engine(settings: DatabaseSettings, *, pool_size: int = 5,
-                  pre_ping: bool = True) -> AsyncEngine:
+                  pre_ping: bool = True, command_timeout: float | None = 60) -> AsyncEngine:
     """`pre_ping=False` skips the round trip that tests a pooled connection at every
-    checkout; a caller that turns it off must invalidate a connection that failed."""
+    checkout; a caller that turns it off must invalidate a connection that failed.
+    `command_timeout` bounds each PostgreSQL statement (None: migrations, which copy
+    whole tables)."""
     url = make_url(settings.url)
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
@@ -33,7 +35,7 @@ def create_engine(settings: DatabaseSettings, *, pool_size: int = 5,
         return engine
     return create_async_engine(
         url, pool_size=pool_size, max_overflow=0, pool_pre_ping=pre_ping,
-        connect_args={"timeout": 10, "command_timeout": 60},
+        connect_args={"timeout": 10, "command_timeout": command_timeout},
     )
 
 

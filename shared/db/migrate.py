@@ -24,8 +24,9 @@ def alembic_config() -> Config:
 
 
 async def upgrade(settings: DatabaseSettings, revision: str = "head") -> None:
-    """Bring the schema to `revision`. Safe to repeat; run it once per deploy."""
-    engine = create_engine(settings)
+    """Bring the schema to `revision`. Safe to repeat; run it once per deploy. No
+    statement timeout: 0004 copies the click table (docs/operations.md#the-click-store)."""
+    engine = create_engine(settings, command_timeout=None)
     try:
         await run_with_engine(engine, "upgrade", revision)
     finally:
@@ -33,7 +34,7 @@ async def upgrade(settings: DatabaseSettings, revision: str = "head") -> None:
 
 
 async def downgrade(settings: DatabaseSettings, revision: str) -> None:
-    engine = create_engine(settings)
+    engine = create_engine(settings, command_timeout=None)
     try:
         await run_with_engine(engine, "downgrade", revision)
     finally:
