@@ -7,6 +7,7 @@
     .venv/bin/python -m bench.lifecycle      # domain.created -> HTTPS, against Pebble
     .venv/bin/python -m bench.verify         # verification concurrency against a slow DNS
     .venv/bin/python -m bench.event_ids      # what the kind of click id costs PostgreSQL
+    .venv/bin/python -m bench.click_store    # one table vs monthly partitions + aggregates
     .venv/bin/python -m bench.decode_cost    # the logger's decoding, per click
     .venv/bin/python -m bench.handler_cost   # the redirector's handler, per click
 

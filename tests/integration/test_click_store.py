@@ -94,6 +94,13 @@ async def test_migration_from_the_unpartitioned_table_keeps_every_row(
     assert await store.insert([click("new", at(TODAY)), click("e1", old[1][9])]) == 1
     new_id = await scalar(engine, "SELECT id FROM tracking_logs WHERE event_id = 'new'")
     assert isinstance(new_id, int) and new_id > max(int(str(i)) for i, _e, _t in before)
+    # And back: one table again, every row still there.
+    after = await rows(engine, "SELECT id, event_id, clicked_at FROM tracking_logs ORDER BY id")
+    await downgrade(database, "0003")
+    assert await scalar(engine, "SELECT relkind::text FROM pg_class "
+                                "WHERE relname = 'tracking_logs'") == "r"
+    assert await rows(engine, "SELECT id, event_id, clicked_at FROM tracking_logs "
+                              "ORDER BY id") == after
 
 
 async def test_one_row_per_event_id_across_partitions_and_aggregates_count_once(

@@ -29,14 +29,6 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-_LOG_COLUMNS = """
-    event_id varchar(256) NOT NULL, customer_id varchar(256) NOT NULL,
-    campaign_id varchar(256) NOT NULL, recipient_id varchar(256) NOT NULL,
-    domain varchar(253) NOT NULL, url text NOT NULL, ip varchar(45), user_agent text,
-    method varchar(8) NOT NULL, clicked_at timestamptz NOT NULL, bot boolean NOT NULL,
-    bot_reason varchar(100), logged_at timestamptz NOT NULL DEFAULT now()"""
-_COPIED = ("id, event_id, customer_id, campaign_id, recipient_id, domain, url, ip, user_agent, "
-           "method, clicked_at, bot, bot_reason, logged_at")
 _INDEXES = (("ix_tracking_logs_campaign_id_clicked_at", "campaign_id, clicked_at"),
             ("ix_tracking_logs_customer_id_clicked_at", "customer_id, clicked_at"))
 _KEY = "campaign_id, customer_id, day, domain"
@@ -237,9 +229,10 @@ def _partition_tracking_logs() -> None:
                "DROP CONSTRAINT uq_tracking_logs_event_id")
     for index, _columns in _INDEXES:
         op.execute(f"DROP INDEX {index}")
-    op.execute("CREATE TABLE tracking_logs (id bigint NOT NULL "
-               f"DEFAULT nextval('tracking_logs_id_seq'), {_LOG_COLUMNS}) "
-               "PARTITION BY RANGE (clicked_at)")
+    # LIKE: the same columns, in order, with their defaults (the id's sequence too),
+    # whatever columns earlier revisions added.
+    op.execute("CREATE TABLE tracking_logs (LIKE tracking_logs_unpartitioned "
+               "INCLUDING DEFAULTS) PARTITION BY RANGE (clicked_at)")
     op.execute("ALTER SEQUENCE tracking_logs_id_seq OWNED BY tracking_logs.id")
     op.execute("CREATE TABLE tracking_logs_default PARTITION OF tracking_logs DEFAULT")
     connection = op.get_bind()
@@ -249,8 +242,7 @@ def _partition_tracking_logs() -> None:
     click_partitions.maintain(connection, today=datetime.now(UTC).date(),
                               retention_days=None, extra_months=months)
     # Rows first, then the indexes: one sorted build per partition beats row-by-row.
-    op.execute(f"INSERT INTO tracking_logs ({_COPIED}) "
-               f"SELECT {_COPIED} FROM tracking_logs_unpartitioned")
+    op.execute("INSERT INTO tracking_logs SELECT * FROM tracking_logs_unpartitioned")
     op.execute("ALTER TABLE tracking_logs ADD CONSTRAINT uq_tracking_logs_event_id_clicked_at "
                "UNIQUE (event_id, clicked_at)")
     for index, columns in _INDEXES:
@@ -276,13 +268,12 @@ def downgrade() -> None:
                "DROP CONSTRAINT uq_tracking_logs_event_id_clicked_at")
     for index, _columns in _INDEXES:
         op.execute(f"DROP INDEX {index}")
-    op.execute("CREATE TABLE tracking_logs (id bigint NOT NULL "
-               f"DEFAULT nextval('tracking_logs_id_seq'), {_LOG_COLUMNS}, "
+    op.execute("CREATE TABLE tracking_logs (LIKE tracking_logs_partitioned INCLUDING DEFAULTS, "
                "CONSTRAINT pk_tracking_logs PRIMARY KEY (id), "
                "CONSTRAINT uq_tracking_logs_event_id UNIQUE (event_id))")
     op.execute("ALTER SEQUENCE tracking_logs_id_seq OWNED BY tracking_logs.id")
-    op.execute(f"INSERT INTO tracking_logs ({_COPIED}) SELECT {_COPIED} "
-               "FROM tracking_logs_partitioned ON CONFLICT (event_id) DO NOTHING")
+    op.execute("INSERT INTO tracking_logs SELECT * FROM tracking_logs_partitioned "
+               "ON CONFLICT (event_id) DO NOTHING")
     for index, columns in _INDEXES:
         op.execute(f"CREATE INDEX {index} ON tracking_logs ({columns})")
     op.execute("DROP TABLE tracking_logs_partitioned")
