@@ -9,7 +9,8 @@ Four fresh databases: `today` (migrated to revision 0003: one table, reports sca
 `partitioned` (head), each once to fill and once kept empty. At each size, in 3 rounds,
 each design in turn:
 - logger rate: the logger's own ClickStore writing 5000-row batches of new clicks (time-
-  ordered ids, now, 200 live campaigns) for `--seconds`, rows per second of store time,
+  ordered ids, now, 200 campaigns new to each run) for `--seconds`, rows per second of
+  store time,
   on the empty twin (emptied again first) and then on the filled one: the ratio of the
   two medians is the figure, both taken under the same load of the shared machine;
 - campaign report: `trackctl clicks` for one campaign of the filled store (today: the
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -54,6 +56,7 @@ BATCH = 5000
 SPAN_DAYS = 360
 PER_CAMPAIGN = 10_000
 ROUNDS = 3
+_RUNS = itertools.count()
 REPORT_RUNS = 15
 
 _FILL = """
@@ -117,9 +120,12 @@ class Figures:
     aggregates_mb_per_m: float
 
 
-def live_rows(ids: EventIds, count: int, offset: int) -> list[Row]:
+def live_rows(ids: EventIds, count: int, offset: int, run: int) -> list[Row]:
+    """New clicks on 200 campaigns of their own per measurement (`run`), so no measurement
+    meets the recipients of an earlier one (the empty twin never would)."""
     now = datetime.now(UTC)
-    return [(ids.next(), f"cust-{n % 200}", f"live-{n % 200}", f"rcpt-{(n * 7919) % 50_000}",
+    return [(ids.next(), f"cust-{n % 200}", f"live-{run}-{n % 200}",
+             f"rcpt-{(n * 7919) % 50_000}",
              "click.bench.test", f"https://shop.example/products/{n % 1000}?utm_source=email",
              "192.0.2.1", "Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0", "GET", now,
              n % 7 == 0, "user-agent:bench" if n % 7 == 0 else None)
@@ -128,9 +134,9 @@ def live_rows(ids: EventIds, count: int, offset: int) -> list[Row]:
 
 async def logger_rate(target: Store, seconds: float) -> float:
     """Rows per second of ClickStore.insert time (building the rows is not counted)."""
-    ids, spent, written = EventIds(), 0.0, 0
+    ids, spent, written, run = EventIds(), 0.0, 0, next(_RUNS)
     while spent < seconds:
-        batch = live_rows(ids, BATCH, written)
+        batch = live_rows(ids, BATCH, written, run)
         started = time.perf_counter()
         written += await target.store.insert(batch)
         spent += time.perf_counter() - started
