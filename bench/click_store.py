@@ -1,11 +1,11 @@
 """The click store as it grows: today's one table beside the monthly partitions with their
-aggregates (migration 0004), filled side by side, measured at each size in the same run.
+aggregates (migration 0007), filled side by side, measured at each size in the same run.
 
     .venv/bin/python -m bench.click_store                              # 1M, 4M rows
     .venv/bin/python -m bench.click_store --sizes 0,5000000,20000000   # the issue's 20M: long
-    .venv/bin/python -m bench.click_store --migrate 1000000,4000000    # migration 0004's time
+    .venv/bin/python -m bench.click_store --migrate 1000000,4000000    # migration 0007's time
 
-Four fresh databases: `today` (migrated to revision 0003: one table, reports scan it) and
+Four fresh databases: `today` (migrated to revision 0006: one table, reports scan it) and
 `partitioned` (head), each once to fill and once kept empty. At each size, in 3 rounds,
 each design in turn:
 - logger rate: the logger's own ClickStore writing 5000-row batches of new clicks (time-
@@ -14,7 +14,7 @@ each design in turn:
   on the empty twin (emptied again first) and then on the filled one: the ratio of the
   two medians is the figure, both taken under the same load of the shared machine;
 - campaign report: `trackctl clicks` for one campaign of the filled store (today: the
-  raw-table queries it ran before 0004; partitioned: `trackctl.clicks.campaign_report`
+  raw-table queries it ran before 0007; partitioned: `trackctl.clicks.campaign_report`
   on the aggregates), median of 15 after one warm-up;
 - disk: clicks and aggregates, total relation sizes (indexes included), per million rows.
 The filled stores grow to each size by INSERT ... SELECT generate_series in
@@ -23,7 +23,7 @@ order over the last 360 days (so every month, the current one too, holds its sha
 every size), 1 in 7 a bot, campaigns of 10,000 clicks (at the largest size) on 5,000
 recipients.
 
-`--migrate N,...` instead times `trackctl db upgrade` from 0003 to 0004 (the pause the
+`--migrate N,...` instead times `trackctl db upgrade` from 0006 to 0007 (the pause the
 loggers take) on a one-table store of N rows filled the same way, and checks the count.
 """
 
@@ -71,7 +71,7 @@ FROM (SELECT $1::bigint + r AS j, floor(r::float8 / $2 * $3)::bigint AS c,
              $4::bigint + (r::float8 / $2 * $5)::bigint AS ms
       FROM generate_series($6::bigint, $7::bigint) r) t
 """
-# What `trackctl clicks` asked of the one table before 0004 (its three queries).
+# What `trackctl clicks` asked of the one table before 0007 (its three queries).
 _TODAY_REPORT = (
     "SELECT count(*), count(*) FILTER (WHERE NOT bot), count(*) FILTER (WHERE bot), "
     "count(DISTINCT CASE WHEN NOT bot THEN recipient_id END), count(DISTINCT recipient_id), "
@@ -273,13 +273,13 @@ def table(found: list[Figures]) -> str:
 
 async def open_store(name: str, database: DatabaseSettings) -> Store:
     if name == "today":
-        await downgrade(database, "0003")
+        await downgrade(database, "0006")
     engine = create_engine(database, pool_size=2, pre_ping=False)
     return Store(database, engine, click_store(engine))
 
 
 async def migration_s(database: DatabaseSettings, rows: int) -> float:
-    """Seconds to migrate a store of `rows` clicks at 0003 to head; every row kept."""
+    """Seconds to migrate a store of `rows` clicks at 0006 to head; every row kept."""
     target = await open_store("today", database)
     try:
         await fill(target, 0, rows, rows)
@@ -304,13 +304,13 @@ def main() -> None:
                         help="rows stored at each measurement, ascending (default 1M,4M)")
     parser.add_argument("--seconds", type=float, default=4.0,
                         help="store time per logger-rate measurement (default 4)")
-    parser.add_argument("--migrate", help="instead: time migration 0004 on these row counts")
+    parser.add_argument("--migrate", help="instead: time migration 0007 on these row counts")
     args = parser.parse_args()
     sizes = sorted(int(size) for size in args.sizes.split(","))
     servers = Servers.from_environment()
     servers.preflight()
     if args.migrate:
-        print("| rows | migration 0004 | rows/s |\n| ---: | ---: | ---: |")
+        print("| rows | migration 0007 | rows/s |\n| ---: | ---: | ---: |")
         for rows in (int(size) for size in args.migrate.split(",")):
             with fresh_database(servers, "migrate") as database:
                 seconds = asyncio.run(migration_s(database, rows))

@@ -1,7 +1,7 @@
 """`trackctl clicks --campaign K`: a campaign's clicks, people and bots apart.
 
 Read from the per-day aggregates the database keeps as clicks are committed or
-reclassified (`click_daily`, `click_recipients`, `click_reasons`: migration 0004), never
+reclassified (`click_daily`, `click_recipients`, `click_reasons`: migration 0007), never
 from the raw clicks, so a report costs the same with a billion clicks stored. Hence
 `--since`/`--until` select whole UTC days: from the day of `--since` up to the day of
 `--until` (included when `--until` is not midnight). Bot clicks (link scanners,

@@ -9,7 +9,7 @@ goes the idempotent way in a second one: COPY into a session-local staging table
 partitioned by month of `clicked_at`, and a unique index there must include it; a
 redelivered event carries its own time again, so that is still one row per event id.
 The triggers on `tracking_logs` keep the click_* aggregates in the same transaction,
-from the rows actually inserted (migration 0004). COPY is several times
+from the rows actually inserted (migration 0007). COPY is several times
 faster than row inserts, and the staging path writes every row twice, so taking it
 only when needed roughly halves the database's work. SQLite: `INSERT OR IGNORE` with
 executemany.

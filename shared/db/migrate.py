@@ -25,7 +25,7 @@ def alembic_config() -> Config:
 
 async def upgrade(settings: DatabaseSettings, revision: str = "head") -> None:
     """Bring the schema to `revision`. Safe to repeat; run it once per deploy. No
-    statement timeout: 0004 copies the click table (docs/operations.md#the-click-store)."""
+    statement timeout: 0007 copies the click table (docs/operations.md#the-click-store)."""
     engine = create_engine(settings, command_timeout=None)
     try:
         await run_with_engine(engine, "upgrade", revision)

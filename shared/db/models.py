@@ -54,7 +54,7 @@ class TrackingLog(Base):
     which every unique constraint must include: a click is one (`event_id`, `clicked_at`),
     and since every delivery of an event carries the event's own time, that is one row
     per event id. Statement triggers keep the click_* aggregates below in step with
-    inserts and with changes of `bot`/`bot_reason` (migration 0004)."""
+    inserts and with changes of `bot`/`bot_reason` (migration 0007)."""
 
     __tablename__ = "tracking_logs"
 

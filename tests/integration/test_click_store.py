@@ -70,7 +70,7 @@ async def partition_of(engine: AsyncEngine, event_id: str) -> str:
 
 async def test_migration_from_the_unpartitioned_table_keeps_every_row(
         database: DatabaseSettings, engine: AsyncEngine) -> None:
-    await downgrade(database, "0003")
+    await downgrade(database, "0006")
     assert await scalar(engine, "SELECT relkind::text FROM pg_class "
                             "WHERE relname = 'tracking_logs'") == "r"
     old = [click(f"e{n}", at(date(2025, 1 + n % 12, 1 + n % 28), n % 24),
@@ -96,7 +96,7 @@ async def test_migration_from_the_unpartitioned_table_keeps_every_row(
     assert isinstance(new_id, int) and new_id > max(int(str(i)) for i, _e, _t in before)
     # And back: one table again, every row still there.
     after = await rows(engine, "SELECT id, event_id, clicked_at FROM tracking_logs ORDER BY id")
-    await downgrade(database, "0003")
+    await downgrade(database, "0006")
     assert await scalar(engine, "SELECT relkind::text FROM pg_class "
                                 "WHERE relname = 'tracking_logs'") == "r"
     assert await rows(engine, "SELECT id, event_id, clicked_at FROM tracking_logs "
@@ -209,10 +209,10 @@ def test_migration_runs_on_a_sqlite_database_with_clicks(tmp_path: Path) -> None
     settings = DatabaseSettings(url=f"sqlite+aiosqlite:///{tmp_path}/x.db")
 
     async def scenario() -> None:
-        await upgrade(settings, "0003")
+        await upgrade(settings, "0006")
         engine = create_engine(settings)
         try:
-            async with engine.begin() as connection:  # as the logger of revision 0003 did
+            async with engine.begin() as connection:  # as the logger of revision 0006 did
                 await connection.execute(text(
                     f"INSERT INTO tracking_logs ({', '.join(COLUMNS)}) VALUES "
                     f"({', '.join(':' + column for column in COLUMNS)})"),

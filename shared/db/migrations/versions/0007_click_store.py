@@ -1,7 +1,7 @@
 """tracking_logs partitioned by month (PostgreSQL); per-campaign click aggregates
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-02
 
 PostgreSQL: the unpartitioned table is renamed aside, a partitioned `tracking_logs`
@@ -24,8 +24,8 @@ from alembic import op
 
 from shared.db import click_partitions
 
-revision = "0004"
-down_revision = "0003"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
