@@ -27,7 +27,9 @@ def make_links(count: int) -> Links:
                   "recipient_id": f"rcpt-{i:07d}",
                   "url": f"https://shop{i % 20}.example/products/{i}?utm_source=email"
                          f"&utm_campaign=camp-{i % 200}"}
-        links.append((signer.mint_token(**fields), fields))
+        links.append((signer.mint_token(
+            customer_id=fields["customer_id"], campaign_id=fields["campaign_id"],
+            recipient_id=fields["recipient_id"], url=fields["url"]), fields))
     return links
 
 
