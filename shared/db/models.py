@@ -68,11 +68,30 @@ class TrackingLog(Base):
     logged_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
+    # Every reason the click looks automated, strongest first, comma-separated
+    # (shared/bot_verdict.py); `bot_reason` is the first of them when `bot`.
+    reasons: Mapped[str | None] = mapped_column(Text)
+    # When the classifier first changed the row (click.classified), else null.
+    reclassified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         Index(None, "campaign_id", "clicked_at"),
         Index(None, "customer_id", "clicked_at"),
     )
+
+
+class ClickClassification(Base):
+    """A `click.classified` whose click is not stored yet: the logger applies it to the
+    row once the row exists, then deletes it (services/logger/database.py)."""
+
+    __tablename__ = "click_classifications"
+
+    event_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    bot: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    reasons: Mapped[str | None] = mapped_column(Text)
+    clicked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    received_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now())
 
 
 class TrackingDomain(Base):
