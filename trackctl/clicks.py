@@ -2,14 +2,16 @@
 
 Everything is counted in the database (one aggregate query per table), so a
 campaign with millions of clicks costs a few index scans, not a download.
-Bot clicks (link scanners, previews, HEAD requests: services/redirector/bots.py)
-are stored with `bot = true` and a `bot_reason`; they are shown, never mixed in.
+Bot clicks (link scanners, previews, HEAD requests: docs/classification.md) are
+stored with `bot = true` and all their `reasons`; they are shown, never mixed in.
+Reasons are counted per distinct combination in the database (a handful per
+campaign), then per reason here: a click counts under each of its reasons.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -72,11 +74,18 @@ async def campaign_report(engine: AsyncEngine, *, campaign: str, customer: str |
     reasons_query = (select(L.bot_reason.label("reason"), func.count().label("clicks"))
                      .where(where, L.bot.is_(True)).group_by(L.bot_reason)
                      .order_by(func.count().desc(), L.bot_reason))
+    # Rows older than `reasons` have at most their bot_reason.
+    every_reason = func.coalesce(L.reasons, L.bot_reason)
+    combinations_query = (select(every_reason.label("reasons"), L.bot,
+                                 func.count().label("clicks"))
+                          .where(where, every_reason.is_not(None))
+                          .group_by(every_reason, L.bot))
     async with engine.connect() as connection:
         totals = dict((await connection.execute(totals_query)).one()._mapping)
         domains = [dict(r._mapping) for r in (await connection.execute(domains_query)).all()]
         reasons = [{"reason": r.reason or "unknown", "clicks": r.clicks}
                    for r in (await connection.execute(reasons_query)).all()]
+        combinations = (await connection.execute(combinations_query)).all()
     for key in ("first_click", "last_click"):
         totals[key] = as_utc(totals[key])
     for row in domains:
@@ -88,7 +97,19 @@ async def campaign_report(engine: AsyncEngine, *, campaign: str, customer: str |
         "domains": [{**row, "human": int(row["human"]), "bot": int(row["bot"])}
                     for row in domains],
         "bot_reasons": reasons,
+        "reasons": by_reason((r.reasons, r.bot, r.clicks) for r in combinations),
     }
+
+
+def by_reason(combinations: Iterable[tuple[str, bool, int]]) -> list[dict[str, Any]]:
+    """Each reason's bot and human clicks (a weak reason alone leaves a click human)."""
+    counts: dict[str, dict[str, int]] = {}
+    for reasons, bot, clicks in combinations:
+        for reason in filter(None, reasons.split(",")):
+            entry = counts.setdefault(reason, {"bot": 0, "human": 0})
+            entry["bot" if bot else "human"] += int(clicks)
+    return [{"reason": reason, **entry} for reason, entry in sorted(
+        counts.items(), key=lambda item: (-item[1]["bot"] - item[1]["human"], item[0]))]
 
 
 def render(report: Mapping[str, Any]) -> str:
@@ -116,10 +137,10 @@ def render(report: Mapping[str, Any]) -> str:
         ("domain", "human", "bot", "human recipients", "last click"),
         [(d["domain"], d["human"], d["bot"], d["human_recipients"], d["last_click"])
          for d in report["domains"]], right=("human", "bot", "human recipients"))
-    if report["bot_reasons"]:
-        text += "\n\n" + table(("bot reason", "clicks"),
-                               [(r["reason"], r["clicks"]) for r in report["bot_reasons"]],
-                               right=("clicks",))
+    if report["reasons"]:
+        text += "\n\n" + table(("reason", "bot", "human"),
+                               [(r["reason"], r["bot"], r["human"]) for r in report["reasons"]],
+                               right=("bot", "human"))
     return text
 
 
