@@ -281,6 +281,12 @@ def score(corpus: Corpus, rows: Sequence[Mapping[str, Any]]) -> Score:
     return Score(matrix, dict(kinds), reasons)
 
 
-def write_scanner_file(path: Path) -> Path:
-    path.write_text("# the corpus's listed scanner networks\n" + SCANNER_FILE)
+def write_scanner_file(path: Path, extra: int = 0) -> Path:
+    """The corpus's listed networks, and `extra` more /24s (a file as long as a real one:
+    the vendors' lists run to hundreds of ranges)."""
+    rng = random.Random(15)
+    more = "".join(
+        f"{ipaddress.ip_address((rng.randrange(1, 223) << 24) | (rng.randrange(1 << 16) << 8))}"
+        f"/24 vendor-{n % 7}\n" for n in range(extra))
+    path.write_text("# the corpus's listed scanner networks\n" + SCANNER_FILE + more)
     return path

@@ -48,6 +48,7 @@ class Click:
 class _Window:
     clicks: list[Click] = field(default_factory=list)  # by `at`
     ids: set[str] = field(default_factory=set)
+    honeypots: int = 0  # honeypot clicks among `clicks`
 
 
 @dataclass
@@ -84,12 +85,21 @@ class Windows:
         bisect.insort(window.clicks, click, key=lambda c: c.at)
         self.held += 1
         horizon = self._newest - self.settle_s
+        if click.honeypot:
+            window.honeypots += 1
         while window.clicks[0].at < horizon:  # a recipient clicking for hours keeps a minute
-            window.ids.discard(window.clicks.pop(0).event_id)
+            gone = window.clicks.pop(0)
+            window.ids.discard(gone.event_id)
+            window.honeypots -= gone.honeypot
             self.held -= 1
+        if len(window.clicks) < min(self.burst_links, 2) or (
+                len(window.clicks) < self.burst_links and not window.honeypots):
+            return []  # most recipients: one click, nothing to relate it to
         found: dict[int, set[str]] = {}
-        self._bursts(window.clicks, click, found)
-        self._honeypots(window.clicks, click, found)
+        if len(window.clicks) >= self.burst_links:
+            self._bursts(window.clicks, click, found)
+        if window.honeypots:
+            self._honeypots(window.clicks, click, found)
         changed = []
         for one in window.clicks:
             extra = found.get(id(one))
