@@ -8,9 +8,10 @@ and classifier (this tree), time scaled by `--scale` (the services' thresholds a
 prints the confusion matrix docs/classification.md shows.
 
 `rate`: the classifier's queue pre-loaded with `--clicks` click events (batched messages of
-500, as redirectors send them; event times at `--event-rate` clicks a second, a third of
-the recipients scanned: a burst of five links), then a classifier started: how long it
-takes to empty its queue, publishing its click.classified, and its CPU per click.
+500, as redirectors send them; event times at `--event-rate` clicks a second, a share
+`--scanned` of the recipients (a third) scanned: a burst of five links), then a classifier
+started: how long it takes to ack every message, publishing its click.classified, and
+its CPU per click.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def corpus(args: argparse.Namespace, servers: Servers, out: Path) -> None:
                 f"{reason} {count}" for reason, count in result.reasons.most_common()))
 
 
-async def preload(servers: Servers, exchange: str, clicks: int, event_rate: float) -> int:
+async def preload(servers: Servers, exchange: str, clicks: int, event_rate: float,
+                  scanned: float) -> int:
     """Fill the classifier's queue (and the rest of the topology) with click messages."""
     rng = random.Random(15)
     connection = await aio_pika.connect(servers.amqp_url)
@@ -88,7 +90,7 @@ async def preload(servers: Servers, exchange: str, clicks: int, event_rate: floa
         made, recipient = 0, 0
         while made < clicks:
             recipient += 1
-            links = 5 if rng.random() < 1 / 3 else 1
+            links = 5 if rng.random() < scanned else 1
             for n in range(links):
                 at = start + made / event_rate
                 batch.append(encode_event(ClickTracked(
@@ -116,7 +118,8 @@ async def depth(servers: Servers, queue: str) -> int:
 
 def rate(args: argparse.Namespace, servers: Servers, out: Path) -> None:
     with fresh_namespace(servers, "classify-rate") as exchange:
-        made = asyncio.run(preload(servers, exchange, args.clicks, args.event_rate))
+        made = asyncio.run(preload(servers, exchange, args.clicks, args.event_rate,
+                                   args.scanned))
         queue = f"{exchange}.{CLASSIFIER_QUEUE}"
         messages = asyncio.run(depth(servers, queue))
         say(f"{made:,} clicks in {queue} ({messages:,} messages)")
@@ -148,6 +151,8 @@ def main() -> None:
     full_rate = commands.add_parser("rate", help="the classifier's rate, from a full queue")
     full_rate.add_argument("--clicks", type=int, default=200_000)
     full_rate.add_argument("--event-rate", type=float, default=3000.0)
+    full_rate.add_argument("--scanned", type=float, default=1 / 3,
+                           help="share of recipients whose scanner fetches five links")
     full_rate.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                            help="a setting for the classifier (repeatable)")
     args = parser.parse_args()
