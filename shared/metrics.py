@@ -485,6 +485,7 @@ SERVICE_METRICS: Mapping[str, Callable[[CollectorRegistry], object]] = {
     "logger": LoggerMetrics,
     "verifier": VerifierMetrics,
     "certifier": CertifierMetrics,
+    "classifier": ClassifierMetrics,
 }
 
 
