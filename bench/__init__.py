@@ -10,6 +10,8 @@
     .venv/bin/python -m bench.click_store    # one table vs monthly partitions + aggregates
     .venv/bin/python -m bench.decode_cost    # the logger's decoding, per click
     .venv/bin/python -m bench.handler_cost   # the redirector's handler, per click
+    .venv/bin/python -m bench.classify corpus   # scanners and people told apart (confusion)
+    .venv/bin/python -m bench.classify rate     # the classifier's rate from a full queue
 
 The figures they gave live in docs/performance.md, not here. Processes, ports and scratch
 databases come from demo/ (the local world the tests use too); what only benchmarks need

@@ -4,7 +4,8 @@
     cd OTHER_TREE && /path/to/this/.venv/bin/python -m bench.handler_cost   # another one
 
 N calls (default 100,000) per round, ROUNDS rounds (default 7), after a warm-up, over
-1,000 distinct signed links, spool on /dev/shm where there is one. Prints the minimum and
+1,000 distinct signed links (minted an hour ago: `t` is checked on every click), spool on
+/dev/shm where there is one. Prints the minimum and
 median microseconds per call. No HTTP, no broker: it isolates what the handler adds (used
 to measure what metrics cost per click, docs/observability.md). It calls
 `Redirector.handle`, the dispatcher every request goes through.
@@ -47,7 +48,8 @@ async def main(root: Path) -> None:
     requests = []
     for i in range(1000):
         token = signer.mint_token(customer_id="c1", campaign_id="k", recipient_id=f"r{i}",
-                                  url=f"https://example.com/p?i={i}")
+                                  url=f"https://example.com/p?i={i}",
+                                  minted_at=int(time.time()) - 3600)
         requests.append(make_mocked_request("GET", f"/t/{token}", headers={
             "Host": HOST, "User-Agent": "Mozilla/5.0 (X11; Linux x86_64)"},
             match_info={"token": token}))

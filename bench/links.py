@@ -18,8 +18,9 @@ USER_AGENT = ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like G
 Links = list[tuple[str, dict[str, str]]]
 
 
-def make_links(count: int) -> Links:
-    """`count` distinct signed links: (token, the fields it was minted from) each."""
+def make_links(count: int, minted_at: int | None = None) -> Links:
+    """`count` distinct signed links: (token, the fields it was minted from) each; with
+    `minted_at`, each carries that minting time `t` (docs/links.md)."""
     signer = LinkSigner(parse_link_keys(LINK_KEYS))
     links = []
     for i in range(count):
@@ -27,7 +28,10 @@ def make_links(count: int) -> Links:
                   "recipient_id": f"rcpt-{i:07d}",
                   "url": f"https://shop{i % 20}.example/products/{i}?utm_source=email"
                          f"&utm_campaign=camp-{i % 200}"}
-        links.append((signer.mint_token(**fields), fields))
+        links.append((signer.mint_token(
+            customer_id=fields["customer_id"], campaign_id=fields["campaign_id"],
+            recipient_id=fields["recipient_id"], url=fields["url"], minted_at=minted_at),
+            fields))
     return links
 
 

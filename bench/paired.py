@@ -3,6 +3,8 @@
     git worktree add /tmp/base main                # the tree to compare against
     .venv/bin/python -m bench.paired /tmp/base     # this tree (B) against that one (A)
     .venv/bin/python -m bench.paired . --env-b CLICK_BATCH_SIZE=2000   # a setting, same tree
+    .venv/bin/python -m bench.paired /tmp/base --minted \
+        --env-b SCANNER_NETWORKS_FILE=bench/scanner-networks.cidr    # classification's cost
 
 Run it from this tree's root. This machine's speed drifts within minutes
 (docs/performance.md), so runs of A and then B measure the drift as much as the code.
@@ -24,6 +26,7 @@ import argparse
 import statistics
 import subprocess
 import tempfile
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -78,6 +81,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--duration", type=int, default=6, help="seconds per run")
     parser.add_argument("--connections", type=int, default=32, help="per wrk")
+    parser.add_argument("--minted", action="store_true",
+                        help="links carry their minting time t (now): both trees read it, "
+                             "a tree that classifies checks it on every click")
     args = parser.parse_args()
     trees = {"A": args.other.resolve(), "B": ROOT}
     own_env = {side: dict(item.split("=", 1) for item in items)
@@ -85,7 +91,7 @@ def main() -> None:
     servers = Servers.from_environment()
     (BENCH / "out").mkdir(exist_ok=True)
     out = Path(tempfile.mkdtemp(prefix="paired-", dir=BENCH / "out"))
-    links = make_links(20_000)
+    links = make_links(20_000, minted_at=int(time.time()) if args.minted else None)
     paths = write_paths(links, out / "paths.txt")
     say(f"A = {trees['A']} {own_env['A'] or ''}, B = {trees['B']} {own_env['B'] or ''}; "
         f"logs in {out}")

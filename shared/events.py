@@ -34,6 +34,7 @@ Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 DomainName = Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
 Url = Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]
 Reason = Annotated[str, msgspec.Meta(max_length=2000)]
+BotReason = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
 
 
 class EventData(msgspec.Struct, kw_only=True, frozen=True):
@@ -171,7 +172,29 @@ class ClickTracked(EventData, frozen=True):
     user_agent: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
     method: Annotated[str, msgspec.Meta(min_length=1, max_length=8)] = "GET"
     bot: bool = False
+    # The first of `reasons` when `bot`: kept for consumers older than `reasons`.
     bot_reason: Annotated[str, msgspec.Meta(max_length=100)] | None = None
+    # Added in version 1 (optional): every reason the click looks automated, strongest
+    # first, even when they do not make it a bot (docs/classification.md).
+    reasons: Annotated[list[BotReason], msgspec.Meta(max_length=32)] = msgspec.field(
+        default_factory=list)
+
+
+class ClickClassified(EventData, frozen=True):
+    """A click's verdict changed after the fact, from what several clicks showed.
+
+    `event_id` is the `click.tracked` event's id; `reasons` are all the click's reasons
+    now (the ones it was tracked with included), `bot` the verdict they make.
+    """
+
+    TYPE: ClassVar[str] = "click.classified"
+    event_id: Id
+    customer_id: Id
+    campaign_id: Id
+    recipient_id: Id
+    clicked_at: datetime  # the click.tracked event's time: where the row is
+    bot: bool
+    reasons: Annotated[list[BotReason], msgspec.Meta(max_length=32)]
 
 
 class DestinationListed(EventData, frozen=True):
@@ -212,7 +235,7 @@ EVENT_TYPES: dict[str, type[EventData]] = {
     cls.TYPE: cls
     for cls in (DomainCreated, DomainDeleted, DomainVerified, DomainRejected, DomainLapsed,
                 CertificateIssued, CertificateFailed, CertificateExpiring, DomainListed,
-                DomainDelisted, ClickTracked, DestinationListed)
+                DomainDelisted, ClickTracked, DestinationListed, ClickClassified)
 }
 
 D = TypeVar("D", bound=EventData)

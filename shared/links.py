@@ -5,8 +5,10 @@ Format (docs/links.md is the contract for other languages)::
     https://<host>/t/v1.<kid>.<payload>.<signature>
 
 - `payload`: base64url (no padding) of a UTF-8 JSON object with string fields
-  `c` (customer id), `k` (campaign id), `r` (recipient id), `u` (destination URL).
-  Unknown fields are ignored, so later versions can add some.
+  `c` (customer id), `k` (campaign id), `r` (recipient id), `u` (destination URL),
+  and two optional integers: `t` (minting time, Unix seconds: the platform mints at
+  send time) and `h` (1: a honeypot link the platform hides from people). Unknown
+  fields are ignored, so later versions can add some (as `t` and `h` were).
 - `signature`: base64url (no padding) of HMAC-SHA256(secret of `kid`, the ASCII
   text `v1.<kid>.<payload>`).  Signing the encoded text, not the JSON, means no
   implementation has to reproduce our JSON byte for byte.
@@ -39,11 +41,13 @@ class LinkError(ValueError):
 _IdText = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
 
-class _Payload(msgspec.Struct):
+class _Payload(msgspec.Struct, omit_defaults=True):
     c: _IdText
     k: _IdText
     r: _IdText
     u: str
+    t: int | None = None
+    h: int = 0
 
 
 class Link(msgspec.Struct, frozen=True):
@@ -58,6 +62,8 @@ class Link(msgspec.Struct, frozen=True):
     recipient_id: str
     url: str
     kid: str
+    minted_at: int | None = None  # `t`: Unix seconds, when the platform sent the mail
+    honeypot: bool = False  # `h: 1`: a link hidden from people, so only machines follow it
 
 
 _BLOCK = 64  # SHA-256's block size: what HMAC pads the key to
@@ -124,7 +130,7 @@ class LinkSigner:
         self._macs = {key.kid: _Mac(key.secret) for key in keys}
 
     def mint_token(self, *, customer_id: str, campaign_id: str, recipient_id: str,
-                   url: str) -> str:
+                   url: str, minted_at: int | None = None, honeypot: bool = False) -> str:
         for name, value in (("customer", customer_id), ("campaign", campaign_id),
                             ("recipient", recipient_id)):
             if not value:
@@ -134,8 +140,11 @@ class LinkSigner:
             if "\x00" in value:
                 raise LinkError(f"{name} id must not contain the NUL character")
         check_destination(url)
+        if minted_at is not None and minted_at < 0:
+            raise LinkError("the minting time must be Unix seconds, not negative")
         payload = _payload_encoder.encode(
-            _Payload(c=customer_id, k=campaign_id, r=recipient_id, u=url)
+            _Payload(c=customer_id, k=campaign_id, r=recipient_id, u=url, t=minted_at,
+                     h=1 if honeypot else 0)
         )
         signed = f"{VERSION}.{self._signing.kid}.{_b64encode(payload)}"
         signature = self._macs[self._signing.kid].digest(signed.encode("ascii"))
@@ -146,9 +155,11 @@ class LinkSigner:
         return token
 
     def mint_url(self, host: str, *, customer_id: str, campaign_id: str, recipient_id: str,
-                 url: str, scheme: str = "https") -> str:
+                 url: str, scheme: str = "https", minted_at: int | None = None,
+                 honeypot: bool = False) -> str:
         token = self.mint_token(customer_id=customer_id, campaign_id=campaign_id,
-                                recipient_id=recipient_id, url=url)
+                                recipient_id=recipient_id, url=url, minted_at=minted_at,
+                                honeypot=honeypot)
         return f"{scheme}://{host}{PATH_PREFIX}{token}"
 
     def verify(self, token: str) -> Link:
@@ -187,4 +198,4 @@ class LinkSigner:
             # Such a click could never be stored: refuse the link rather than lose the click.
             raise LinkError("an id contains the NUL character")
         return Link(customer_id=payload.c, campaign_id=payload.k, recipient_id=payload.r,
-                    url=url, kid=kid)
+                    url=url, kid=kid, minted_at=payload.t, honeypot=payload.h == 1)

@@ -315,6 +315,25 @@ class LoggerMetrics:
         self.pending_rows.set_function(pending_rows)
 
 
+# --- the classifier ---------------------------------------------------------------------------
+
+class ClassifierMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.consumer = ConsumerMetrics(registry)
+        self.clicks = Counter(
+            "tracking_classifier_clicks", "Clicks the classifier looked at.", registry=registry)
+        self.reclassified = Counter(
+            "tracking_classifier_reclassified", "Clicks whose verdict the classifier changed "
+            "(click.classified published), by the new verdict (bot: true or false).", ["bot"],
+            registry=registry)
+        self.held = Gauge(
+            "tracking_classifier_clicks_held", "Clicks in the classifier's windows (memory).",
+            registry=registry)
+
+    def watch(self, *, held: Callable[[], float]) -> None:
+        self.held.set_function(held)
+
+
 # --- the verifier -----------------------------------------------------------------------------
 
 class ReputationMetrics:
@@ -466,6 +485,7 @@ SERVICE_METRICS: Mapping[str, Callable[[CollectorRegistry], object]] = {
     "logger": LoggerMetrics,
     "verifier": VerifierMetrics,
     "certifier": CertifierMetrics,
+    "classifier": ClassifierMetrics,
 }
 
 

@@ -1,11 +1,12 @@
 """`trackctl clicks --campaign K`: a campaign's clicks, people and bots apart.
 
 Read from the per-day aggregates the database keeps as clicks are committed or
-reclassified (`click_daily`, `click_recipients`, `click_reasons`: migration 0007), never
-from the raw clicks, so a report costs the same with a billion clicks stored. Hence
-`--since`/`--until` select whole UTC days: from the day of `--since` up to the day of
-`--until` (included when `--until` is not midnight). Bot clicks (link scanners,
-previews, HEAD requests: services/redirector/bots.py) are shown, never mixed in.
+reclassified (`click_daily`, `click_recipients`, `click_reasons`: migrations 0007 and
+0008), never from the raw clicks, so a report costs the same with a billion clicks
+stored. Hence `--since`/`--until` select whole UTC days: from the day of `--since` up to
+the day of `--until` (included when `--until` is not midnight). Bot clicks (link
+scanners, previews, HEAD requests: docs/classification.md) are shown, never mixed in,
+and each reason's bot and human clicks (a click counts under each of its reasons).
 """
 
 from __future__ import annotations
@@ -94,10 +95,12 @@ async def campaign_report(engine: AsyncEngine, *, campaign: str, customer: str |
         func.sum(D.clicks - D.human_clicks).label("bot"),
         func.max(D.last_click).label("last_click"))
         .where(daily).group_by(D.domain).order_by(func.sum(D.clicks).desc(), D.domain))
-    reasons_query = (select(C.reason, func.sum(C.clicks).label("clicks"))
-                     .where(_where(C, campaign, customer, first, end)).group_by(C.reason)
-                     .having(func.sum(C.clicks) > 0)
-                     .order_by(func.sum(C.clicks).desc(), C.reason))
+    # One row per reason: its bot clicks by first reason (`bot_reasons`) and its bot and
+    # human clicks under every reason (`reasons`).
+    reasons_query = (select(C.reason, func.sum(C.clicks).label("clicks"),
+                            func.sum(C.bot_clicks).label("bot"),
+                            func.sum(C.human_clicks).label("human"))
+                     .where(_where(C, campaign, customer, first, end)).group_by(C.reason))
     async with engine.connect() as connection:
         totals = dict((await connection.execute(totals_query)).one()._mapping)
         # The days the campaign has clicks on bound the recipient sets' scan, so only
@@ -115,8 +118,7 @@ async def campaign_report(engine: AsyncEngine, *, campaign: str, customer: str |
         domains = [{**r._mapping, "human_recipients": per_domain[r.domain].human_recipients
                     if r.domain in per_domain else 0}
                    for r in (await connection.execute(domains_query)).all()]
-        reasons = [{"reason": r.reason, "clicks": int(r.clicks)}
-                   for r in (await connection.execute(reasons_query)).all()]
+        by_reason = (await connection.execute(reasons_query)).all()
     clicks, human = int(totals.pop("clicks")), int(totals.pop("human"))
     return {
         "campaign_id": campaign, "customer_id": customer, "since": since, "until": until,
@@ -127,7 +129,12 @@ async def campaign_report(engine: AsyncEngine, *, campaign: str, customer: str |
         "domains": [{"domain": d["domain"], "human": int(d["human"]), "bot": int(d["bot"]),
                      "human_recipients": int(d["human_recipients"]),
                      "last_click": as_utc(d["last_click"])} for d in domains],
-        "bot_reasons": reasons,
+        "reasons": [{"reason": r.reason, "bot": int(r.bot), "human": int(r.human)}
+                    for r in sorted(by_reason, key=lambda r: (-r.bot - r.human, r.reason))
+                    if r.bot or r.human],
+        "bot_reasons": [{"reason": r.reason, "clicks": int(r.clicks)}
+                        for r in sorted(by_reason, key=lambda r: (-r.clicks, r.reason))
+                        if r.clicks > 0],
     }
 
 
@@ -156,10 +163,10 @@ def render(report: Mapping[str, Any]) -> str:
         ("domain", "human", "bot", "human recipients", "last click"),
         [(d["domain"], d["human"], d["bot"], d["human_recipients"], d["last_click"])
          for d in report["domains"]], right=("human", "bot", "human recipients"))
-    if report["bot_reasons"]:
-        text += "\n\n" + table(("bot reason", "clicks"),
-                               [(r["reason"], r["clicks"]) for r in report["bot_reasons"]],
-                               right=("clicks",))
+    if report["reasons"]:
+        text += "\n\n" + table(("reason", "bot", "human"),
+                               [(r["reason"], r["bot"], r["human"]) for r in report["reasons"]],
+                               right=("bot", "human"))
     return text
 
 

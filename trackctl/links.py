@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Mapping
 
 from sqlalchemy import select
@@ -54,7 +55,8 @@ async def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         host = f"{host}:{args.port}"
     try:
         url = signer.mint_url(host, customer_id=args.customer, campaign_id=args.campaign,
-                              recipient_id=args.recipient, url=args.url, scheme=args.scheme)
+                              recipient_id=args.recipient, url=args.url, scheme=args.scheme,
+                              minted_at=int(time.time()), honeypot=args.honeypot)
     except LinkError as exc:
         print(f"trackctl: {exc}", file=sys.stderr)
         return 2

@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "else TRACKING_HOST)")
     link.add_argument("--scheme", choices=("https", "http"), default="https")
     link.add_argument("--port", type=int, help="add a port to the URL (local testing)")
+    link.add_argument("--honeypot", action="store_true",
+                      help="mark the link h=1: hidden in the message, only machines follow it")
     link.add_argument("url", help="destination: an absolute http(s) URL")
 
     _domain_parser(commands)

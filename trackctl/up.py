@@ -26,7 +26,7 @@ from typing import BinaryIO
 from shared.settings import REDIRECTOR_BIND
 from trackctl.settings import reader
 
-SERVICES = ("logger", "verifier", "certifier", "redirector")
+SERVICES = ("logger", "classifier", "verifier", "certifier", "redirector")
 
 
 def available_services() -> list[str]:

@@ -9,7 +9,7 @@ import os
 from services.logger import settings as logger_settings
 from services.logger.batcher import BatchWriter
 from services.logger.database import click_store
-from services.logger.handlers import record_clicks
+from services.logger.handlers import record_clicks, sweep_forever
 from services.logger.partitions import PartitionKeeper
 from services.logger.settings import LoggerSettings
 from shared.broker import topology as broker_topology
@@ -37,7 +37,8 @@ async def open_logger(life: Lifecycle, settings: LoggerSettings) -> None:
     life.on_stop(partitions.stop)
     registry = new_registry()
     metrics = LoggerMetrics(registry)
-    writer = BatchWriter(click_store(engine), max_rows=settings.batch_rows,
+    store = click_store(engine)
+    writer = BatchWriter(store, max_rows=settings.batch_rows,
                          flush_s=settings.flush_ms / 1000,
                          max_backoff_s=settings.max_backoff_s, metrics=metrics)
     metrics.watch(pending_rows=lambda: writer.pending_rows)
@@ -51,11 +52,13 @@ async def open_logger(life: Lifecycle, settings: LoggerSettings) -> None:
     life.on_stop(writer.stop)
     consumer = Consumer(
         channel=channel, topology=topology, queue=LOGGER_QUEUE,
-        handler=functools.partial(record_clicks, writer=writer),
+        handler=functools.partial(record_clicks, writer=writer, store=store),
         publisher=Publisher(channel, exchange, source=source),
         policy=ConsumePolicy(prefetch=settings.prefetch), metrics=metrics.consumer,
     )
     life.on_stop(consumer.stop)
+    sweeper = asyncio.create_task(sweep_forever(store), name="classification-sweep")
+    life.on_stop(sweeper.cancel)
     await consumer.start()
     life.describe(queue=topology.queue(LOGGER_QUEUE), database=settings.database.safe_url,
                   broker=settings.broker.safe_url)

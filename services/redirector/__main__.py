@@ -13,12 +13,14 @@ from aiohttp import web
 
 from services.redirector import settings as redirector_settings
 from services.redirector.active_domains import DomainDirectory, load_active, refresh_forever
+from services.redirector.bots import ClickReasons, ScannerNetworks, ScannerNetworksError
 from services.redirector.caddy_ask import CaddyAsk
 from services.redirector.clients import ClientAddress
 from services.redirector.forwarder import Forwarder
 from services.redirector.handlers import CHALLENGE_LOOKUPS, Redirector, build_server
 from services.redirector.settings import RedirectorSettings
 from services.redirector.spool import Spool, SpoolError, adopt_orphans_forever
+from shared.bot_verdict import Verdict
 from shared.broker import topology as broker_topology
 from shared.broker.connection import connect, open_channel
 from shared.broker.publisher import Publisher
@@ -57,6 +59,10 @@ async def open_redirector(life: Lifecycle, settings: RedirectorSettings) -> None
     spool (synced: what was not published stays for next time). The broker is not
     waited for: clicks are spooled until it answers."""
     source = event_source("redirector")
+    try:
+        scanner_networks = ScannerNetworks.from_file(settings.scanner_networks_file)
+    except ScannerNetworksError as exc:
+        raise SystemExit(f"redirector: SCANNER_NETWORKS_FILE {exc}") from None
     spool = Spool(settings.spool_dir, defer_unlinks=True)
     try:
         slot = spool.open()
@@ -91,6 +97,9 @@ async def open_redirector(life: Lifecycle, settings: RedirectorSettings) -> None
         source=source, spool_max_bytes=settings.spool_max_bytes,
         access_log=settings.access_log, challenge_dir=settings.challenge_dir,
         challenge_answers=ChallengeAnswers(challenge_engine), metrics=metrics,
+        bots=ClickReasons(networks=scanner_networks,
+                          soon_after_send_s=settings.soon_after_send_s,
+                          verdict=Verdict(weak=settings.weak_reasons)),
     )
     runner = web.ServerRunner(build_server(redirector), handle_signals=False,
                               shutdown_timeout=10)
@@ -117,7 +126,7 @@ async def open_redirector(life: Lifecycle, settings: RedirectorSettings) -> None
     life.describe(url=f"http://{host}:{port}/", spool=str(slot),
                   recovered_clicks=spool.recovered, tracking_host=settings.tracking_host,
                   tracking_host_aliases=list(settings.tracking_host_aliases) or None,
-                  active_domains=len(directory))
+                  active_domains=len(directory), scanner_networks=scanner_networks.count)
     life.summarize(lambda: {"published": forwarder.published,
                             "left_in_spool_bytes": spool.backlog_bytes()})
 

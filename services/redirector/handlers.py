@@ -16,7 +16,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from time import monotonic, perf_counter
+from time import monotonic, perf_counter, time
 from typing import Any
 
 import structlog
@@ -25,7 +25,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry
 
 from services.redirector.active_domains import DomainDirectory
-from services.redirector.bots import classify
+from services.redirector.bots import ClickReasons
 from services.redirector.clients import ClientAddress
 from services.redirector.event_ids import EventIds
 from services.redirector.forwarder import Forwarder
@@ -107,6 +107,7 @@ class Redirector:
     challenge_reads: Executor = field(default_factory=lambda: ThreadPoolExecutor(
         max_workers=2, thread_name_prefix="acme-challenge"))
     event_ids: EventIds = field(default_factory=EventIds)
+    bots: ClickReasons = field(default_factory=ClickReasons)
     spool_failed_at: float | None = None  # monotonic time of the last failed append
     spool_failure_logged_at: float | None = None
     metrics: RedirectorMetrics = field(
@@ -145,22 +146,25 @@ class Redirector:
                 user_agent = printable_bytes(user_agent)
             if len(user_agent) > _MAX_UA:
                 user_agent = user_agent[:_MAX_UA]
-        bot_reason = classify(method, user_agent)
         # Every X-Forwarded-For line, in order, is one list (RFC 9110 §5.3): a proxy that
         # adds its own line after the client's is read from the right like one appending.
         forwarded = headers.getall("X-Forwarded-For", None)
+        ip = self.clients.resolve(request.remote, ",".join(forwarded) if forwarded else None)
+        now = time()
+        bots = self.bots
+        reasons = bots.of(method, user_agent, ip, link, now)
+        bot_reason = reasons[0] if reasons and bots.verdict.is_bot(reasons) else None
         event_id = self.event_ids.next()
         try:
             self.spool.append(encode_event(
                 ClickTracked(
                     customer_id=link.customer_id, campaign_id=link.campaign_id,
-                    recipient_id=link.recipient_id, domain=host, url=link.url,
-                    ip=self.clients.resolve(request.remote,
-                                            ",".join(forwarded) if forwarded else None),
+                    recipient_id=link.recipient_id, domain=host, url=link.url, ip=ip,
                     user_agent=user_agent, method=method, bot=bot_reason is not None,
-                    bot_reason=bot_reason,
+                    bot_reason=bot_reason, reasons=list(reasons),
                 ),
-                source=self.source, event_id=event_id, time=datetime.now(UTC),
+                source=self.source, event_id=event_id,
+                time=datetime.fromtimestamp(now, UTC),
             ))
         except OSError as exc:
             # A click that cannot be recorded is not redirected (a 302 would lose it).

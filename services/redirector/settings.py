@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.bot_verdict import BOT_WEAK_REASONS
 from shared.logs import LOG_LEVEL
 from shared.settings import (
     ACME_CHALLENGE_DIR,
@@ -25,6 +26,7 @@ from shared.settings import (
     metrics_bind,
     tracking_host_aliases,
 )
+from shared.settings.declare import optional
 from shared.settings.parsers import flag, host_port, networks, number, or_off, path, whole
 
 TRUSTED_PROXIES = Setting(
@@ -51,6 +53,12 @@ DRAIN_TIMEOUT_S = Setting(
     "On SIGTERM, how long to keep publishing spooled clicks before exiting.")
 REDIRECTOR_ACCESS_LOG = Setting(
     "REDIRECTOR_ACCESS_LOG", flag, "0", "1 logs one line per click (costs throughput).")
+SCANNER_NETWORKS_FILE = Setting(
+    "SCANNER_NETWORKS_FILE", optional(path), "",
+    "File of networks mail scanners fetch from (`CIDR [label]` a line); read at start.")
+BOT_SOON_AFTER_SEND_S = Setting(
+    "BOT_SOON_AFTER_SEND_S", number(), "60",
+    "A click this soon after its link's minting time `t` gets the weak reason soon-after-send.")
 METRICS_BIND = metrics_bind("redirector")
 CADDY_ASK_BIND = Setting(
     "CADDY_ASK_BIND", or_off(host_port, "serve no ask endpoint"), "",
@@ -61,7 +69,8 @@ PROGRAM = Program("redirector", (
     REDIRECTOR_BIND, TRACKING_HOST, TRACKING_HOST_ALIASES, LINK_KEYS, TRUSTED_PROXIES,
     *BROKER, DATABASE_URL, SPOOL_DIR, CHALLENGE_DIR, SPOOL_MAX_BYTES, CLICK_BATCH_SIZE,
     CLICK_LINGER_MS, DOMAIN_REFRESH_S, DRAIN_TIMEOUT_S, LOG_LEVEL, REDIRECTOR_ACCESS_LOG,
-    METRICS_BIND, CADDY_ASK_BIND,
+    METRICS_BIND, CADDY_ASK_BIND, SCANNER_NETWORKS_FILE, BOT_SOON_AFTER_SEND_S,
+    BOT_WEAK_REASONS,
 ))
 
 
@@ -86,6 +95,9 @@ class RedirectorSettings:
     # Other names of the platform host (a move in progress): links are served on them too.
     tracking_host_aliases: tuple[str, ...] = ()
     caddy_ask_bind: tuple[str, int] | None = None
+    scanner_networks_file: Path | None = None
+    soon_after_send_s: float = 60.0
+    weak_reasons: frozenset[str] = frozenset({"soon-after-send"})
 
 
 def load(environ: Mapping[str, str]) -> RedirectorSettings:
@@ -110,4 +122,7 @@ def load(environ: Mapping[str, str]) -> RedirectorSettings:
         access_log=env[REDIRECTOR_ACCESS_LOG],
         metrics_bind=env[METRICS_BIND],
         caddy_ask_bind=env[CADDY_ASK_BIND],
+        scanner_networks_file=env[SCANNER_NETWORKS_FILE],
+        soon_after_send_s=env[BOT_SOON_AFTER_SEND_S],
+        weak_reasons=env[BOT_WEAK_REASONS],
     )

@@ -11,6 +11,7 @@ from shared.events import (
     CertificateExpiring,
     CertificateFailed,
     CertificateIssued,
+    ClickClassified,
     ClickTracked,
     DestinationListed,
     DomainCreated,
@@ -37,6 +38,7 @@ DOMAIN_LISTED = DomainListed.TYPE
 DOMAIN_DELISTED = DomainDelisted.TYPE
 CLICK_TRACKED = ClickTracked.TYPE
 DESTINATION_LISTED = DestinationListed.TYPE
+CLICK_CLASSIFIED = ClickClassified.TYPE
 
 # One queue per consuming service; replicas of a service compete on it.
 LOGGER_QUEUE = "logger"
@@ -45,13 +47,15 @@ CERTIFIER_QUEUE = "certifier"
 # The verifier's destination watch reads its own copy of the clicks, so neither the
 # redirector nor the logger ever waits for it (services/verifier/destinations.py).
 DESTINATIONS_QUEUE = "verifier.destinations"
+CLASSIFIER_QUEUE = "classifier"
 
 # What each service's queue receives.
 BINDINGS: dict[str, tuple[str, ...]] = {
-    LOGGER_QUEUE: (CLICK_TRACKED,),
+    LOGGER_QUEUE: (CLICK_TRACKED, CLICK_CLASSIFIED),
     VERIFIER_QUEUE: (DOMAIN_CREATED, DOMAIN_DELETED),
     CERTIFIER_QUEUE: (DOMAIN_VERIFIED, DOMAIN_DELETED, DOMAIN_LAPSED),
     DESTINATIONS_QUEUE: (CLICK_TRACKED,),
+    CLASSIFIER_QUEUE: (CLICK_TRACKED,),
 }
 
 # Extra queue arguments. The destination watch's copy of the clicks is bounded: past the
@@ -60,10 +64,16 @@ BINDINGS: dict[str, tuple[str, ...]] = {
 # the checks of clicks it had no room for (their destinations come again with later clicks).
 # A constant, not a setting: every service declares the queue, and RabbitMQ refuses a
 # declaration whose arguments differ from the queue's.
+# The classifier keeps its windows in memory, so one replica consumes at a time (the
+# others wait as hot standbys), and clicks it could no longer relate to any other
+# (far older than BOT_SETTLE_S) expire instead of piling up while no classifier runs.
 DESTINATIONS_QUEUE_MAX_BYTES = 256 * 1024 * 1024
-QUEUE_ARGUMENTS: dict[str, dict[str, int | str]] = {
+CLASSIFIER_BACKLOG_MS = 3_600_000
+QUEUE_ARGUMENTS: dict[str, dict[str, bool | int | str]] = {
     DESTINATIONS_QUEUE: {"x-max-length-bytes": DESTINATIONS_QUEUE_MAX_BYTES,
                          "x-overflow": "drop-head"},
+    CLASSIFIER_QUEUE: {"x-single-active-consumer": True,
+                       "x-message-ttl": CLASSIFIER_BACKLOG_MS},
 }
 
 # The upstream platform's inbox: every outcome it must hear about. Declared with the
@@ -74,7 +84,7 @@ PLATFORM_BINDINGS: tuple[str, ...] = (
     DOMAIN_VERIFIED, DOMAIN_REJECTED, DOMAIN_LAPSED,
     CERTIFICATE_ISSUED, CERTIFICATE_FAILED, CERTIFICATE_EXPIRING,
     DOMAIN_LISTED, DOMAIN_DELISTED,
-    DESTINATION_LISTED,
+    DESTINATION_LISTED, CLICK_CLASSIFIED,
 )
 
 # Delayed-retry tiers in milliseconds. A message waits in the tier's queue until

@@ -54,7 +54,7 @@ class TrackingLog(Base):
     which every unique constraint must include: a click is one (`event_id`, `clicked_at`),
     and since every delivery of an event carries the event's own time, that is one row
     per event id. Statement triggers keep the click_* aggregates below in step with
-    inserts and with changes of `bot`/`bot_reason` (migration 0007)."""
+    inserts and with changes of `bot`, `bot_reason` or `reasons` (migrations 0007, 0008)."""
 
     __tablename__ = "tracking_logs"
 
@@ -75,6 +75,11 @@ class TrackingLog(Base):
     logged_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
+    # Every reason the click looks automated, strongest first, comma-separated
+    # (shared/bot_verdict.py); `bot_reason` is the first of them when `bot`.
+    reasons: Mapped[str | None] = mapped_column(Text)
+    # When the classifier first changed the row (click.classified), else null.
+    reclassified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         UniqueConstraint("event_id", "clicked_at"),
@@ -122,12 +127,30 @@ class ClickRecipient(CampaignDay, Base):
 
 
 class ClickReason(CampaignDay, Base):
-    """A campaign's bot clicks of one UTC day by `bot_reason` ('unknown' when none)."""
+    """A campaign's clicks of one UTC day by reason: `clicks` counts its bot clicks by
+    `bot_reason` ('unknown' when none), `bot_clicks` and `human_clicks` its clicks under
+    each of their `reasons` (migration 0008)."""
 
     __tablename__ = "click_reasons"
 
     reason: Mapped[str] = mapped_column(String(100), primary_key=True)
     clicks: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    bot_clicks: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    human_clicks: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+
+
+class ClickClassification(Base):
+    """A `click.classified` whose click is not stored yet: the logger applies it to the
+    row once the row exists, then deletes it (services/logger/database.py)."""
+
+    __tablename__ = "click_classifications"
+
+    event_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    bot: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    reasons: Mapped[str | None] = mapped_column(Text)
+    clicked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    received_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now())
 
 
 class TrackingDomain(Base):

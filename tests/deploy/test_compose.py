@@ -122,7 +122,7 @@ def test_it_runs_every_service_rabbitmq_postgres_and_nginx(config: dict[str, Any
     services = _services(config)
     modules = {module for service in services.values()
                if (module := _module_of(service)) is not None}
-    assert modules == {"redirector", "logger", "verifier", "certifier"}, modules
+    assert modules == {"redirector", "logger", "verifier", "certifier", "classifier"}, modules
     for module in modules:
         assert (ROOT / "services" / module / "__main__.py").is_file(), module
     images = {service.get("image", "").split(":")[0] for service in services.values()}

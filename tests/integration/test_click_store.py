@@ -11,24 +11,39 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.logger.database import COLUMNS, Row, click_store
+from services.logger.database import COLUMNS, Applied, Classification, Row, click_store
 from services.logger.partitions import PartitionKeeper
 from shared.db.click_partitions import maintain
 from shared.db.engine import create_engine
 from shared.db.migrate import downgrade, upgrade
 from shared.settings import DatabaseSettings
+from trackctl.clicks import campaign_report
 
 TODAY = date(2026, 6, 15)
 
 
 def click(event_id: str, at: datetime, *, recipient: str = "r1", bot: bool = False,
-          reason: str | None = None, campaign: str = "spring") -> Row:
+          reason: str | None = None, campaign: str = "spring",
+          reasons: str | None = None) -> Row:
     values: dict[str, object] = {
         "event_id": event_id, "customer_id": "cust-1", "campaign_id": campaign,
         "recipient_id": recipient, "domain": "track.customer.test", "url": "https://shop/",
         "ip": "192.0.2.1", "user_agent": "Mozilla/5.0", "method": "GET", "clicked_at": at,
-        "bot": bot, "bot_reason": reason}
+        "bot": bot, "bot_reason": reason, "reasons": reasons}
     return tuple(values[column] for column in COLUMNS)  # type: ignore[return-value]
+
+
+# What the logger of revision 0006 wrote: every column but `reasons` (0008).
+OLD_COLUMNS = tuple(column for column in COLUMNS if column != "reasons")
+
+
+async def insert_as_0006(engine: AsyncEngine, clicks: list[Row]) -> None:
+    async with engine.begin() as connection:
+        await connection.execute(text(
+            f"INSERT INTO tracking_logs ({', '.join(OLD_COLUMNS)}) VALUES "
+            f"({', '.join(':' + column for column in OLD_COLUMNS)})"),
+            [{column: value for column, value in zip(COLUMNS, row, strict=True)
+              if column != "reasons"} for row in clicks])
 
 
 def at(day: date, hour: int = 12) -> datetime:
@@ -59,6 +74,28 @@ async def aggregates_match_raw(engine: AsyncEngine) -> None:
         return [tuple(str(value) for value in row) for row in found]
 
     assert plain(kept) == plain(raw)
+    await reasons_match_raw(engine, day)
+
+
+async def reasons_match_raw(engine: AsyncEngine, day: str) -> None:
+    """click_reasons equals the raw clicks: bot clicks by bot_reason, and bot and human
+    clicks under every reason (`reasons`, else `bot_reason`)."""
+    expected: dict[tuple[str, str, str], list[int]] = {}
+    for campaign, when, bot, bot_reason, reasons in await rows(
+            engine, f"SELECT campaign_id, {day}, bot, bot_reason, reasons FROM tracking_logs"):
+        def count(reason: str, index: int, key: tuple[str, str] = (str(campaign), str(when))
+                  ) -> None:
+            expected.setdefault((*key, reason), [0, 0, 0])[index] += 1
+        if bot:
+            count(str(bot_reason or "unknown"), 0)
+        for reason in filter(None, str(reasons or bot_reason or "").split(",")):
+            count(reason, 1 if bot else 2)
+    kept = {(str(c), str(d), str(r)): [int(str(n)), int(str(b)), int(str(h))]
+            for c, d, r, n, b, h in await rows(
+                engine, "SELECT campaign_id, day, reason, clicks, bot_clicks, human_clicks "
+                        "FROM click_reasons WHERE clicks <> 0 OR bot_clicks <> 0 "
+                        "OR human_clicks <> 0")}
+    assert kept == expected
 
 
 async def partition_of(engine: AsyncEngine, event_id: str) -> str:
@@ -77,8 +114,8 @@ async def test_migration_from_the_unpartitioned_table_keeps_every_row(
                  recipient=f"r{n % 5}", bot=n % 4 == 0, reason="head-request" if n % 4 == 0
                  else None) for n in range(120)]
     old.append(click("far-future", at(date(2031, 2, 3))))
+    await insert_as_0006(engine, old)
     store = click_store(engine)
-    assert await store.insert(old) == len(old)
     before = await rows(engine, "SELECT id, event_id, clicked_at FROM tracking_logs ORDER BY id")
 
     await upgrade(database)
@@ -145,6 +182,52 @@ async def test_a_changed_verdict_moves_the_aggregates_in_its_own_transaction(
     await aggregates_match_raw(engine)
 
 
+async def test_reclassification_moves_every_reasons_counts(engine: AsyncEngine) -> None:
+    """apply_classification (human to bot, several reasons; also a classification waiting
+    for its click) and a correction back to human move each reason's bot and human
+    clicks, and the report shows every reason (migration 0008's triggers)."""
+    store = click_store(engine)
+    month = at(date(2026, 3, 10))
+    async with engine.begin() as connection:
+        await connection.run_sync(lambda sync: maintain(
+            sync, today=TODAY, retention_days=None, extra_months={date(2026, 3, 1)}))
+    await store.insert([
+        click("h1", month, recipient="r1", reasons="soon-after-send"),
+        click("h2", month, recipient="r2"),
+        click("b1", month, recipient="r3", bot=True, reason="user-agent:curl",
+              reasons="user-agent:curl,soon-after-send")])
+    early = Classification("late", True, "near-honeypot", month)
+    assert await store.apply_classification([early]) == Applied(0, 1)
+    await store.insert([click("late", month, recipient="r4")])
+    assert await store.apply_classification([
+        Classification("h1", True, "burst,soon-after-send", month),
+        Classification("h2", True, "burst,near-honeypot", month)]) == Applied(3, 0)
+
+    def counts(report: dict[str, object]) -> dict[str, tuple[int, int]]:
+        listed = report["reasons"]
+        assert isinstance(listed, list)
+        return {r["reason"]: (r["bot"], r["human"]) for r in listed}
+
+    report = await campaign_report(engine, campaign="spring", customer=None, since=None,
+                                   until=None)
+    assert (report["human"], report["bot"], report["human_recipients"]) == (0, 4, 0)
+    assert counts(report) == {"burst": (2, 0), "near-honeypot": (2, 0),
+                              "soon-after-send": (2, 0), "user-agent:curl": (1, 0)}
+    assert {r["reason"]: r["clicks"] for r in report["bot_reasons"]} == {
+        "burst": 2, "near-honeypot": 1, "user-agent:curl": 1}
+    await aggregates_match_raw(engine)
+    # A correction back to human (the merge never does that; an operator's UPDATE can).
+    async with engine.begin() as connection:
+        await connection.execute(text(
+            "UPDATE tracking_logs SET bot = false, bot_reason = NULL WHERE event_id = 'h1'"))
+    report = await campaign_report(engine, campaign="spring", customer=None, since=None,
+                                   until=None)
+    assert (report["human"], report["bot"], report["human_recipients"]) == (1, 3, 1)
+    assert counts(report) == {"burst": (1, 1), "near-honeypot": (2, 0),
+                              "soon-after-send": (1, 1), "user-agent:curl": (1, 0)}
+    await aggregates_match_raw(engine)
+
+
 async def test_retention_drops_only_whole_months_past_it(engine: AsyncEngine) -> None:
     async with engine.begin() as connection:
         await connection.run_sync(lambda sync: maintain(
@@ -200,6 +283,13 @@ async def test_sqlite_keeps_one_table_and_the_same_aggregates(tmp_path: Path) ->
         await aggregates_match_raw(engine)
         assert await rows(engine, "SELECT reason, clicks FROM click_reasons") == [
             ("head-request", 0)]
+        # Reclassified with several reasons (and a quote, which the JSON split keeps).
+        assert await store.apply_classification(
+            [Classification("a", True, 'burst,user-agent:"x",soon-after-send', at(TODAY))]
+        ) == Applied(1, 0)
+        await aggregates_match_raw(engine)
+        assert await rows(engine, "SELECT reason, bot_clicks, human_clicks FROM click_reasons "
+                                  "WHERE reason = 'soon-after-send'") == [("soon-after-send", 1, 0)]
         assert await PartitionKeeper(engine, retention_days=400).run_once() is None
     finally:
         await engine.dispose()
@@ -212,12 +302,8 @@ def test_migration_runs_on_a_sqlite_database_with_clicks(tmp_path: Path) -> None
         await upgrade(settings, "0006")
         engine = create_engine(settings)
         try:
-            async with engine.begin() as connection:  # as the logger of revision 0006 did
-                await connection.execute(text(
-                    f"INSERT INTO tracking_logs ({', '.join(COLUMNS)}) VALUES "
-                    f"({', '.join(':' + column for column in COLUMNS)})"),
-                    [dict(zip(COLUMNS, click(f"e{n}", at(TODAY), recipient=f"r{n % 2}"),
-                              strict=True)) for n in range(5)])
+            await insert_as_0006(engine, [click(f"e{n}", at(TODAY), recipient=f"r{n % 2}")
+                                          for n in range(5)])
             await upgrade(settings)
             await aggregates_match_raw(engine)
             assert await scalar(engine, "SELECT human_recipients FROM click_daily") == 2

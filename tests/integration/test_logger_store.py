@@ -22,7 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from demo.processes import ROOT
 from services.logger.database import (
     COLUMNS,
-    ClickStore,
+    Applied,
+    Classification,
+    ClassifyingStore,
     PostgresClickStore,
     Row,
     SqliteClickStore,
@@ -44,6 +46,7 @@ def row(event_id: str, **overrides: object) -> Row:
         "recipient_id": "rcpt-1", "domain": "click.platform.test",
         "url": "https://shop.example/a", "ip": "192.0.2.1", "user_agent": "Mozilla/5.0",
         "method": "GET", "clicked_at": T0, "bot": False, "bot_reason": None,
+        "reasons": None,
     }
     values.update(overrides)
     # Row's shape by construction (one value per column of COLUMNS, in order), which a
@@ -61,7 +64,7 @@ def plain_postgres_url(admin_url: str, database: str) -> str:
 class Backend:
     name: str
     engine: AsyncEngine
-    store: ClickStore
+    store: ClassifyingStore
 
     async def rows(self) -> list[Row]:
         async with self.engine.connect() as connection:
@@ -258,3 +261,50 @@ def test_logger_refuses_to_start_on_an_unmigrated_database(
     assert "trackctl db upgrade" in lines[0]
     assert "Traceback" not in result.stderr
     assert result.stdout.strip() == ""
+
+
+# --- click.classified: merged into the row, or kept until the row comes --------------------
+
+async def _verdict(backend: Backend, event_id: str) -> tuple[object, ...]:
+    async with backend.engine.connect() as connection:
+        found = (await connection.execute(
+            select(TrackingLog.bot, TrackingLog.bot_reason, TrackingLog.reasons,
+                   TrackingLog.reclassified_at.is_not(None))
+            .where(TrackingLog.event_id == event_id))).one()
+    return tuple(found)
+
+
+async def test_a_classification_changes_its_row_and_repeats_change_nothing(
+        backend: Backend) -> None:
+    await backend.store.insert([row("e1", reasons="soon-after-send"), row("e2")])
+    burst = Classification("e1", True, "burst,soon-after-send", T0)
+    assert await backend.store.apply_classification([burst]) == Applied(1, 0)
+    assert await _verdict(backend, "e1") == (True, "burst", "burst,soon-after-send", True)
+    assert await _verdict(backend, "e2") == (False, None, None, False)
+    # Again, and an older, smaller one after it: the same row (a union, an OR).
+    assert await backend.store.apply_classification(
+        [burst, Classification("e1", False, "soon-after-send", T0)]) == Applied(1, 0)
+    assert await _verdict(backend, "e1") == (True, "burst", "burst,soon-after-send", True)
+
+
+async def test_a_bot_keeps_its_first_reason_and_gains_the_others(backend: Backend) -> None:
+    await backend.store.insert([row("e1", bot=True, bot_reason="user-agent:curl",
+                                    reasons="user-agent:curl")])
+    await backend.store.apply_classification([Classification(
+        "e1", True, "user-agent:curl,near-honeypot", T0)])
+    assert await _verdict(backend, "e1") == (
+        True, "user-agent:curl", "user-agent:curl,near-honeypot", True)
+
+
+async def test_a_classification_before_its_click_waits_and_is_applied_later(
+        backend: Backend) -> None:
+    early = Classification("late-click", True, "near-honeypot", T0)
+    assert await backend.store.apply_classification([early, early]) == Applied(0, 1)
+    assert await backend.store.apply_classification(
+        [Classification("late-click", True, "burst", T0)]) == Applied(0, 1)
+    await backend.store.insert([row("late-click")])
+    # The sweep (no new classifications) finds the row now.
+    assert await backend.store.apply_classification([]) == Applied(1, 0)
+    assert await _verdict(backend, "late-click") == (
+        True, "burst", "burst,near-honeypot", True)
+    assert await backend.store.apply_classification([]) == Applied(0, 0)

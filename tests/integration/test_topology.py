@@ -13,6 +13,8 @@ from shared.broker import topology as broker_topology
 from shared.broker.connection import connect, open_channel
 from shared.broker.names import (
     CERTIFIER_QUEUE,
+    CLASSIFIER_BACKLOG_MS,
+    CLASSIFIER_QUEUE,
     LOGGER_QUEUE,
     PLATFORM_QUEUE,
     VERIFIER_QUEUE,
@@ -22,6 +24,7 @@ from shared.broker.topology import Topology
 from shared.events import (
     CertificateFailed,
     CertificateIssued,
+    ClickClassified,
     DomainCreated,
     DomainDeleted,
     DomainRejected,
@@ -30,7 +33,7 @@ from shared.events import (
 from shared.settings import BrokerSettings
 from tests.support.amqp import click, get_messages, message_count, queue_exists, wait_count
 
-SERVICES = (LOGGER_QUEUE, VERIFIER_QUEUE, CERTIFIER_QUEUE)
+SERVICES = (LOGGER_QUEUE, VERIFIER_QUEUE, CERTIFIER_QUEUE, CLASSIFIER_QUEUE)
 
 
 async def _declare_fails(connection: AbstractConnection, name: str,
@@ -70,8 +73,10 @@ async def test_declare_creates_exchange_quorum_queues_tiers_and_dead_letter_queu
         for delay in (200, 400):
             assert await message_count(side, topology.retry_queue(service, delay)) == 0
         # Quorum queues: the same declaration is accepted, a classic one is refused.
-        assert not await _declare_fails(side, main, {"x-queue-type": "quorum"})
-        assert await _declare_fails(side, main, {"x-queue-type": "classic"})
+        own = ({"x-single-active-consumer": True, "x-message-ttl": CLASSIFIER_BACKLOG_MS}
+               if service == CLASSIFIER_QUEUE else {})
+        assert not await _declare_fails(side, main, {"x-queue-type": "quorum", **own})
+        assert await _declare_fails(side, main, {"x-queue-type": "classic", **own})
         assert await _declare_fails(side, topology.dead_queue(service),
                                     {"x-queue-type": "classic"})
         # The tier really carries its TTL: a different one is inequivalent.
@@ -109,21 +114,28 @@ async def test_each_service_queue_gets_exactly_its_routing_keys_and_unbound_ones
         platform_ids = {sent["domain.verified"]}
         for data in outcomes:
             platform_ids.add(await publisher.publish_event(data))
+        sent["click.classified"] = await publisher.publish_event(ClickClassified(
+            event_id="e1", customer_id="c", campaign_id="k", recipient_id="r",
+            clicked_at=datetime.now(UTC), bot=True, reasons=["burst"]))
+        platform_ids.add(sent["click.classified"])
         # A routing key no queue is bound to: mandatory makes that loud, never a silent drop.
         with pytest.raises(aio_pika.exceptions.PublishError):
             await publisher.publish("nothing.bound", b"{}")
 
     check_platform = await side.channel()
-    got = await get_messages(check_platform, topology.queue(PLATFORM_QUEUE), 5, timeout_s=0.5)
+    got = await get_messages(check_platform, topology.queue(PLATFORM_QUEUE), 6, timeout_s=0.5)
     assert {m.message_id for m in got} == platform_ids
     assert {m.routing_key for m in got} == {"domain.verified", "domain.rejected",
-                                            "certificate.issued", "certificate.failed"}
+                                            "certificate.issued", "certificate.failed",
+                                            "click.classified"}
 
     expected = {
-        LOGGER_QUEUE: {"click.tracked"},
+        LOGGER_QUEUE: {"click.tracked", "click.classified"},
         VERIFIER_QUEUE: {"domain.created", "domain.deleted"},
         CERTIFIER_QUEUE: {"domain.verified", "domain.deleted"},
     }
+    # A single-active-consumer queue refuses basic.get: its one click is counted instead.
+    assert await wait_count(side, topology.queue(CLASSIFIER_QUEUE), 1, timeout_s=2) == 1
     check = await side.channel()
     for service, keys in expected.items():
         got = await get_messages(check, topology.queue(service), len(keys) + 1, timeout_s=0.5)

@@ -89,3 +89,34 @@ def test_clicks_counts_people_and_bots_per_campaign(database: DatabaseSettings) 
     none = trackctl(database, "--campaign", "winter")
     assert none.returncode == 0 and "no clicks for campaign winter" in none.stdout
     assert trackctl(database, "--campaign", "spring", "--since", "last tuesday").returncode == 2
+
+
+def test_clicks_by_every_reason_bots_and_people_apart(database: DatabaseSettings) -> None:
+    rows = [  # recipient, bot, bot_reason, reasons
+        ("r1", True, "scanner-network:microsoft", "scanner-network:microsoft,soon-after-send"),
+        ("r1", True, "burst", "burst,soon-after-send"),
+        ("r2", False, None, "soon-after-send"),  # weak alone: a person
+        ("r3", False, None, None),
+        ("r4", True, "head-request", None),  # stored before `reasons`
+    ]
+
+    async def _insert() -> None:
+        for number, (recipient, bot, bot_reason, reasons) in enumerate(rows):
+            await execute(
+                database,
+                "INSERT INTO tracking_logs (event_id, customer_id, campaign_id, recipient_id, "
+                "domain, url, method, clicked_at, bot, bot_reason, reasons) VALUES ($1, 'c', "
+                "'k', $2, 'click.platform.test', 'https://shop.example/', 'GET', $3, $4, $5, "
+                "$6)", f"evt-{number}", recipient, NOW, bot, bot_reason, reasons)
+
+    asyncio.run(_insert())
+    report = json.loads(trackctl(database, "--campaign", "k", "--json").stdout)
+    assert (report["human"], report["bot"], report["human_recipients"]) == (2, 3, 2)
+    assert report["reasons"] == [
+        {"reason": "soon-after-send", "bot": 2, "human": 1},
+        {"reason": "burst", "bot": 1, "human": 0},
+        {"reason": "head-request", "bot": 1, "human": 0},
+        {"reason": "scanner-network:microsoft", "bot": 1, "human": 0},
+    ]
+    text = trackctl(database, "--campaign", "k").stdout
+    assert "reason" in text and "soon-after-send" in text

@@ -17,7 +17,7 @@ WHEN = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 def row(n: int, *, url: str = "https://example.com/") -> Row:
     return (f"evt-{n}", "cust", "camp", f"r{n}", "track.example.com", url, None, None, "GET",
-            WHEN, False, None)
+            WHEN, False, None, None)
 
 
 class Refused(Exception):

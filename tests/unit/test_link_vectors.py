@@ -54,7 +54,7 @@ def reference_mint(kid: str, secret: str, payload: dict[str, Any]) -> str:
     return f"{signed}.{_b64url(mac)}"
 
 
-def reference_verify(token: str, keys: dict[str, str]) -> dict[str, str]:
+def reference_verify(token: str, keys: dict[str, str]) -> dict[str, Any]:
     """Raise ValueError unless `token` is a valid v1 token under `keys` (kid -> secret)."""
     if len(token) > 8192 or not token.isascii():
         raise ValueError("too long or not ASCII")
@@ -74,7 +74,12 @@ def reference_verify(token: str, keys: dict[str, str]) -> dict[str, str]:
         raise ValueError("malformed payload") from exc
     if not isinstance(payload, dict):
         raise ValueError("payload is not an object")
-    fields = {}
+    fields: dict[str, Any] = {}
+    for name in ("t", "h"):  # optional integers (docs/links.md)
+        if name in payload:
+            if type(payload[name]) is not int or payload[name] < 0:
+                raise ValueError(f"{name} must be a whole number")
+            fields[name] = payload[name]
     for name in ("c", "k", "r", "u"):
         value = payload.get(name)
         if not isinstance(value, str):
@@ -103,7 +108,12 @@ def _signing_first(vector: dict[str, Any]) -> list[LinkKey]:
 
 def _payload(vector: dict[str, Any]) -> dict[str, Any]:
     return {"c": vector["customer"], "k": vector["campaign"], "r": vector["recipient"],
-            "u": vector["url"], **vector.get("extra", {})}
+            "u": vector["url"], **_optional(vector), **vector.get("extra", {})}
+
+
+def _optional(vector: dict[str, Any]) -> dict[str, int]:
+    """The vector's minting time `t` and honeypot mark `h`, when it has them."""
+    return {name: vector[name] for name in ("t", "h") if name in vector}
 
 
 def _secret(vector: dict[str, Any]) -> str:
@@ -125,6 +135,8 @@ def test_vectors_cover_the_tricky_cases() -> None:
     assert any("\U0001F389" in u for u in urls)  # emoji
     assert any(len(u) > 4000 for u in urls)
     assert any("extra" in v for v in VALID)
+    assert any("t" in v and "h" not in v for v in VALID)
+    assert any(v.get("h") == 1 for v in VALID)
     assert any(v["kid"] != v["keys"][0]["kid"] for v in VALID)  # an older, still listed key
     names = " ".join(_ids(INVALID))
     for case in ("tampered payload", "tampered signature", "unknown key id", "truncated",
@@ -155,7 +167,8 @@ def test_link_signer_mints_the_expected_token(vector: dict[str, Any]) -> None:
     # msgspec's JSON (our minting) must equal json.dumps(separators, ensure_ascii=False).
     token = LinkSigner(_signing_first(vector)).mint_token(
         customer_id=vector["customer"], campaign_id=vector["campaign"],
-        recipient_id=vector["recipient"], url=vector["url"])
+        recipient_id=vector["recipient"], url=vector["url"], minted_at=vector.get("t"),
+        honeypot=vector.get("h") == 1)
     assert token == vector["token"]
 
 
@@ -166,6 +179,7 @@ def test_link_signer_verifies_valid_vectors(vector: dict[str, Any]) -> None:
         vector["customer"], vector["campaign"], vector["recipient"], vector["url"],
         vector["kid"])
     assert link.url.encode("utf-8") == vector["url"].encode("utf-8")  # byte-exact
+    assert (link.minted_at, link.honeypot) == (vector.get("t"), vector.get("h") == 1)
 
 
 @pytest.mark.parametrize("vector", VALID, ids=_ids(VALID))
@@ -173,7 +187,7 @@ def test_reference_verifies_valid_vectors(vector: dict[str, Any]) -> None:
     keys = {k["kid"]: k["secret"] for k in vector["keys"]}
     fields = reference_verify(vector["token"], keys)
     assert fields == {"c": vector["customer"], "k": vector["campaign"],
-                      "r": vector["recipient"], "u": vector["url"]}
+                      "r": vector["recipient"], "u": vector["url"], **_optional(vector)}
 
 
 def test_mint_url_puts_the_token_under_t() -> None:
@@ -214,7 +228,10 @@ def _docs_example() -> dict[str, Any]:
 def test_docs_python_example_mints_the_expected_token(vector: dict[str, Any]) -> None:
     mint_token = _docs_example()["mint_token"]
     token = mint_token(vector["kid"], _secret(vector), vector["customer"], vector["campaign"],
-                       vector["recipient"], vector["url"])
+                       vector["recipient"], vector["url"], **{
+                           name: value for name, value in (("minted_at", vector.get("t")),
+                                                           ("honeypot", vector.get("h") == 1))
+                           if value})
     assert token == vector["token"]
 
 

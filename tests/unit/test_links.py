@@ -17,7 +17,9 @@ B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 def mint(signer: LinkSigner, url: str = "https://example.com/", **ids: str) -> str:
     values = {"customer_id": "cust-a", "campaign_id": "camp-1", "recipient_id": "r42", **ids}
-    return signer.mint_token(url=url, **values)
+    return signer.mint_token(url=url, customer_id=values["customer_id"],
+                             campaign_id=values["campaign_id"],
+                             recipient_id=values["recipient_id"])
 
 
 def test_round_trip() -> None:
@@ -309,3 +311,25 @@ def test_the_precomputed_mac_is_hmac_sha256(key_length: int) -> None:
     for message in (b"", b"v1.k.payload", bytes(range(256)) * 5):
         assert mac.digest(message) == hmac.digest(key, message, "sha256")
     assert mac.digest(b"a") == mac.digest(b"a")  # the keyed states are copied, not consumed
+
+
+def test_minting_time_and_honeypot_round_trip() -> None:
+    signer = LinkSigner([NEW])
+    plain = signer.verify(mint(signer))
+    assert (plain.minted_at, plain.honeypot) == (None, False)
+    token = signer.mint_token(customer_id="c", campaign_id="k", recipient_id="r",
+                              url="https://example.com/", minted_at=1796083200, honeypot=True)
+    link = signer.verify(token)
+    assert (link.minted_at, link.honeypot) == (1796083200, True)
+    with pytest.raises(LinkError, match="minting time"):
+        signer.mint_token(customer_id="c", campaign_id="k", recipient_id="r",
+                          url="https://example.com/", minted_at=-1)
+
+
+@pytest.mark.parametrize("extra", ['"t":"1796083200"', '"h":true', '"t":1.5'])
+def test_optional_fields_of_another_type_are_refused(extra: str) -> None:
+    payload = ('{"c":"c","k":"k","r":"r","u":"https://example.com/",' + extra + "}").encode()
+    signed = f"v1.{NEW.kid}.{links._b64encode(payload)}"
+    token = f"{signed}.{links._b64encode(hmac.digest(NEW.secret, signed.encode(), 'sha256'))}"
+    with pytest.raises(LinkError, match="malformed payload"):
+        LinkSigner([NEW]).verify(token)

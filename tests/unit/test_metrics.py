@@ -273,7 +273,7 @@ def test_event_id_of_reads_the_id_of_a_spooled_line() -> None:
 
 def row(n: int) -> Row:
     return (f"evt-{n}", "c", "k", f"r{n}", HOST, "https://example.com/", None, None, "GET",
-            WHEN, False, None)
+            WHEN, False, None, None)
 
 
 class Store:

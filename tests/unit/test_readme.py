@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from services.redirector.bots import classify
+from services.redirector.bots import request_reasons
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -38,4 +38,4 @@ def test_the_first_click_explains_the_token_the_stored_row_and_the_bot_flag() ->
     assert "v1...." not in block  # no placeholder that looks like a token to paste
     assert "trackctl clicks --campaign spring" in block
     assert "`user-agent:curl`" in block and "bot" in block
-    assert classify("GET", "curl/7.88.1") == "user-agent:curl"
+    assert request_reasons("GET", "curl/7.88.1") == ("user-agent:curl",)

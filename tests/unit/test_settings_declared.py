@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from services.certifier import settings as certifier_settings
+from services.classifier import settings as classifier_settings
 from services.logger import settings as logger_settings
 from services.redirector import settings as redirector_settings
 from services.verifier import settings as verifier_settings
@@ -27,6 +28,7 @@ LOADERS: dict[str, Callable[[Mapping[str, str]], Any]] = {
     "logger": logger_settings.load,
     "verifier": verifier_settings.load,
     "certifier": certifier_settings.load,
+    "classifier": classifier_settings.load,
 }
 
 

@@ -2,8 +2,9 @@
 declared defaults and (README) the programs that read them.
 
 README's table: the redirector's and the logger's variables, and those every service
-reads. docs/troubleshooting.md and docs/certificates.md: the verifier's and the
-certifier's, except those every service reads. docs/trackctl.md: trackctl's.
+reads. docs/troubleshooting.md, docs/certificates.md and docs/classification.md: the
+verifier's, the certifier's and the classifier's, except those in README's table.
+docs/trackctl.md: trackctl's.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from tests.support.settings import PROGRAMS, SERVICES
 
 ROOT = Path(__file__).resolve().parents[2]
 EVERY_SERVICE = frozenset.intersection(*(program.names for program in SERVICES.values()))
+# In README's table, not repeated in a service's own: what every service reads, and the
+# database every service but the classifier (which keeps no state) reads.
+IN_README = EVERY_SERVICE | {"DATABASE_URL"}
 _NAME = re.compile(r"`([A-Z][A-Z0-9_]*)`")
 
 
@@ -92,11 +96,12 @@ def test_readme_lists_the_redirector_the_logger_and_every_service_settings() -> 
 @pytest.mark.parametrize(("doc", "heading", "service"), [
     ("docs/troubleshooting.md", "## Settings (verifier)", "verifier"),
     ("docs/certificates.md", "## Settings", "certifier"),
+    ("docs/classification.md", "## Settings (classifier)", "classifier"),
 ])
 def test_a_service_table_lists_its_own_settings(doc: str, heading: str, service: str) -> None:
     rows = table(doc, heading)
     names = [variable(row[0]) for row in rows]
-    check_names(names, set(SERVICES[service].names - EVERY_SERVICE), doc, service)
+    check_names(names, set(SERVICES[service].names - IN_README), doc, service)
     for name, row in zip(names, rows, strict=True):
         wanted = default(name, [service])
         assert row[1] == wanted, f"{doc}, {name}: the default is {wanted}"
@@ -111,6 +116,6 @@ def test_trackctl_doc_lists_the_settings_trackctl_reads() -> None:
 def test_every_declared_variable_is_documented() -> None:
     documented = (SERVICES["redirector"].names | SERVICES["logger"].names
                   | SERVICES["verifier"].names | SERVICES["certifier"].names
-                  | PROGRAMS["trackctl"].names)
+                  | SERVICES["classifier"].names | PROGRAMS["trackctl"].names)
     declared = frozenset.union(*(program.names for program in PROGRAMS.values()))
     assert declared == documented

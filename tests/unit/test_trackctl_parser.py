@@ -67,7 +67,7 @@ def test_bad_values_exit_2_with_one_clear_line(capsys: pytest.CaptureFixture[str
     status, err = exit_status(capsys, "doctor", "track.a.test", "--redirector", "ftp://x")
     assert status == 2 and "--redirector" in err
     status, err = exit_status(capsys, "dlq", "list", "redirector")
-    assert status == 2 and "one of certifier, logger, verifier" in err
+    assert status == 2 and "one of certifier, classifier, logger, verifier" in err
     monkeypatch.setenv("AMQP_URL", "http://wrong")
     status, err = exit_status(capsys, "dlq", "list", "logger")
     assert status == 2 and err.startswith("trackctl: configuration error: AMQP_URL")

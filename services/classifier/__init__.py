@@ -1,0 +1,1 @@
+"""The classifier: what several clicks show (bursts, honeypots), published as click.classified."""

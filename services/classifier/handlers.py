@@ -1,0 +1,79 @@
+"""The classifier's handler: clicks into the windows, changed verdicts out as click.classified.
+
+A message is acked only once the classifications it caused are confirmed by the broker;
+a failed publish keeps them (in order) for the next try, and the message is retried
+(its clicks are then recognised as already seen).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry
+
+from services.classifier.windows import Click, Windows
+from shared.errors import TransientError
+from shared.events import ClickClassified, ClickTracked, Event, encode_batch, encode_event
+from shared.metrics import ClassifierMetrics
+
+log = structlog.get_logger(__name__)
+
+Publish = Callable[[bytes], Awaitable[None]]
+
+
+def to_click(event: Event[ClickTracked]) -> Click:
+    data = event.data
+    # A click from a redirector older than `reasons` has at most its bot_reason.
+    reasons = list(data.reasons) or ([data.bot_reason] if data.bot_reason else [])
+    return Click(event_id=event.id, key=(data.customer_id, data.campaign_id, data.recipient_id),
+                 url=data.url, at=event.time.timestamp(), clicked_at=event.time,
+                 reasons=reasons, bot=data.bot)
+
+
+class Classifier:
+    def __init__(self, windows: Windows, publish: Publish, *, source: str,
+                 metrics: ClassifierMetrics | None = None) -> None:
+        self.windows = windows
+        self._publish = publish
+        self._source = source
+        self._metrics = metrics or ClassifierMetrics(CollectorRegistry())
+        self._outbox: list[bytes] = []
+        self._lock = asyncio.Lock()
+        self.published = 0
+
+    async def handle(self, events: Sequence[Event[Any]]) -> None:
+        changed = []
+        for event in events:
+            if isinstance(event.data, ClickTracked):
+                changed.extend(self.windows.add(to_click(event)))
+        self._metrics.clicks.inc(len(events))
+        for click in changed:
+            customer_id, campaign_id, recipient_id = click.key
+            self._outbox.append(encode_event(ClickClassified(
+                event_id=click.event_id, customer_id=customer_id, campaign_id=campaign_id,
+                recipient_id=recipient_id, clicked_at=click.clicked_at, bot=click.bot,
+                reasons=click.reasons), source=self._source))
+            self._metrics.reclassified.labels("true" if click.bot else "false").inc()
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Publish every waiting classification (this message's and any a failure left)."""
+        async with self._lock:
+            if not self._outbox:
+                return
+            batch, self._outbox = self._outbox, []
+            try:
+                await self._publish(encode_batch(batch))
+            except asyncio.CancelledError:
+                self._outbox[:0] = batch
+                raise
+            except Exception as exc:
+                self._outbox[:0] = batch
+                raise TransientError(f"click.classified not published: "
+                                     f"{str(exc) or type(exc).__name__}") from exc
+            self.published += len(batch)
+            log.info("clicks.reclassified", published=len(batch),
+                     held=self.windows.held)

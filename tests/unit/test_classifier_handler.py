@@ -1,0 +1,74 @@
+"""The classifier's handler: changed verdicts published as one batch, kept on failure."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from services.classifier.handlers import Classifier
+from services.classifier.windows import Windows
+from shared.errors import TransientError
+from shared.events import ClickTracked, Event
+
+T0 = datetime(2026, 12, 2, 4, 0, tzinfo=UTC)
+
+
+def tracked(n: int, *, seconds: float, recipient: str = "r1", **fields: Any) -> Event[Any]:
+    data = ClickTracked(customer_id="c", campaign_id="k", recipient_id=recipient,
+                        domain="click.platform.test", url=f"https://shop.test/{n}", **fields)
+    return Event(id=f"e{n}", type=ClickTracked.TYPE, source="/test",
+                 time=T0 + timedelta(seconds=seconds), data=data, raw=b"")
+
+
+class Broker:
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        self.fail = False
+
+    async def publish(self, body: bytes) -> None:
+        if self.fail:
+            raise ConnectionError("broker gone")
+        self.bodies.append(body)
+
+    def events(self) -> list[dict[str, Any]]:
+        return [event for body in self.bodies for event in json.loads(body)]
+
+
+async def test_a_burst_is_published_once_as_click_classified() -> None:
+    broker = Broker()
+    classifier = Classifier(Windows(), broker.publish, source="/classifier/test")
+    await classifier.handle([tracked(n, seconds=n * 0.5, reasons=["soon-after-send"])
+                             for n in range(4)])
+    await classifier.handle([tracked(9, seconds=600, recipient="r2")])  # a person, later
+    events = broker.events()
+    assert len(broker.bodies) == 1 and len(events) == 4
+    assert {e["type"] for e in events} == {"click.classified"}
+    first = events[0]["data"]
+    assert first["event_id"] == "e0" and first["bot"] is True
+    assert first["reasons"] == ["burst", "soon-after-send"]
+    assert first["clicked_at"] == "2026-12-02T04:00:00Z"
+    assert events[0]["source"] == "/classifier/test" and classifier.published == 4
+
+
+async def test_a_click_from_an_older_redirector_brings_its_bot_reason() -> None:
+    broker = Broker()
+    classifier = Classifier(Windows(burst_links=2), broker.publish, source="/c")
+    await classifier.handle([tracked(1, seconds=0, bot=True, bot_reason="user-agent:curl"),
+                             tracked(2, seconds=1)])
+    assert [e["data"]["event_id"] for e in broker.events()] == ["e2"]
+    assert classifier.windows.held == 2
+
+
+async def test_a_failed_publish_keeps_the_classifications_for_the_retry() -> None:
+    broker = Broker()
+    classifier = Classifier(Windows(burst_links=2), broker.publish, source="/c")
+    broker.fail = True
+    message = [tracked(1, seconds=0), tracked(2, seconds=1)]
+    with pytest.raises(TransientError, match="broker gone"):
+        await classifier.handle(message)
+    broker.fail = False
+    await classifier.handle(message)  # the retry: its clicks are known, its events kept
+    assert [e["data"]["event_id"] for e in broker.events()] == ["e1", "e2"]
