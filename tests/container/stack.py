@@ -52,8 +52,10 @@ APP_IMAGE = "tracking-domains:latest"
 REPLACED = ("rabbitmq", "postgres")
 DROPPED_KEYS = ("ports", "expose", "hostname")
 ONE_SHOTS = ("migrate", "prepare-volumes")
-LONG_RUNNING = ("redirector", "logger", "verifier", "certifier", "nginx")
-APP_SERVICES = ("redirector", "logger", "verifier", "certifier")
+LONG_RUNNING = ("redirector", "logger", "classifier", "verifier", "certifier", "nginx")
+APP_SERVICES = ("redirector", "logger", "classifier", "verifier", "certifier")
+# The app services with a database (the classifier has none).
+DATABASE_SERVICES = ("redirector", "logger", "verifier", "certifier")
 ACME_CA_IN_CONTAINER = "/run/acme-ca.pem"
 PROJECT_LABEL = "com.docker.compose.project"
 
@@ -99,13 +101,15 @@ class Ports:
     @classmethod
     def pick(cls) -> Ports:
         picked: list[int] = []
-        while len(picked) < 8:
+        apps = len(APP_SERVICES)
+        while len(picked) < apps + 4:
             port = free_port()
             if port not in picked:
                 picked.append(port)
-        return cls(redirector=picked[0], metrics=dict(zip(APP_SERVICES, picked[1:5],
+        return cls(redirector=picked[0], metrics=dict(zip(APP_SERVICES, picked[1:apps + 1],
                                                           strict=True)),
-                   nginx_http=picked[5], nginx_https=picked[6], nginx_status=picked[7])
+                   nginx_http=picked[apps + 1], nginx_https=picked[apps + 2],
+                   nginx_status=picked[apps + 3])
 
     def all(self) -> list[int]:
         return [self.redirector, *self.metrics.values(), self.nginx_http, self.nginx_https,
@@ -140,8 +144,9 @@ def override(ports: Ports, *, amqp_urls: Mapping[str, str], database_url: str,
     }
     for name in APP_SERVICES:
         services[name] = {**host, "environment": {
-            "AMQP_URL": amqp_urls[name], "DATABASE_URL": database_url,
-            "METRICS_BIND": loopback(ports.metrics[name])}}
+            "AMQP_URL": amqp_urls[name], "METRICS_BIND": loopback(ports.metrics[name])}}
+        if name in DATABASE_SERVICES:
+            services[name]["environment"]["DATABASE_URL"] = database_url
     services["redirector"]["environment"]["REDIRECTOR_BIND"] = loopback(ports.redirector)
     services["certifier"]["environment"].update({
         "NGINX_UPSTREAMS": loopback(ports.redirector),

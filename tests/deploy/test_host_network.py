@@ -15,6 +15,7 @@ import yaml
 
 from tests.container.stack import (
     ACME_CA_IN_CONTAINER,
+    APP_SERVICES,
     DROPPED_KEYS,
     REPLACED,
     Ports,
@@ -38,8 +39,7 @@ def _host_config(tmp_path: Path) -> dict[str, Any]:
     ca, conf = tmp_path / "ca.pem", tmp_path / "nginx.conf"
     ca.write_text("")
     conf.write_text("")
-    urls = dict.fromkeys(("redirector", "logger", "verifier", "certifier"),
-                         "amqp://guest:guest@127.0.0.1:5672/test-paper")
+    urls = dict.fromkeys(APP_SERVICES, "amqp://guest:guest@127.0.0.1:5672/test-paper")
     file = tmp_path / "override.yaml"
     file.write_text(yaml.safe_dump(override(
         Ports.pick(), amqp_urls=urls, database_url="postgresql://postgres@127.0.0.1/td_test_x",
