@@ -331,3 +331,16 @@ class AcmeAccount(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
     )
+
+
+class EdgeCertificate(Base):
+    """What one edge's nginx serves for one domain, written by that edge's agent once a
+    handshake showed the serial (`trackctl domain show` lists them)."""
+
+    __tablename__ = "edge_certificates"
+
+    edge_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    domain: Mapped[str] = mapped_column(String(253), primary_key=True, index=True)
+    serial: Mapped[str] = mapped_column(String(64), nullable=False)
+    installed_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now())
