@@ -9,6 +9,7 @@ from pathlib import Path
 from shared.logs import LOG_LEVEL
 from shared.settings import (
     BROKER,
+    CERT_STORE_KEYS,
     DATABASE_URL,
     REQUIRED,
     BrokerSettings,
@@ -16,6 +17,7 @@ from shared.settings import (
     Env,
     Program,
     Setting,
+    StoreKey,
     metrics_bind,
 )
 from shared.settings.declare import optional
@@ -45,7 +47,8 @@ EDGE_RECONCILE_S = Setting(
 METRICS_BIND = metrics_bind("edge")
 
 PROGRAM = Program("edge", (
-    EDGE_ID, *BROKER, DATABASE_URL, EDGE_CERT_DIR, EDGE_CERT_GROUP, EDGE_RECONCILE_S,
+    EDGE_ID, *BROKER, DATABASE_URL, CERT_STORE_KEYS, EDGE_CERT_DIR, EDGE_CERT_GROUP,
+    EDGE_RECONCILE_S,
     NGINX_CONF_PATH, NGINX_RELOAD_COMMAND, NGINX_HTTPS_LISTEN, NGINX_HTTP_LISTEN,
     NGINX_UPSTREAMS, NGINX_VERIFY_TLS, LOG_LEVEL, METRICS_BIND,
 ))
@@ -56,6 +59,7 @@ class EdgeSettings:
     edge_id: str
     broker: BrokerSettings
     database: DatabaseSettings
+    store_keys: tuple[StoreKey, ...]
     cert_dir: Path
     cert_group: str | None
     reconcile_s: float
@@ -75,6 +79,7 @@ def load(environ: Mapping[str, str]) -> EdgeSettings:
         edge_id=env[EDGE_ID],
         broker=BrokerSettings.read(env),
         database=DatabaseSettings.read(env),
+        store_keys=env[CERT_STORE_KEYS],
         cert_dir=env[EDGE_CERT_DIR],
         cert_group=env[EDGE_CERT_GROUP],
         reconcile_s=env[EDGE_RECONCILE_S],

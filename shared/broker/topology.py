@@ -63,6 +63,13 @@ class Topology:
         return names
 
 
+def edge_queue_names(topology: Topology, edge_id: str) -> list[str]:
+    """The full names of one edge's queue, its retry tiers and its dead-letter queue."""
+    name = edge_queue(edge_id)
+    tiers = [topology.retry_queue(name, delay) for delay in topology.retry_delays_ms]
+    return [topology.queue(name), *tiers, topology.dead_queue(name)]
+
+
 async def declare(channel: AbstractChannel, topology: Topology) -> AbstractExchange:
     """Declare everything; safe to run from every replica of every service at once."""
     exchange = await channel.declare_exchange(
