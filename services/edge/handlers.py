@@ -96,7 +96,8 @@ class Edge:
                                 certificate.key_pem)
         await self._confirm(name, serial)
         self.installed[name] = serial
-        await self.records.record({name: serial})
+        if via != "reconcile":  # reconcile writes its rows together, at its end
+            await self.records.record({name: serial})
         await self.publisher.publish_event(CertificateInstalled(
             edge_id=self.edge_id, domain=name, customer_id=customer_id, serial=serial))
         self.metrics.changed("installed", via)
