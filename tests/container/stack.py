@@ -52,8 +52,8 @@ APP_IMAGE = "tracking-domains:latest"
 REPLACED = ("rabbitmq", "postgres")
 DROPPED_KEYS = ("ports", "expose", "hostname")
 ONE_SHOTS = ("migrate", "prepare-volumes")
-LONG_RUNNING = ("redirector", "logger", "verifier", "certifier", "nginx")
-APP_SERVICES = ("redirector", "logger", "verifier", "certifier")
+LONG_RUNNING = ("redirector", "logger", "verifier", "certifier", "nginx", "edge")
+APP_SERVICES = ("redirector", "logger", "verifier", "certifier", "edge")
 ACME_CA_IN_CONTAINER = "/run/acme-ca.pem"
 PROJECT_LABEL = "com.docker.compose.project"
 
@@ -99,13 +99,15 @@ class Ports:
     @classmethod
     def pick(cls) -> Ports:
         picked: list[int] = []
-        while len(picked) < 8:
+        while len(picked) < 4 + len(APP_SERVICES):
             port = free_port()
             if port not in picked:
                 picked.append(port)
-        return cls(redirector=picked[0], metrics=dict(zip(APP_SERVICES, picked[1:5],
+        apps = len(APP_SERVICES)
+        return cls(redirector=picked[0], metrics=dict(zip(APP_SERVICES, picked[1:apps + 1],
                                                           strict=True)),
-                   nginx_http=picked[5], nginx_https=picked[6], nginx_status=picked[7])
+                   nginx_http=picked[apps + 1], nginx_https=picked[apps + 2],
+                   nginx_status=picked[apps + 3])
 
     def all(self) -> list[int]:
         return [self.redirector, *self.metrics.values(), self.nginx_http, self.nginx_https,
@@ -143,11 +145,11 @@ def override(ports: Ports, *, amqp_urls: Mapping[str, str], database_url: str,
             "AMQP_URL": amqp_urls[name], "DATABASE_URL": database_url,
             "METRICS_BIND": loopback(ports.metrics[name])}}
     services["redirector"]["environment"]["REDIRECTOR_BIND"] = loopback(ports.redirector)
-    services["certifier"]["environment"].update({
+    services["edge"]["environment"].update({
         "NGINX_UPSTREAMS": loopback(ports.redirector),
         "NGINX_HTTP_LISTEN": loopback(ports.nginx_http),
-        "NGINX_HTTPS_LISTEN": loopback(ports.nginx_https),
-        "ACME_CA_BUNDLE": ACME_CA_IN_CONTAINER})
+        "NGINX_HTTPS_LISTEN": loopback(ports.nginx_https)})
+    services["certifier"]["environment"]["ACME_CA_BUNDLE"] = ACME_CA_IN_CONTAINER
     services["certifier"]["volumes"] = [f"{acme_ca}:{ACME_CA_IN_CONTAINER}:ro"]
     services["nginx"] = {
         **host, "image": NGINX_BASE_IMAGE,

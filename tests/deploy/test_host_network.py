@@ -38,7 +38,7 @@ def _host_config(tmp_path: Path) -> dict[str, Any]:
     ca, conf = tmp_path / "ca.pem", tmp_path / "nginx.conf"
     ca.write_text("")
     conf.write_text("")
-    urls = dict.fromkeys(("redirector", "logger", "verifier", "certifier"),
+    urls = dict.fromkeys(("redirector", "logger", "verifier", "certifier", "edge"),
                          "amqp://guest:guest@127.0.0.1:5672/test-paper")
     file = tmp_path / "override.yaml"
     file.write_text(yaml.safe_dump(override(
