@@ -127,7 +127,7 @@ class CertificateFiles:
     """The per-domain files nginx reads at each handshake: write, remove, list."""
 
     directory: Path
-    group: str | None = None  # nginx workers' group; None: the agent's own
+    group: str | None = None  # nginx workers' group (name or gid); None: the agent's own
 
     def prepare(self) -> None:
         """Create the directory (0750) and clear temporary files a crash left behind."""
@@ -181,7 +181,8 @@ class CertificateFiles:
 
     def _own(self, path: Path, mode: int) -> None:
         if self.group is not None:
-            os.chown(path, -1, grp.getgrnam(self.group).gr_gid)
+            gid = int(self.group) if self.group.isdigit() else grp.getgrnam(self.group).gr_gid
+            os.chown(path, -1, gid)
         os.chmod(path, mode)
 
 

@@ -39,7 +39,7 @@ EDGE_CERT_DIR = Setting(
     "Where the agent writes one file per domain (chain and key) for nginx to read.")
 EDGE_CERT_GROUP = Setting(
     "EDGE_CERT_GROUP", optional(string), "",
-    "Group given the certificate files (0640): the one nginx's workers run in.",
+    "Group (name or gid) given the certificate files (0640): that of nginx's workers.",
     shown="(the agent's own)")
 EDGE_RECONCILE_S = Setting(
     "EDGE_RECONCILE_S", number(minimum=1.0), "300",

@@ -129,11 +129,13 @@ def nginx_conf_on(port: int) -> str:
 
 
 def override(ports: Ports, *, amqp_urls: Mapping[str, str], database_url: str,
-             acme_ca: Path, nginx_conf: Path) -> dict[str, Any]:
+             acme_ca: Path, nginx_conf: Path, nginx_gid: int | None = None) -> dict[str, Any]:
     """The override file: host networking, loopback addresses, the machine's servers.
 
     `amqp_urls` maps each service to its AMQP_URL (a test may route one service through
-    a proxy it controls).
+    a proxy it controls). `nginx_gid`: the group of nginx's workers in the nginx image the
+    test runs (the local one is not the official image, whose `nginx` group is 101),
+    given to the edge agent's certificate files.
     """
     host: dict[str, Any] = {"network_mode": "host"}
     services: dict[str, Any] = {
@@ -149,6 +151,9 @@ def override(ports: Ports, *, amqp_urls: Mapping[str, str], database_url: str,
         "NGINX_UPSTREAMS": loopback(ports.redirector),
         "NGINX_HTTP_LISTEN": loopback(ports.nginx_http),
         "NGINX_HTTPS_LISTEN": loopback(ports.nginx_https)})
+    if nginx_gid is not None:
+        services["edge"]["environment"]["EDGE_CERT_GROUP"] = str(nginx_gid)
+        services["edge"]["group_add"] = [str(nginx_gid)]
     services["certifier"]["environment"]["ACME_CA_BUNDLE"] = ACME_CA_IN_CONTAINER
     services["certifier"]["volumes"] = [f"{acme_ca}:{ACME_CA_IN_CONTAINER}:ro"]
     services["nginx"] = {
@@ -157,6 +162,13 @@ def override(ports: Ports, *, amqp_urls: Mapping[str, str], database_url: str,
                         "HEALTH_URL": f"http://127.0.0.1:{ports.nginx_status}/healthz"},
         "volumes": [f"{nginx_conf}:/etc/nginx/nginx.conf:ro"]}
     return {"services": services}
+
+
+def nginx_worker_gid() -> int:
+    """The gid of the `nginx` user in the nginx image the test runs."""
+    result = run([DOCKER, "run", "--rm", "--network", "none", NGINX_BASE_IMAGE,
+                  "id", "-g", "nginx"])
+    return int(result.stdout.strip())
 
 
 def compose_env(variables: Mapping[str, str]) -> dict[str, str]:

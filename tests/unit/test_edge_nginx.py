@@ -3,6 +3,7 @@ test_edge_agent.py and tests/e2e/test_edge_fleet.py run a real one)."""
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -52,3 +53,12 @@ def test_only_names_in_normal_form_become_paths(tmp_path: Path, name: str) -> No
     files = CertificateFiles(tmp_path)
     with pytest.raises(PermanentError):
         files.path(name)
+
+
+def test_the_group_may_be_a_gid(tmp_path: Path) -> None:
+    gid = os.getgid()
+    files = CertificateFiles(tmp_path / "certs", group=str(gid))
+    files.prepare()
+    chain, key = self_signed_pem("track.a.test")
+    files.write("track.a.test", chain.encode(), key)
+    assert (tmp_path / "certs" / "track.a.test.pem").stat().st_gid == gid
