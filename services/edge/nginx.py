@@ -18,8 +18,8 @@ The include (upstream of the redirectors, the plain-HTTP catch-all for HTTP-01
 challenges, the HTTPS server above) changes only with the settings: it is written
 and nginx reloaded at start when it differs, and never again.
 
-The files are readable by their owner and group only (0640, directory 0750): nginx's
-workers read them, so in production they run in the group `EDGE_CERT_GROUP` names.
+The files are readable by their owner and group only (0640; the directory 0751: no
+listing): nginx's workers read them, so they run in the group `EDGE_CERT_GROUP` names.
 """
 
 from __future__ import annotations
@@ -46,7 +46,12 @@ _SAFE_PATH = re.compile(r'^[^"\\;{}$\s]+$')
 UPSTREAM = "tracking_redirectors"
 SUFFIX = ".pem"
 FILE_MODE = 0o640
-DIR_MODE = 0o750
+# Others may pass through the directory but not list it: a file is reached only by its
+# name and readable only by its group. (Traversal must not hang on the directory's group:
+# a deployment tool that chowns the volume again, as compose's prepare-volumes does on
+# `up`, would otherwise lock nginx's workers out.)
+DIR_MODE = 0o751
+SCRATCH_MODE = 0o700
 _SCRATCH = ".incoming"  # temporary files, in a directory no SNI value can name
 
 _INCLUDE = Template("""\
@@ -130,11 +135,11 @@ class CertificateFiles:
     group: str | None = None  # nginx workers' group (name or gid); None: the agent's own
 
     def prepare(self) -> None:
-        """Create the directory (0750) and clear temporary files a crash left behind."""
+        """Create the directory (0751) and clear temporary files a crash left behind."""
         scratch = self.directory / _SCRATCH
         scratch.mkdir(parents=True, exist_ok=True)
-        for path in (self.directory, scratch):
-            self._own(path, DIR_MODE)
+        self._own(self.directory, DIR_MODE)
+        scratch.chmod(SCRATCH_MODE)
         for leftover in scratch.iterdir():
             leftover.unlink(missing_ok=True)
 

@@ -125,7 +125,7 @@ async def test_an_edge_serves_the_store_follows_events_and_catches_up(world: Wor
             == {(EDGE, A, a1), (EDGE, B, b1)}
         key_file = world.settings.cert_dir / f"{A}.pem"
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o640  # never world-readable
-        assert stat.S_IMODE(world.settings.cert_dir.stat().st_mode) == 0o750
+        assert stat.S_IMODE(world.settings.cert_dir.stat().st_mode) == 0o751
 
         # A renewal: the new serial is served within seconds, without a reload.
         include_before = world.nginx.include.stat().st_mtime_ns

@@ -42,7 +42,7 @@ def test_files_hold_chain_and_key_are_not_world_readable_and_list_their_serials(
     text = written.read_text()
     assert "BEGIN CERTIFICATE" in text and "PRIVATE KEY" in text
     assert stat.S_IMODE(written.stat().st_mode) == 0o640
-    assert stat.S_IMODE((tmp_path / "certs").stat().st_mode) == 0o750
+    assert stat.S_IMODE((tmp_path / "certs").stat().st_mode) == 0o751
     (tmp_path / "certs" / "broken.test.pem").write_text("not a certificate")
     assert files.installed() == {"track.a.test": "abc", "broken.test": ""}
     assert files.remove("track.a.test") and not files.remove("track.a.test")
