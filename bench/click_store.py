@@ -277,7 +277,7 @@ async def open_store(name: str, database: DatabaseSettings, *, for_logger: bool 
         await downgrade(database, "0006")
     engine = create_engine(database, pool_size=2, pre_ping=False)
     if name == "today" and for_logger:
-        # Today's one table with the (nullable) column today's logger writes (0008).
+        # Today's one table with the (nullable) column today's logger writes (0009).
         async with engine.begin() as connection:
             await connection.exec_driver_sql("ALTER TABLE tracking_logs ADD COLUMN reasons text")
     return Store(database, engine, click_store(engine))

@@ -4,28 +4,52 @@ configuration touched), as the edge in front of the redirector.
 The main nginx.conf is the project's own (`services.certifier.nginx.render_main`);
 the include starts as the generator's output for no domains, which already listens
 on both ports, and the certifier rewrites it and reloads with `reload_command`, as it
-does in production.
+does in production. With `cert_dir`, the include is the edge agent's instead
+(`services.edge.nginx.render_include`: certificates read per handshake from that
+directory, written by the agent, which reloads nothing).
 """
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 from demo.net import free_port, listening
 from demo.processes import StartError
 from services.certifier.nginx import render_main, render_sites
+from services.edge.nginx import render_include
+
+
+def worker_group() -> str | None:
+    """The group nginx's workers run in when the master is started by root (they become
+    `nobody`): the edge's certificate files must be readable by it. None: our own."""
+    if os.geteuid() != 0:
+        return None
+    return grp.getgrgid(pwd.getpwnam("nobody").pw_gid).gr_name
+
+
+def certificate_directory(prefix: str = "edge-certs-") -> Path:
+    """A fresh directory nginx's workers can reach (pytest's tmp_path is 0700 to root,
+    so not below it); the agent makes it 0750 for `worker_group()`. The caller removes it."""
+    parent = Path(tempfile.mkdtemp(prefix=prefix))
+    parent.chmod(0o711)
+    return parent / "certs"
 
 
 class Nginx:
     """One nginx master (and its workers) under `prefix`; use as a context manager."""
 
     def __init__(self, prefix: Path, *, upstreams: list[str], http_port: int | None = None,
-                 https_port: int | None = None) -> None:
+                 https_port: int | None = None, cert_dir: Path | None = None) -> None:
         self.prefix = prefix
+        self.cert_dir = cert_dir
         self.http_port = http_port or free_port()
         self.https_port = https_port or free_port()
         self.upstreams = upstreams
@@ -60,9 +84,13 @@ class Nginx:
         for sub in ("conf.d", "temp"):
             (self.prefix / sub).mkdir(parents=True, exist_ok=True)
         self.conf.write_text(render_main(self.prefix, self.include))
-        self.include.write_text(render_sites([], https_listen=self.https_listen,
-                                             http_listen=self.http_listen,
-                                             upstreams=self.upstreams))
+        if self.cert_dir is None:
+            text = render_sites([], https_listen=self.https_listen,
+                                http_listen=self.http_listen, upstreams=self.upstreams)
+        else:
+            text = render_include(cert_dir=self.cert_dir, https_listen=self.https_listen,
+                                  http_listen=self.http_listen, upstreams=self.upstreams)
+        self.include.write_text(text)
         log = open(self.log_path, "wb")  # noqa: SIM115 - the child owns it
         self.process = subprocess.Popen(self.command("-g", "daemon off;"), stdout=log,
                                         stderr=subprocess.STDOUT)

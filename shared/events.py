@@ -159,6 +159,16 @@ class DomainDelisted(EventData, frozen=True):
     listed_since: datetime | None = None
 
 
+class CertificateInstalled(EventData, frozen=True):
+    """One edge serves the certificate: its nginx presented this serial in a handshake."""
+
+    TYPE: ClassVar[str] = "certificate.installed"
+    edge_id: Id
+    domain: DomainName
+    customer_id: Id
+    serial: str
+
+
 class ClickTracked(EventData, frozen=True):
     """A recipient (or a link scanner, flagged as a bot) followed a tracking link."""
 
@@ -234,8 +244,8 @@ class ClickDestinations(EventData, frozen=True):
 EVENT_TYPES: dict[str, type[EventData]] = {
     cls.TYPE: cls
     for cls in (DomainCreated, DomainDeleted, DomainVerified, DomainRejected, DomainLapsed,
-                CertificateIssued, CertificateFailed, CertificateExpiring, DomainListed,
-                DomainDelisted, ClickTracked, DestinationListed, ClickClassified)
+                CertificateIssued, CertificateFailed, CertificateExpiring, CertificateInstalled,
+                DomainListed, DomainDelisted, ClickTracked, DestinationListed, ClickClassified)
 }
 
 D = TypeVar("D", bound=EventData)

@@ -480,12 +480,40 @@ class CertifierMetrics:
             self.expiring_notices.inc()
 
 
+class EdgeMetrics:
+    """One edge agent's: what its nginx serves against what the certificate store says."""
+
+    def __init__(self, registry: CollectorRegistry, edge_id: str = "") -> None:
+        self.consumer = ConsumerMetrics(registry)
+        self.behind = Gauge(
+            "tracking_edge_certificates_behind", "Certificates the store says this edge should "
+            "serve (or stop serving) that its nginx does not yet: new serials not installed, "
+            "removals not done. Updated after each event and each reconciliation.", ["edge"],
+            registry=registry).labels(edge_id)
+        self.served = Gauge(
+            "tracking_edge_certificates_served", "Certificate files this edge's nginx serves.",
+            ["edge"], registry=registry).labels(edge_id)
+        self._changes = Counter(
+            "tracking_edge_certificate_changes", "Certificates installed or removed on this "
+            "edge, by how it learnt of the change (event, reconcile: what events missed).",
+            ["edge", "change", "via"], registry=registry)
+        self.reconciled = Gauge(
+            "tracking_edge_last_reconcile_timestamp_seconds", "When this edge last finished a "
+            "full comparison with the certificate store.", ["edge"],
+            registry=registry).labels(edge_id)
+        self._edge = edge_id
+
+    def changed(self, change: str, via: str) -> None:
+        self._changes.labels(self._edge, change, via).inc()
+
+
 SERVICE_METRICS: Mapping[str, Callable[[CollectorRegistry], object]] = {
     "redirector": RedirectorMetrics,
     "logger": LoggerMetrics,
     "verifier": VerifierMetrics,
     "certifier": CertifierMetrics,
     "classifier": ClassifierMetrics,
+    "edge": EdgeMetrics,
 }
 
 

@@ -2,7 +2,7 @@
 
 Read from the per-day aggregates the database keeps as clicks are committed or
 reclassified (`click_daily`, `click_recipients`, `click_reasons`: migrations 0007 and
-0008), never from the raw clicks, so a report costs the same with a billion clicks
+0009), never from the raw clicks, so a report costs the same with a billion clicks
 stored. Hence `--since`/`--until` select whole UTC days: from the day of `--since` up to
 the day of `--until` (included when `--until` is not midnight). Bot clicks (link
 scanners, previews, HEAD requests: docs/classification.md) are shown, never mixed in,

@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.broker.publisher import Publisher
-from shared.db.models import AcmeEvent, TrackingDomain
+from shared.db.models import AcmeEvent, EdgeCertificate, TrackingDomain
 from shared.domain_status import DomainStatus
 from shared.domain_status import is_tombstone as status_is_tombstone
 from shared.domains import (
@@ -49,6 +49,7 @@ from trackctl.settings import reader
 
 T = TrackingDomain.__table__.c
 A = AcmeEvent.__table__.c
+E = EdgeCertificate.__table__.c
 COLUMNS = (T.name, T.customer_id, T.status, T.verified, T.matched_by, T.dns_chain,
            T.last_error, T.check_due_at, T.certificate_serial, T.certificate_issued_at,
            T.certificate_expires_at, T.certificate_renew_at, T.created_at, T.updated_at,
@@ -148,6 +149,14 @@ async def fetch_acme_events(engine: AsyncEngine, name: str, limit: int = 10
                             ) -> list[dict[str, Any]]:
     query = (select(A.kind, A.at).where(A.name == name).order_by(A.at.desc(), A.id.desc())
              .limit(limit))
+    async with engine.connect() as connection:
+        return [jsonable(row._asdict()) for row in (await connection.execute(query)).all()]
+
+
+async def fetch_edges(engine: AsyncEngine, name: str) -> list[dict[str, Any]]:
+    """Which serial each edge serves for `name` (edge_certificates, by edge)."""
+    query = (select(E.edge_id, E.serial, E.installed_at).where(E.domain == name)
+             .order_by(E.edge_id))
     async with engine.connect() as connection:
         return [jsonable(row._asdict()) for row in (await connection.execute(query)).all()]
 
@@ -259,16 +268,18 @@ async def show(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                            f"`trackctl domain add {name} --customer C`)")
         acme = await fetch_acme_events(engine, name)
         reputation = await fetch_reputation(engine, name)
+        edges = await fetch_edges(engine, name)
     if args.json:
         emit_json({**row, "tombstone": is_tombstone(row), "acme_events": acme,
-                   "reputation": reputation})
+                   "reputation": reputation, "edges": edges})
         return OK
-    print(render_show(row, acme, utc_now(), reputation))
+    print(render_show(row, acme, utc_now(), reputation, edges))
     return OK
 
 
 def render_show(row: Mapping[str, Any], acme: list[dict[str, Any]], now: datetime,
-                reputation: Sequence[Mapping[str, Any]] = ()) -> str:
+                reputation: Sequence[Mapping[str, Any]] = (),
+                edges: Sequence[Mapping[str, Any]] = ()) -> str:
     status = row["status"] + (" (deleted by the customer; kept as a tombstone until its "
                               "rechecks drain)" if is_tombstone(row) else "")
     pairs: list[tuple[str, object]] = [
@@ -302,6 +313,15 @@ def render_show(row: Mapping[str, Any], acme: list[dict[str, Any]], now: datetim
     else:
         text += ("\n\nblocklists: not looked up (only verified and active domains are "
                  "watched, and only while REPUTATION_LISTS names lists)")
+    if edges:
+        serial = row["certificate_serial"]
+        text += "\n\nserved by (edge_certificates, as each edge agent confirmed):\n" + table(
+            ("edge", "serial", "installed", ""),
+            [(edge["edge_id"], edge["serial"], edge["installed_at"],
+              "" if serial is None or edge["serial"] == serial else "behind")
+             for edge in edges])
+    else:
+        text += "\n\nserved by no edge (edge_certificates)"
     return text
 
 

@@ -19,7 +19,7 @@ from services.certifier.certbot import Certbot
 from services.certifier.challenges import ChallengeRelay
 from services.certifier.handlers import Policy, handle_events, served_sites
 from services.certifier.issuance import Issuer
-from services.certifier.nginx import NginxError, NginxSites, local_address
+from services.certifier.nginx import NginxError, NginxSites
 from services.certifier.renewal import RenewalPolicy, renew_forever
 from services.certifier.settings import CertifierSettings
 from services.certifier.store import CertificateStore
@@ -30,6 +30,7 @@ from shared.broker.names import CERTIFIER_QUEUE, RETRY_DELAYS_MS
 from shared.broker.publisher import Publisher
 from shared.certificates import AcmeAccounts, CertStore, ChallengeAnswers, Keyring
 from shared.db.migrate import open_migrated
+from shared.handshake import local_address
 from shared.lifecycle import Lifecycle, event_source, service_main
 from shared.metrics import CertifierMetrics, MetricsServer, new_registry
 

@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import os
 import re
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -40,7 +39,8 @@ from pathlib import Path
 from string import Template
 
 import structlog
-from cryptography import x509
+
+from shared.handshake import presented_serial
 
 log = structlog.get_logger(__name__)
 
@@ -277,38 +277,6 @@ class NginxSites:
             return (f"exit status {process.returncode}: "
                     f"{output.decode(errors='replace').strip()[-1000:]}")
         return None
-
-
-async def presented_serial(host: str, port: int, name: str) -> str | None:
-    """The serial of the certificate nginx presents for SNI `name`; None if none is."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # we compare serials; trust is not the question
-    try:
-        async with asyncio.timeout(2):
-            _, writer = await asyncio.open_connection(
-                host, port, ssl=context, server_hostname=name)
-    except (OSError, ssl.SSLError, TimeoutError):
-        return None
-    try:
-        tls = writer.get_extra_info("ssl_object")
-        der = tls.getpeercert(binary_form=True) if tls is not None else None
-        return format(x509.load_der_x509_certificate(der).serial_number, "x") if der else None
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError, ssl.SSLError):
-            await writer.wait_closed()
-
-
-def local_address(listen: str) -> tuple[str, int]:
-    """Where this host reaches an nginx `listen` value (a bare port means every address)."""
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]")
-    if host in ("", "*", "0.0.0.0"):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    return host, int(port)
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import sys
 from collections.abc import Mapping
@@ -29,10 +28,15 @@ from shared.settings import (
     metrics_bind,
     optional,
 )
+from shared.settings.nginx import (
+    NGINX_CONF_PATH,
+    NGINX_HTTP_LISTEN,
+    NGINX_HTTPS_LISTEN,
+    NGINX_RELOAD_COMMAND,
+    NGINX_UPSTREAMS,
+    NGINX_VERIFY_TLS,
+)
 from shared.settings.parsers import (
-    command,
-    flag,
-    items,
     matching,
     number,
     path,
@@ -43,11 +47,6 @@ from shared.verification.settings import EXPIRY_WARNING_DAYS
 
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 LETS_ENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
-# nginx `listen` values we accept: a port, or address:port (IPv6 in brackets).
-_LISTEN_RE = re.compile(
-    r"^(?:(?:\d{1,3}(?:\.\d{1,3}){3}|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):)?\d{1,5}$")
-
-
 def https_url(text: str) -> str:
     parts = urlsplit(text)
     if parts.scheme != "https" or not parts.netloc:
@@ -59,24 +58,6 @@ def pem_file(text: str) -> Path:
     if not Path(text).is_file():
         raise Invalid(f"must name a readable PEM file, got {text!r}")
     return Path(text)
-
-
-def listen(text: str) -> str:
-    """An nginx `listen` value: a port or address:port."""
-    if not _LISTEN_RE.match(text) or not 0 < int(text.rsplit(":", 1)[-1]) < 65536:
-        raise Invalid("must be a port or address:port (e.g. 443 or 127.0.0.1:8443), "
-                      f"got {text!r}")
-    return text
-
-
-def upstreams(text: str) -> tuple[str, ...]:
-    found = tuple(items(text))
-    for item in found:
-        if not _LISTEN_RE.match(item) or ":" not in item:
-            raise Invalid(f"must be comma-separated host:port, got {item!r}")
-    if not found:
-        raise Invalid("names no redirector")
-    return found
 
 
 def _default_certbot() -> str:
@@ -110,19 +91,6 @@ CERTBOT_DIR = Setting(
     "CERTBOT_DIR", path, "var/certbot", "certbot's config, work and log directories.")
 CERTBOT_TIMEOUT_S = Setting(
     "CERTBOT_TIMEOUT_S", number(minimum=1.0), "300", "A certbot run taking longer is killed.")
-NGINX_CONF_PATH = Setting(
-    "NGINX_CONF_PATH", path, "var/nginx/tracking-domains.conf", "The generated nginx include.")
-NGINX_RELOAD_COMMAND = Setting(
-    "NGINX_RELOAD_COMMAND", command, "", "Run after the include changed.",
-    shown="(none: write only)")
-NGINX_HTTPS_LISTEN = Setting(
-    "NGINX_HTTPS_LISTEN", listen, "443", "nginx `listen` value for HTTPS.")
-NGINX_HTTP_LISTEN = Setting(
-    "NGINX_HTTP_LISTEN", listen, "80", "nginx `listen` value for HTTP.")
-NGINX_UPSTREAMS = Setting(
-    "NGINX_UPSTREAMS", upstreams, "127.0.0.1:8080", "Redirector addresses, comma-separated.")
-NGINX_VERIFY_TLS = Setting(
-    "NGINX_VERIFY_TLS", flag, "1", "Confirm by a handshake that a new certificate is served.")
 # Only named in the reasons customers read.
 CERTIFIER_TRACKING_HOST = TRACKING_HOST.optional()
 ACME_LIMIT_ORDERS_PER_3H = Setting(

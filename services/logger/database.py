@@ -9,7 +9,7 @@ goes the idempotent way in a second one: COPY into a session-local staging table
 partitioned by month of `clicked_at`, and a unique index there must include it; a
 redelivered event carries its own time again, so that is still one row per event id.
 The triggers on `tracking_logs` keep the click_* aggregates in the same transaction,
-from the rows actually inserted (migrations 0007, 0008). COPY is several times
+from the rows actually inserted (migrations 0007, 0009). COPY is several times
 faster than row inserts, and the staging path writes every row twice, so taking it
 only when needed roughly halves the database's work. SQLite: `INSERT OR IGNORE` with
 executemany.
@@ -22,7 +22,7 @@ is never lost. Merging is a union of the reasons and an OR of the verdicts (the 
 monotone, shared/bot_verdict.py): applying one twice, or two in either order, gives
 the same row. On PostgreSQL a row is found by its event id within the month of the
 event's `clicked_at` (the one partition it can be in), and the update triggers move the
-aggregates' per-reason counts with it (migration 0008).
+aggregates' per-reason counts with it (migration 0009).
 
 The logger's engine does not ping a connection at each checkout (a round trip per
 commit); instead a connection whose write failed for any reason but the rows

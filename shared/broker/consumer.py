@@ -38,7 +38,7 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from prometheus_client import CollectorRegistry
 
-from shared.broker.names import BINDINGS
+from shared.broker.names import bindings_of
 from shared.broker.publisher import Publisher
 from shared.broker.topology import Topology
 from shared.errors import PermanentError, TransientError
@@ -93,7 +93,7 @@ class Consumer:
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._accepted = frozenset(BINDINGS.get(queue, ()))
+        self._accepted = frozenset(bindings_of(queue))
         self._metrics = (metrics or ConsumerMetrics(CollectorRegistry())).for_queue(
             queue, sorted(self._accepted))
 

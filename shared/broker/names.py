@@ -10,6 +10,7 @@ from __future__ import annotations
 from shared.events import (
     CertificateExpiring,
     CertificateFailed,
+    CertificateInstalled,
     CertificateIssued,
     ClickClassified,
     ClickTracked,
@@ -36,6 +37,7 @@ CERTIFICATE_FAILED = CertificateFailed.TYPE
 CERTIFICATE_EXPIRING = CertificateExpiring.TYPE
 DOMAIN_LISTED = DomainListed.TYPE
 DOMAIN_DELISTED = DomainDelisted.TYPE
+CERTIFICATE_INSTALLED = CertificateInstalled.TYPE
 CLICK_TRACKED = ClickTracked.TYPE
 DESTINATION_LISTED = DestinationListed.TYPE
 CLICK_CLASSIFIED = ClickClassified.TYPE
@@ -76,13 +78,34 @@ QUEUE_ARGUMENTS: dict[str, dict[str, bool | int | str]] = {
                        "x-message-ttl": CLASSIFIER_BACKLOG_MS},
 }
 
+# One queue per edge (its agent, services/edge): every edge must see every event, so
+# edges do not compete; an edge that is down finds its events waiting. A queue nobody
+# consumes for EDGE_QUEUE_EXPIRES_MS is deleted by the broker (an edge retired for
+# good); an edge that comes back after that catches up by its full reconciliation.
+EDGE_QUEUE_PREFIX = "edge."
+EDGE_BINDINGS: tuple[str, ...] = (CERTIFICATE_ISSUED, DOMAIN_DELETED, DOMAIN_LAPSED)
+EDGE_QUEUE_EXPIRES_MS = 7 * 24 * 3600 * 1000
+
+
+def edge_queue(edge_id: str) -> str:
+    """The queue of the edge `edge_id` (relative, like every queue name here)."""
+    return f"{EDGE_QUEUE_PREFIX}{edge_id}"
+
+
+def bindings_of(queue: str) -> tuple[str, ...]:
+    """The routing keys a (relative) queue receives."""
+    if queue.startswith(EDGE_QUEUE_PREFIX):
+        return EDGE_BINDINGS
+    return BINDINGS.get(queue, ())
+
+
 # The upstream platform's inbox: every outcome it must hear about. Declared with the
 # rest of the topology so these events are never unroutable (and never lost) before
 # the platform first connects; the platform consumes it, our services never do.
 PLATFORM_QUEUE = "platform"
 PLATFORM_BINDINGS: tuple[str, ...] = (
     DOMAIN_VERIFIED, DOMAIN_REJECTED, DOMAIN_LAPSED,
-    CERTIFICATE_ISSUED, CERTIFICATE_FAILED, CERTIFICATE_EXPIRING,
+    CERTIFICATE_ISSUED, CERTIFICATE_FAILED, CERTIFICATE_EXPIRING, CERTIFICATE_INSTALLED,
     DOMAIN_LISTED, DOMAIN_DELISTED,
     DESTINATION_LISTED, CLICK_CLASSIFIED,
 )

@@ -54,7 +54,7 @@ class TrackingLog(Base):
     which every unique constraint must include: a click is one (`event_id`, `clicked_at`),
     and since every delivery of an event carries the event's own time, that is one row
     per event id. Statement triggers keep the click_* aggregates below in step with
-    inserts and with changes of `bot`, `bot_reason` or `reasons` (migrations 0007, 0008)."""
+    inserts and with changes of `bot`, `bot_reason` or `reasons` (migrations 0007, 0009)."""
 
     __tablename__ = "tracking_logs"
 
@@ -129,7 +129,7 @@ class ClickRecipient(CampaignDay, Base):
 class ClickReason(CampaignDay, Base):
     """A campaign's clicks of one UTC day by reason: `clicks` counts its bot clicks by
     `bot_reason` ('unknown' when none), `bot_clicks` and `human_clicks` its clicks under
-    each of their `reasons` (migration 0008)."""
+    each of their `reasons` (migration 0009)."""
 
     __tablename__ = "click_reasons"
 
@@ -354,3 +354,16 @@ class AcmeAccount(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
     )
+
+
+class EdgeCertificate(Base):
+    """What one edge's nginx serves for one domain, written by that edge's agent once a
+    handshake showed the serial (`trackctl domain show` lists them)."""
+
+    __tablename__ = "edge_certificates"
+
+    edge_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    domain: Mapped[str] = mapped_column(String(253), primary_key=True, index=True)
+    serial: Mapped[str] = mapped_column(String(64), nullable=False)
+    installed_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now())

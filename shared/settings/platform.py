@@ -18,7 +18,8 @@ DEFAULT_METRICS_BINDS: Mapping[str, str] = {
     "logger": "127.0.0.1:9102",
     "verifier": "127.0.0.1:9103",
     "certifier": "127.0.0.1:9104",
-    "classifier": "127.0.0.1:9105",
+    "edge": "127.0.0.1:9105",
+    "classifier": "127.0.0.1:9106",
 }
 MIN_SECRET_LENGTH = 32
 _KID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")

@@ -52,10 +52,10 @@ APP_IMAGE = "tracking-domains:latest"
 REPLACED = ("rabbitmq", "postgres")
 DROPPED_KEYS = ("ports", "expose", "hostname")
 ONE_SHOTS = ("migrate", "prepare-volumes")
-LONG_RUNNING = ("redirector", "logger", "classifier", "verifier", "certifier", "nginx")
-APP_SERVICES = ("redirector", "logger", "classifier", "verifier", "certifier")
+LONG_RUNNING = ("redirector", "logger", "classifier", "verifier", "certifier", "nginx", "edge")
+APP_SERVICES = ("redirector", "logger", "classifier", "verifier", "certifier", "edge")
 # The app services with a database (the classifier has none).
-DATABASE_SERVICES = ("redirector", "logger", "verifier", "certifier")
+DATABASE_SERVICES = ("redirector", "logger", "verifier", "certifier", "edge")
 ACME_CA_IN_CONTAINER = "/run/acme-ca.pem"
 PROJECT_LABEL = "com.docker.compose.project"
 
@@ -101,11 +101,11 @@ class Ports:
     @classmethod
     def pick(cls) -> Ports:
         picked: list[int] = []
-        apps = len(APP_SERVICES)
-        while len(picked) < apps + 4:
+        while len(picked) < 4 + len(APP_SERVICES):
             port = free_port()
             if port not in picked:
                 picked.append(port)
+        apps = len(APP_SERVICES)
         return cls(redirector=picked[0], metrics=dict(zip(APP_SERVICES, picked[1:apps + 1],
                                                           strict=True)),
                    nginx_http=picked[apps + 1], nginx_https=picked[apps + 2],
@@ -131,11 +131,13 @@ def nginx_conf_on(port: int) -> str:
 
 
 def override(ports: Ports, *, amqp_urls: Mapping[str, str], database_url: str,
-             acme_ca: Path, nginx_conf: Path) -> dict[str, Any]:
+             acme_ca: Path, nginx_conf: Path, nginx_gid: int | None = None) -> dict[str, Any]:
     """The override file: host networking, loopback addresses, the machine's servers.
 
     `amqp_urls` maps each service to its AMQP_URL (a test may route one service through
-    a proxy it controls).
+    a proxy it controls). `nginx_gid`: the group of nginx's workers in the nginx image the
+    test runs (the local one is not the official image, whose `nginx` group is 101),
+    given to the edge agent's certificate files.
     """
     host: dict[str, Any] = {"network_mode": "host"}
     services: dict[str, Any] = {
@@ -148,11 +150,14 @@ def override(ports: Ports, *, amqp_urls: Mapping[str, str], database_url: str,
         if name in DATABASE_SERVICES:
             services[name]["environment"]["DATABASE_URL"] = database_url
     services["redirector"]["environment"]["REDIRECTOR_BIND"] = loopback(ports.redirector)
-    services["certifier"]["environment"].update({
+    services["edge"]["environment"].update({
         "NGINX_UPSTREAMS": loopback(ports.redirector),
         "NGINX_HTTP_LISTEN": loopback(ports.nginx_http),
-        "NGINX_HTTPS_LISTEN": loopback(ports.nginx_https),
-        "ACME_CA_BUNDLE": ACME_CA_IN_CONTAINER})
+        "NGINX_HTTPS_LISTEN": loopback(ports.nginx_https)})
+    if nginx_gid is not None:
+        services["edge"]["environment"]["EDGE_CERT_GROUP"] = str(nginx_gid)
+        services["edge"]["group_add"] = [str(nginx_gid)]
+    services["certifier"]["environment"]["ACME_CA_BUNDLE"] = ACME_CA_IN_CONTAINER
     services["certifier"]["volumes"] = [f"{acme_ca}:{ACME_CA_IN_CONTAINER}:ro"]
     services["nginx"] = {
         **host, "image": NGINX_BASE_IMAGE,
@@ -160,6 +165,13 @@ def override(ports: Ports, *, amqp_urls: Mapping[str, str], database_url: str,
                         "HEALTH_URL": f"http://127.0.0.1:{ports.nginx_status}/healthz"},
         "volumes": [f"{nginx_conf}:/etc/nginx/nginx.conf:ro"]}
     return {"services": services}
+
+
+def nginx_worker_gid() -> int:
+    """The gid of the `nginx` user in the nginx image the test runs."""
+    result = run([DOCKER, "run", "--rm", "--network", "none", NGINX_BASE_IMAGE,
+                  "id", "-g", "nginx"])
+    return int(result.stdout.strip())
 
 
 def compose_env(variables: Mapping[str, str]) -> dict[str, str]:

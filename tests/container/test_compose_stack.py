@@ -59,6 +59,7 @@ from tests.container.stack import (
     is_loopback,
     merged,
     nginx_conf_on,
+    nginx_worker_gid,
     override,
     run,
 )
@@ -165,7 +166,7 @@ def _stack(amqp_url: str, pg_admin_url: str, directory: Path,
         override_file = directory / "compose.override.yaml"
         override_file.write_text(yaml.safe_dump(override(
             ports, amqp_urls=amqp_urls, database_url=database.url,
-            acme_ca=pebble.listener_ca, nginx_conf=nginx_conf)))
+            acme_ca=pebble.listener_ca, nginx_conf=nginx_conf, nginx_gid=nginx_worker_gid())))
         variables = {
             "TRACKING_HOST": TRACKING_HOST, "LINK_KEYS": TEST_LINK_KEYS,
             "CERT_STORE_KEYS": TEST_CERT_STORE_KEYS,

@@ -122,7 +122,8 @@ def test_it_runs_every_service_rabbitmq_postgres_and_nginx(config: dict[str, Any
     services = _services(config)
     modules = {module for service in services.values()
                if (module := _module_of(service)) is not None}
-    assert modules == {"redirector", "logger", "verifier", "certifier", "classifier"}, modules
+    assert modules == {"redirector", "logger", "verifier", "certifier", "classifier",
+                       "edge"}, modules
     for module in modules:
         assert (ROOT / "services" / module / "__main__.py").is_file(), module
     images = {service.get("image", "").split(":")[0] for service in services.values()}
@@ -270,10 +271,10 @@ def _volume_at(service: dict[str, Any], path: str) -> tuple[str, str, bool]:
 
 def test_nginx_reaches_every_redirector_replica(config: dict[str, Any]) -> None:
     services = _services(config)
-    certifier = _environment(services["certifier"])
+    edge = _environment(services["edge"])
     redirector_port = _environment(services["redirector"])["REDIRECTOR_BIND"].rsplit(":", 1)[1]
     hosts = set()
-    for upstream in certifier["NGINX_UPSTREAMS"].split(","):
+    for upstream in edge["NGINX_UPSTREAMS"].split(","):
         host, port = upstream.strip().rsplit(":", 1)
         assert host in services and _module_of(services[host]) == "redirector", (
             f"upstream {upstream} is not the redirector service (Docker's DNS name for "
@@ -286,8 +287,8 @@ def test_nginx_reaches_every_redirector_replica(config: dict[str, Any]) -> None:
 def test_the_containers_share_challenges_certificates_and_the_nginx_include(
         config: dict[str, Any]) -> None:
     services = _services(config)
-    certifier, nginx = services["certifier"], services["nginx"]
-    cenv = _environment(certifier)
+    certifier, edge, nginx = services["certifier"], services["edge"], services["nginx"]
+    cenv, eenv = _environment(certifier), _environment(edge)
 
     # ACME challenges: written by the certifier, read by every redirector.
     written = _volume_at(certifier, cenv["ACME_CHALLENGE_DIR"])
@@ -295,14 +296,21 @@ def test_the_containers_share_challenges_certificates_and_the_nginx_include(
                       _environment(services["redirector"])["ACME_CHALLENGE_DIR"])
     assert written[:2] == read[:2] and not written[2]
 
-    # Certificates: the generated include names them by the certifier's paths.
-    certbot = _volume_at(certifier, cenv["CERTBOT_DIR"])
-    assert _volume_at(nginx, cenv["CERTBOT_DIR"])[:2] == certbot[:2]
-    assert cenv["CERTBOT_DIR"].startswith("/"), "relative paths would differ between containers"
+    # Certificates: the edge agent's files, which its include names by the agent's paths;
+    # nginx reads them (read-only), nothing else does, and never the certbot directory.
+    files = _volume_at(edge, eenv["EDGE_CERT_DIR"])
+    assert not files[2]
+    assert _volume_at(nginx, eenv["EDGE_CERT_DIR"])[:2] == files[:2]
+    assert _volume_at(nginx, eenv["EDGE_CERT_DIR"])[2], "nginx must not write certificates"
+    assert eenv["EDGE_CERT_DIR"].startswith("/"), "relative paths would differ"
+    assert not any(m["source"] == _volume_at(certifier, cenv["CERTBOT_DIR"])[0]
+                   for m in _mounts(nginx)), "nginx reads the store's copies, not certbot's"
+    # The workers' group (the nginx image's nginx, gid 101) is the agent's, to give it.
+    assert eenv["EDGE_CERT_GROUP"] in [str(g) for g in edge.get("group_add", [])]
 
-    # The generated include: written by the certifier, included by nginx.conf.
-    conf = Path(cenv["NGINX_CONF_PATH"])
-    volume, inside, read_only = _volume_at(certifier, str(conf))
+    # The include: written by the edge agent, included by nginx.conf.
+    conf = Path(eenv["NGINX_CONF_PATH"])
+    volume, inside, read_only = _volume_at(edge, str(conf))
     assert not read_only
     nginx_conf = (ROOT / "deploy" / "nginx" / "nginx.conf").read_text()
     includes = re.findall(r"^\s*include\s+([^;]+);", nginx_conf, re.MULTILINE)
@@ -313,12 +321,15 @@ def test_the_containers_share_challenges_certificates_and_the_nginx_include(
     assert any(fnmatch.fnmatch(f"{nginx_dir}{inside}", pattern) for pattern in seen_by_nginx)
     mounted_conf = [m for m in _mounts(nginx) if m["target"] == "/etc/nginx/nginx.conf"]
     assert mounted_conf and Path(mounted_conf[0]["source"]) == ROOT / "deploy/nginx/nginx.conf"
+    # The certifier's own (transitional) include is somewhere nginx never looks.
+    certifier_conf = _volume_at(certifier, cenv["NGINX_CONF_PATH"])
+    assert not any(m["source"] == certifier_conf[0] for m in _mounts(nginx))
 
     # The reload: the command is installed in the image and talks to nginx's watcher
-    # through the directory of the generated include.
-    command = shlex.split(cenv["NGINX_RELOAD_COMMAND"])
+    # through the directory of the include.
+    command = shlex.split(eenv["NGINX_RELOAD_COMMAND"])
     assert f"/usr/local/bin/{command[0]}" in _dockerfile_copies().values()
-    assert [_volume_at(certifier, directory)[:2] for directory in command[1:]] == \
+    assert [_volume_at(edge, directory)[:2] for directory in command[1:]] == \
         [(volume, "")], command
     assert "reload-watcher.sh /etc/nginx/tracking" in \
         (ROOT / "deploy/nginx/start.sh").read_text()

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from demo.net import free_port
-from services.certifier.nginx import NginxError, NginxSites, Site, presented_serial
+from services.certifier.nginx import NginxError, NginxSites, Site
+from shared.handshake import presented_serial
 from tests.integration.test_certifier_nginx import self_signed
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -24,7 +24,7 @@ from tests.support.proxy import SilentServer
 
 pytestmark = pytest.mark.fault
 
-SERVICES = ("logger", "verifier", "certifier", "redirector")
+SERVICES = ("logger", "verifier", "certifier", "redirector", "edge")
 EXIT_WITHIN_S = 2.0
 
 
@@ -54,6 +54,9 @@ def env_for(name: str, broker: BrokerSettings, database: DatabaseSettings, tmp_p
                    NGINX_CONF_PATH=str(tmp_path / "nginx" / "tracking-domains.conf"))
     if name == "redirector":
         env.update(REDIRECTOR_BIND=f"127.0.0.1:{free_port()}")
+    if name == "edge":
+        env.update(EDGE_ID="edge-fault", EDGE_CERT_DIR=str(tmp_path / "edge-certs"),
+                   NGINX_CONF_PATH=str(tmp_path / "nginx" / "edge.conf"))
     return env
 
 
@@ -82,7 +85,7 @@ def assert_stopped_before_it_started(process: ServiceProcess) -> None:
     assert '"started": false' in stopped, stopped
 
 
-@pytest.mark.parametrize("name", ["logger", "verifier", "certifier"])
+@pytest.mark.parametrize("name", ["logger", "verifier", "certifier", "edge"])
 def test_sigterm_while_the_broker_refuses_exits_0_at_once(
         name: str, refusing_broker: BrokerSettings, database: DatabaseSettings,
         tmp_path: Path) -> None:

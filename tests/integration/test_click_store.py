@@ -33,7 +33,7 @@ def click(event_id: str, at: datetime, *, recipient: str = "r1", bot: bool = Fal
     return tuple(values[column] for column in COLUMNS)  # type: ignore[return-value]
 
 
-# What the logger of revision 0006 wrote: every column but `reasons` (0008).
+# What the logger of revision 0006 wrote: every column but `reasons` (0009).
 OLD_COLUMNS = tuple(column for column in COLUMNS if column != "reasons")
 
 
@@ -185,7 +185,7 @@ async def test_a_changed_verdict_moves_the_aggregates_in_its_own_transaction(
 async def test_reclassification_moves_every_reasons_counts(engine: AsyncEngine) -> None:
     """apply_classification (human to bot, several reasons; also a classification waiting
     for its click) and a correction back to human move each reason's bot and human
-    clicks, and the report shows every reason (migration 0008's triggers)."""
+    clicks, and the report shows every reason (migration 0009's triggers)."""
     store = click_store(engine)
     month = at(date(2026, 3, 10))
     async with engine.begin() as connection:

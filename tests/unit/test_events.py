@@ -156,6 +156,8 @@ def test_encode_event_round_trips_every_type() -> None:
         "domain.delisted": {"domain": "t.example", "customer_id": "c",
                             "blocklist": "surbl", "zone": "multi.surbl.org",
                             "listed_name": "t.example", "listed_since": WHEN},
+        "certificate.installed": {"edge_id": "edge-b", "domain": "a.example.com",
+                                  "customer_id": "c", "serial": "0a"},
         "click.tracked": click(ip="203.0.113.1", user_agent="UA", bot=True,
                                bot_reason="head-request", method="HEAD",
                                reasons=["head-request", "soon-after-send"]),

@@ -12,7 +12,7 @@ from shared.healthcheck import SERVICES, main, probe_url
 
 SERVICE_ENV = {"TRACKING_HOST": "click.platform.test", "LINK_KEYS": "k1:" + "s" * 40,
                "CERT_STORE_KEYS": "c1:" + "c" * 40,
-               "ACME_EMAIL": "certs@platform.test"}
+               "ACME_EMAIL": "certs@platform.test", "EDGE_ID": "edge-a"}
 
 
 def test_defaults_are_the_services_own() -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from services.certifier import settings as certifier_settings
 from services.classifier import settings as classifier_settings
+from services.edge import settings as edge_settings
 from services.logger import settings as logger_settings
 from services.redirector import settings as redirector_settings
 from services.verifier import settings as verifier_settings
@@ -22,13 +23,14 @@ from shared.settings.parsers import matching, string
 from tests.support.settings import PROGRAMS, SERVICES
 
 MINIMAL = {"TRACKING_HOST": "click.platform.test", "LINK_KEYS": "k1:" + "s" * 40,
-           "CERT_STORE_KEYS": "c1:" + "c" * 40}
+           "CERT_STORE_KEYS": "c1:" + "c" * 40, "EDGE_ID": "edge-a"}
 LOADERS: dict[str, Callable[[Mapping[str, str]], Any]] = {
     "redirector": redirector_settings.load,
     "logger": logger_settings.load,
     "verifier": verifier_settings.load,
     "certifier": certifier_settings.load,
     "classifier": classifier_settings.load,
+    "edge": edge_settings.load,
 }
 
 

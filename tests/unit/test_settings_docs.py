@@ -97,6 +97,7 @@ def test_readme_lists_the_redirector_the_logger_and_every_service_settings() -> 
     ("docs/troubleshooting.md", "## Settings (verifier)", "verifier"),
     ("docs/certificates.md", "## Settings", "certifier"),
     ("docs/classification.md", "## Settings (classifier)", "classifier"),
+    ("docs/certificates.md", "## Settings (edge agent)", "edge"),
 ])
 def test_a_service_table_lists_its_own_settings(doc: str, heading: str, service: str) -> None:
     rows = table(doc, heading)
@@ -116,6 +117,7 @@ def test_trackctl_doc_lists_the_settings_trackctl_reads() -> None:
 def test_every_declared_variable_is_documented() -> None:
     documented = (SERVICES["redirector"].names | SERVICES["logger"].names
                   | SERVICES["verifier"].names | SERVICES["certifier"].names
-                  | SERVICES["classifier"].names | PROGRAMS["trackctl"].names)
+                  | SERVICES["classifier"].names | SERVICES["edge"].names
+                  | PROGRAMS["trackctl"].names)
     declared = frozenset.union(*(program.names for program in PROGRAMS.values()))
     assert declared == documented

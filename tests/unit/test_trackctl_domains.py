@@ -96,3 +96,14 @@ def test_render_show_shows_the_isolation_warning() -> None:
                            isolation_warning="shares its registered domain"), [], NOW)
     assert "registered domain:   shop-builder.test" in text
     assert "isolation warning:   shares its registered domain" in text
+
+
+def test_render_show_says_which_edge_serves_which_serial() -> None:
+    edges = [{"edge_id": "edge-a", "serial": "abc", "installed_at": NOW},
+             {"edge_id": "edge-b", "serial": "0ld", "installed_at": NOW}]
+    text = render_show(row("active", certificate_serial="abc"), [], NOW, edges=edges)
+    lines = text.split("served by (edge_certificates")[1].splitlines()
+    assert any(line.split()[:2] == ["edge-a", "abc"] and "behind" not in line for line in lines)
+    assert any(line.split()[:2] == ["edge-b", "0ld"] and line.endswith("behind")
+               for line in lines)
+    assert "served by no edge" in render_show(row("verified"), [], NOW)

@@ -1,8 +1,8 @@
 """tracking_logs: every reason of a click, and classifications waiting for their click;
 click_reasons counts every reason, bot and human apart
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-02
 
 `reasons` (comma-separated, strongest first) and `reclassified_at` are added nullable
@@ -24,8 +24,8 @@ import importlib
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
