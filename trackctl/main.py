@@ -21,7 +21,7 @@ from trackctl.output import USAGE, CliError, EscapingStream
 COMMAND_MODULES = {"db": "db", "link": "links", "domain": "domain_commands", "dlq": "dlq",
                    "clicks": "clicks", "doctor": "doctor", "reputation": "reputation",
                    "certificates": "certificates"}
-DLQ_SERVICES = ("logger", "verifier", "verifier.destinations", "certifier")
+DLQ_SERVICES = ("logger", "verifier", "verifier.destinations", "certifier", "classifier")
 
 
 def _json_flag(parser: argparse.ArgumentParser) -> None:
