@@ -323,8 +323,9 @@ class ClassifierMetrics:
         self.clicks = Counter(
             "tracking_classifier_clicks", "Clicks the classifier looked at.", registry=registry)
         self.reclassified = Counter(
-            "tracking_classifier_reclassified", "Clicks whose verdict the classifier changed "
-            "(click.classified published), by the new verdict (bot: true or false).", ["bot"],
+            "tracking_classifier_reclassified", "click.classified published: a click whose "
+            "verdict changed, or whose reasons grew (once, as it settled), by its verdict.",
+            ["bot"],
             registry=registry)
         self.held = Gauge(
             "tracking_classifier_clicks_held", "Clicks in the classifier's windows (memory).",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import time
 
 from services.classifier import settings as classifier_settings
 from services.classifier.handlers import Classifier
@@ -18,6 +19,10 @@ from shared.broker.names import CLASSIFIER_QUEUE, CLICK_CLASSIFIED
 from shared.broker.publisher import Publisher
 from shared.lifecycle import Lifecycle, event_source, service_main
 from shared.metrics import ClassifierMetrics, MetricsServer, new_registry
+from shared.periodic import every
+
+# With no click coming, the windows' clock follows the wall clock this often per settle time.
+TICKS_PER_SETTLE = 10
 
 
 async def open_classifier(life: Lifecycle, settings: ClassifierSettings) -> None:
@@ -43,6 +48,18 @@ async def open_classifier(life: Lifecycle, settings: ClassifierSettings) -> None
         await publisher.publish(CLICK_CLASSIFIED, body, batch=True)
 
     classifier = Classifier(windows, publish, source=source, metrics=metrics)
+    # Stopping runs these in reverse: the consumer, the ticks, then the grown clicks out.
+    life.on_stop(classifier.drain)
+    ticking = asyncio.Event()
+    ticks = asyncio.create_task(every(ticking, settings.settle_s / TICKS_PER_SETTLE,
+                                      lambda: classifier.tick(time.time()),
+                                      failed="classifier.tick_failed"), name="classifier-tick")
+
+    async def stop_ticks() -> None:
+        ticking.set()
+        await ticks
+
+    life.on_stop(stop_ticks)
     consumer = Consumer(
         channel=channel, topology=topology, queue=CLASSIFIER_QUEUE, handler=classifier.handle,
         publisher=publisher, policy=ConsumePolicy(prefetch=settings.prefetch),

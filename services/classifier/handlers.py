@@ -1,8 +1,11 @@
-"""The classifier's handler: clicks into the windows, changed verdicts out as click.classified.
+"""The classifier's handler: clicks into the windows, click.classified out.
 
-A message is acked only once the classifications it caused are confirmed by the broker;
-a failed publish keeps them (in order) for the next try, and the message is retried
-(its clicks are then recognised as already seen).
+A click is published when its verdict changes (at once) and when its reasons grew with
+the verdict unchanged (once, as it settles: services/classifier/windows.py). A message
+is acked only once the classifications it caused are confirmed by the broker; a failed
+publish keeps them (in order) for the next try, and the message is retried (its clicks
+are then recognised as already seen). With no click coming, `tick` moves the windows'
+clock by the wall clock, so the last clicks before a pause settle too.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class Classifier:
         self._metrics = metrics or ClassifierMetrics(CollectorRegistry())
         self._outbox: list[bytes] = []
         self._lock = asyncio.Lock()
+        self._idle = False  # no click since the last tick (not known before the first)
         self.published = 0
 
     async def handle(self, events: Sequence[Event[Any]]) -> None:
@@ -49,7 +53,25 @@ class Classifier:
         for event in events:
             if isinstance(event.data, ClickTracked):
                 changed.extend(self.windows.add(to_click(event)))
+        self._idle = False
         self._metrics.clicks.inc(len(events))
+        self._queue(changed)
+        await self.flush()
+
+    async def tick(self, now: float) -> None:
+        """Called every few seconds with the wall clock: if no click came since the last
+        call (so no backlog is being read, whose clicks' time lags), settle by `now`."""
+        if self._idle:
+            self._queue(self.windows.advance(now))
+        self._idle = True
+        await self.flush()
+
+    async def drain(self) -> None:
+        """At stop, once no message is handled any more: publish every grown click now."""
+        self._queue(self.windows.drain())
+        await self.flush()
+
+    def _queue(self, changed: list[Click]) -> None:
         for click in changed:
             customer_id, campaign_id, recipient_id = click.key
             self._outbox.append(encode_event(ClickClassified(
@@ -57,7 +79,6 @@ class Classifier:
                 recipient_id=recipient_id, clicked_at=click.clicked_at, bot=click.bot,
                 reasons=click.reasons), source=self._source))
             self._metrics.reclassified.labels("true" if click.bot else "false").inc()
-        await self.flush()
 
     async def flush(self) -> None:
         """Publish every waiting classification (this message's and any a failure left)."""

@@ -12,6 +12,12 @@ the hidden one. So the clicks of a recipient (in a campaign) are kept for
 A click's verdict can change only while it is in a window, so it settles within
 `settle_s` of the newest click time seen (the clock here is the clicks' own time, so
 a backlog after an outage is judged as it happened, not by when it is read).
+
+What is returned to publish: a click whose verdict changed, at once (the upstream may
+have to undo something); a click whose reasons grew but whose verdict did not (a bot
+that was also in a burst), once, when it settles (leaves the windows), with every
+reason it gathered by then. So a click is published at most twice (the verdict only
+ever goes from person to bot), and a burst of many later clicks adds nothing per click.
 Pure logic: no I/O, no wall clock (tests/unit/test_classifier_windows.py).
 """
 
@@ -27,9 +33,10 @@ from shared.bot_verdict import BURST, HONEYPOT, NEAR_HONEYPOT, Verdict, ordered
 Key = tuple[str, str, str]  # customer, campaign, recipient
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Click:
-    """One tracked click as the windows hold it; `reasons` and `bot` are its current ones."""
+    """One tracked click as the windows hold it; `reasons` and `bot` are its current ones,
+    `pending` says its reasons grew since it was last returned (its verdict did not)."""
 
     event_id: str
     key: Key
@@ -38,6 +45,7 @@ class Click:
     clicked_at: datetime
     reasons: list[str]
     bot: bool
+    pending: bool = False
 
     @property
     def honeypot(self) -> bool:
@@ -68,19 +76,18 @@ class Windows:
             raise ValueError("the burst and honeypot windows must fit in the settle time")
 
     def add(self, click: Click) -> list[Click]:
-        """Take a click; return the clicks whose verdict it changed (it may be one)."""
-        if click.at > self._newest:
-            self._newest = click.at
-            self.expire()
+        """Take a click; return the clicks to publish: those whose verdict it changed (it
+        may be one), and those with grown reasons that settled as its time came."""
+        settled = self.advance(click.at)
         if click.at < self._newest - self.settle_s:
-            return []  # older than anything it could still be related to
+            return settled  # older than anything it could still be related to
         window = self._windows.get(click.key)
         if window is None:
             window = self._windows[click.key] = _Window()
         else:
             self._windows.move_to_end(click.key)
         if click.event_id in window.ids:
-            return []  # a redelivery
+            return settled  # a redelivery
         window.ids.add(click.event_id)
         bisect.insort(window.clicks, click, key=lambda c: c.at)
         self.held += 1
@@ -92,25 +99,30 @@ class Windows:
             window.ids.discard(gone.event_id)
             window.honeypots -= gone.honeypot
             self.held -= 1
+            if gone.pending:
+                gone.pending = False
+                settled.append(gone)
         if len(window.clicks) < min(self.burst_links, 2) or (
                 len(window.clicks) < self.burst_links and not window.honeypots):
-            return []  # most recipients: one click, nothing to relate it to
+            return settled  # most recipients: one click, nothing to relate it to
         found: dict[int, set[str]] = {}
         if len(window.clicks) >= self.burst_links:
             self._bursts(window.clicks, click, found)
         if window.honeypots:
             self._honeypots(window.clicks, click, found)
-        changed = []
         for one in window.clicks:
             extra = found.get(id(one))
-            if not extra or extra <= set(one.reasons):
+            if not extra or extra.issubset(one.reasons):
                 continue
             one.reasons = ordered([*one.reasons, *extra])
             bot = self.verdict.is_bot(one.reasons)
             if bot != one.bot:
                 one.bot = bot
-                changed.append(one)
-        return changed
+                one.pending = False
+                settled.append(one)
+            else:
+                one.pending = True  # returned once, when it settles
+        return settled
 
     def _bursts(self, clicks: list[Click], new: Click, found: dict[int, set[str]]) -> None:
         """Every span of `burst_window_s` holding the new click and `burst_links` links."""
@@ -133,18 +145,39 @@ class Windows:
                 if one is not trap and not one.honeypot and abs(one.at - trap.at) <= span:
                     found.setdefault(id(one), set()).add(NEAR_HONEYPOT)
 
-    def expire(self) -> int:
-        """Forget the recipients with no click within `settle_s` of the newest click."""
+    def advance(self, now: float) -> list[Click]:
+        """Move the clock to `now` (a click's time; or, with no click coming, the wall
+        clock's), if later; return the clicks with grown reasons that settled."""
+        if now <= self._newest:
+            return []
+        self._newest = now
+        return self.expire()
+
+    def expire(self) -> list[Click]:
+        """Forget the recipients with no click within `settle_s` of the newest click;
+        return their clicks with grown reasons (settled now)."""
         horizon = self._newest - self.settle_s
-        gone = 0
+        settled = []
         while self._windows:
             key, window = next(iter(self._windows.items()))
             if window.clicks[-1].at >= horizon:
                 break
             del self._windows[key]
-            gone += len(window.clicks)
-        self.held -= gone
-        return gone
+            self.held -= len(window.clicks)
+            settled.extend(self._take_pending(window.clicks))
+        return settled
+
+    def drain(self) -> list[Click]:
+        """Every click with grown reasons not returned yet (at stop: publish them now)."""
+        return [one for window in self._windows.values()
+                for one in self._take_pending(window.clicks)]
+
+    @staticmethod
+    def _take_pending(clicks: list[Click]) -> list[Click]:
+        taken = [one for one in clicks if one.pending]
+        for one in taken:
+            one.pending = False
+        return taken
 
     def __len__(self) -> int:
         return len(self._windows)

@@ -7,8 +7,11 @@ plays a larger one."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from bench.corpus import generate, play, score, service_settings, write_scanner_file
 from demo.databases import fetch
@@ -18,6 +21,7 @@ from shared.links import LinkSigner
 from shared.settings import BrokerSettings, DatabaseSettings, LinkKey
 from tests.conftest import TRACKING_HOST, service_env
 from tests.e2e.test_click_path import wait_rows
+from tests.integration.test_trackctl_clicks import trackctl
 
 SCALE = 0.1
 
@@ -60,5 +64,34 @@ def test_a_corpus_of_scanners_and_people_is_told_apart(
                                               for reason in row["reasons"].split(",")}
         assert asyncio.run(fetch(database, "SELECT count(*) AS n FROM click_classifications"))[
             0]["n"] == 0
+        # A scanner flagged by its own agent that fetched every link keeps both reasons:
+        # its verdict never changed, its burst came once it settled.
+        scanner = ua_bot_in_a_burst(database)
+        campaign_rows = [row for row in asyncio.run(fetch(database, "SELECT * FROM tracking_logs"))
+                         if row["campaign_id"] == scanner["campaign_id"]]
+        report = json.loads(trackctl(database, "--campaign", scanner["campaign_id"],
+                                     "--customer", scanner["customer_id"], "--json").stdout)
+        counted = {(r["reason"], True): r["bot"] for r in report["reasons"]} | {
+            (r["reason"], False): r["human"] for r in report["reasons"]}
+        expected = Counter((reason, row["bot"]) for row in campaign_rows
+                           for reason in (row["reasons"] or "").split(",") if reason)
+        assert {k: v for k, v in counted.items() if v} == dict(expected)
+        assert counted["burst", True] >= 1
+        assert counted[scanner["reasons"].split(",")[0], True] >= 1
         for process in (redirector, classifier, logger):
             assert process.terminate() == 0
+
+
+def ua_bot_in_a_burst(database: DatabaseSettings, within_s: float = 10) -> dict[str, Any]:
+    """A stored click flagged by its user agent whose reasons gained `burst` (waiting
+    for the last classifications to be applied, at most `within_s`)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        rows = asyncio.run(fetch(
+            database, "SELECT * FROM tracking_logs WHERE reasons LIKE 'user-agent:%' "
+            "AND reasons LIKE '%burst%' AND reclassified_at IS NOT NULL LIMIT 1"))
+        if rows or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert rows, "no user-agent bot gained burst"
+    return dict(rows[0])

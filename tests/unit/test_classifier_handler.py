@@ -60,6 +60,43 @@ async def test_a_click_from_an_older_redirector_brings_its_bot_reason() -> None:
                              tracked(2, seconds=1)])
     assert [e["data"]["event_id"] for e in broker.events()] == ["e2"]
     assert classifier.windows.held == 2
+    await classifier.drain()
+    assert broker.events()[-1]["data"]["reasons"] == ["user-agent:curl", "burst"]
+
+
+async def test_a_scanner_bots_burst_is_published_once_as_it_settles() -> None:
+    """A user-agent bot in a burst: its verdict does not change, so it is published once,
+    with both reasons, when the clicks' time (or, idle, the wall clock) passes its
+    settle time; never once per later click."""
+    broker = Broker()
+    classifier = Classifier(Windows(burst_links=3, settle_s=60), broker.publish, source="/c")
+    scanner: dict[str, Any] = {"bot": True, "reasons": ["user-agent:proofpoint"]}
+    await classifier.handle([tracked(n, seconds=n * 0.2, **scanner) for n in range(6)])
+    await classifier.handle([tracked(n, seconds=5 + n, **scanner) for n in range(6, 12)])
+    assert broker.events() == []
+    # Time passes (others' clicks): the window settles a minute after its last click, 16 s.
+    await classifier.handle([tracked(20, seconds=70, recipient="r2")])
+    assert broker.events() == []
+    await classifier.handle([tracked(21, seconds=77, recipient="r2")])
+    settled = [e["data"] for e in broker.events()]
+    assert sorted(e["event_id"] for e in settled) == sorted(f"e{n}" for n in range(12))
+    assert all(e["bot"] is True and e["reasons"] == ["user-agent:proofpoint", "burst"]
+               for e in settled)
+
+
+async def test_a_tick_settles_by_the_wall_clock_only_when_no_click_came() -> None:
+    broker = Broker()
+    classifier = Classifier(Windows(burst_links=2, settle_s=60), broker.publish, source="/c")
+    scanner: dict[str, Any] = {"bot": True, "reasons": ["user-agent:curl"]}
+    await classifier.tick(T0.timestamp() + 1000)  # before anything is known: no clock move
+    await classifier.handle([tracked(1, seconds=0, **scanner), tracked(2, seconds=1, **scanner)])
+    await classifier.tick(T0.timestamp() + 1000)  # clicks came since the last tick: a backlog?
+    assert broker.events() == [] and classifier.windows.held == 2
+    await classifier.tick(T0.timestamp() + 30)  # idle, but not settled yet
+    assert broker.events() == []
+    await classifier.tick(T0.timestamp() + 62)
+    assert sorted(e["data"]["event_id"] for e in broker.events()) == ["e1", "e2"]
+    assert classifier.windows.held == 0 and classifier.published == 2
 
 
 async def test_a_failed_publish_keeps_the_classifications_for_the_retry() -> None:

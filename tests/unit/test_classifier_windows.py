@@ -74,11 +74,59 @@ def test_clicks_around_a_honeypot_click_whichever_comes_first() -> None:
     assert trap.reasons == ["honeypot"] and not much_later.bot
 
 
-def test_a_bot_gains_reasons_silently_and_only_verdict_changes_are_returned() -> None:
+def test_a_bot_that_gains_reasons_is_returned_once_when_it_settles() -> None:
+    windows = Windows(burst_links=2, honeypot_window_s=30, settle_s=60)
+    curl = click(1, 0, reasons=("user-agent:curl",))
+    assert feed(windows, curl, click(2, 1)) == ["e2-r1"]  # its verdict changed: at once
+    assert curl.reasons == ["user-agent:curl", "burst"] and curl.pending
+    # More reasons and many later clicks within the settle time: still nothing for it.
+    assert feed(windows, click(3, 2, reasons=("honeypot",)),
+                *(click(n, n / 10, reasons=("user-agent:curl",))
+                  for n in range(40, 80))) == []
+    assert curl.reasons == ["user-agent:curl", "burst", "near-honeypot"]
+    # It settles with its recipient's window, a settle time after the last click (7.9 s).
+    assert windows.advance(T0 + 67) == []
+    settled = windows.advance(T0 + 68)
+    assert curl in settled and not curl.pending
+    assert sum(one is curl for one in settled) == 1
+    assert windows.advance(T0 + 200) == [] and windows.drain() == []
+
+
+def test_a_click_whose_verdict_changed_is_returned_again_only_for_later_reasons() -> None:
+    windows = Windows(burst_links=2, settle_s=60)
+    first, second = click(1, 0), click(2, 1)
+    assert feed(windows, first, second) == ["e1-r1", "e2-r1"]
+    assert not first.pending  # burst was published with the verdict
+    assert windows.advance(T0 + 100) == []
+    windows = Windows(burst_links=2, settle_s=60)
+    first = click(1, 0)
+    assert feed(windows, first, click(2, 1), click(3, 2, reasons=("honeypot",))) == [
+        "e1-r1", "e2-r1"]  # the honeypot click was a bot already: its burst waits too
+    assert first.pending and first.reasons == ["burst", "near-honeypot"]
+    assert [c.event_id for c in windows.advance(T0 + 63)] == ["e1-r1", "e2-r1", "e3-r1"]
+
+
+def test_a_person_gaining_a_weak_reason_only_keeps_it_too() -> None:
+    windows = Windows(burst_links=2, verdict=Verdict(weak=frozenset({"burst"})))
+    first = click(1, 0)
+    assert feed(windows, first, click(2, 1)) == []
+    assert not first.bot and first.reasons == ["burst"]
+    # A click of another recipient, a minute later, moves the clock: both settle.
+    assert sorted(feed(windows, click(9, 61.5, recipient="r9"))) == ["e1-r1", "e2-r1"]
+
+
+def test_a_click_trimmed_from_a_long_window_settles_with_its_reasons() -> None:
+    windows = Windows(burst_links=2, settle_s=60)
+    curl = click(1, 0, reasons=("user-agent:curl",))
+    feed(windows, curl, click(2, 1))
+    assert feed(windows, click(3, 100, url="https://shop.test/1")) == ["e1-r1"]
+
+
+def test_drain_returns_every_grown_click_not_returned_yet() -> None:
     windows = Windows(burst_links=2)
     curl = click(1, 0, reasons=("user-agent:curl",))
-    assert feed(windows, curl, click(2, 1)) == ["e2-r1"]
-    assert curl.reasons == ["user-agent:curl", "burst"]
+    feed(windows, curl, click(2, 1))
+    assert windows.drain() == [curl] and windows.drain() == []
 
 
 def test_a_weak_reason_counted_strong_by_setting_changes_nothing_else() -> None:
@@ -102,6 +150,7 @@ def test_clicks_settle_and_are_forgotten() -> None:
     assert len(windows) == 2
     feed(windows, click(3, 75, recipient="c"))
     assert len(windows) == 2 and windows.held == 2  # a's click is 75 s old: gone
+    assert windows.advance(T0 + 10) == [] and windows.held == 2  # never backwards
     # A click older than the settle time behind the newest relates to nothing.
     assert feed(windows, click(4, 1, recipient="b")) == []
 
