@@ -17,6 +17,7 @@ from shared.broker.connection import connect, open_channel
 from shared.broker.consumer import ConsumePolicy, Consumer
 from shared.broker.names import CLASSIFIER_QUEUE, CLICK_CLASSIFIED
 from shared.broker.publisher import Publisher
+from shared.events import decode_clicks_seen
 from shared.lifecycle import Lifecycle, event_source, service_main
 from shared.metrics import ClassifierMetrics, MetricsServer, new_registry
 from shared.periodic import every
@@ -63,7 +64,7 @@ async def open_classifier(life: Lifecycle, settings: ClassifierSettings) -> None
     consumer = Consumer(
         channel=channel, topology=topology, queue=CLASSIFIER_QUEUE, handler=classifier.handle,
         publisher=publisher, policy=ConsumePolicy(prefetch=settings.prefetch),
-        metrics=metrics.consumer,
+        metrics=metrics.consumer, decode=decode_clicks_seen,
     )
     life.on_stop(consumer.stop)
     await consumer.start()

@@ -19,7 +19,14 @@ from prometheus_client import CollectorRegistry
 
 from services.classifier.windows import Click, Windows
 from shared.errors import TransientError
-from shared.events import ClickClassified, ClickTracked, Event, encode_batch, encode_event
+from shared.events import (
+    ClickClassified,
+    ClickSeen,
+    ClicksSeen,
+    Event,
+    encode_batch,
+    encode_event,
+)
 from shared.metrics import ClassifierMetrics
 
 log = structlog.get_logger(__name__)
@@ -27,12 +34,12 @@ log = structlog.get_logger(__name__)
 Publish = Callable[[bytes], Awaitable[None]]
 
 
-def to_click(event: Event[ClickTracked]) -> Click:
-    data = event.data
+def to_click(seen: ClickSeen) -> Click:
+    data = seen.data
     # A click from a redirector older than `reasons` has at most its bot_reason.
-    reasons = list(data.reasons) or ([data.bot_reason] if data.bot_reason else [])
-    return Click(event_id=event.id, key=(data.customer_id, data.campaign_id, data.recipient_id),
-                 url=data.url, at=event.time.timestamp(), clicked_at=event.time,
+    reasons = data.reasons or ((data.bot_reason,) if data.bot_reason else ())
+    return Click(event_id=seen.id, key=(data.customer_id, data.campaign_id, data.recipient_id),
+                 url=data.url, at=seen.time.timestamp(), clicked_at=seen.time,
                  reasons=reasons, bot=data.bot)
 
 
@@ -43,18 +50,25 @@ class Classifier:
         self._publish = publish
         self._source = source
         self._metrics = metrics or ClassifierMetrics(CollectorRegistry())
+        self._bots = self._metrics.reclassified.labels("true")
+        self._people = self._metrics.reclassified.labels("false")
         self._outbox: list[bytes] = []
         self._lock = asyncio.Lock()
         self._idle = False  # no click since the last tick (not known before the first)
         self.published = 0
 
     async def handle(self, events: Sequence[Event[Any]]) -> None:
-        changed = []
+        """Messages as `decode_clicks_seen` reads them (one event of many clicks each)."""
+        changed: list[Click] = []
+        clicks = 0
+        add = self.windows.add
         for event in events:
-            if isinstance(event.data, ClickTracked):
-                changed.extend(self.windows.add(to_click(event)))
+            if isinstance(event.data, ClicksSeen):
+                clicks += len(event.data.clicks)
+                for seen in event.data.clicks:
+                    changed += add(to_click(seen))
         self._idle = False
-        self._metrics.clicks.inc(len(events))
+        self._metrics.clicks.inc(clicks)
         self._queue(changed)
         await self.flush()
 
@@ -77,8 +91,8 @@ class Classifier:
             self._outbox.append(encode_event(ClickClassified(
                 event_id=click.event_id, customer_id=customer_id, campaign_id=campaign_id,
                 recipient_id=recipient_id, clicked_at=click.clicked_at, bot=click.bot,
-                reasons=click.reasons), source=self._source))
-            self._metrics.reclassified.labels("true" if click.bot else "false").inc()
+                reasons=list(click.reasons)), source=self._source))
+            (self._bots if click.bot else self._people).inc()
 
     async def flush(self) -> None:
         """Publish every waiting classification (this message's and any a failure left)."""

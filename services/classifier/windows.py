@@ -28,22 +28,25 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import msgspec
+
 from shared.bot_verdict import BURST, HONEYPOT, NEAR_HONEYPOT, Verdict, ordered
 
 Key = tuple[str, str, str]  # customer, campaign, recipient
 
 
-@dataclass(eq=False, slots=True)
-class Click:
+class Click(msgspec.Struct, eq=False, gc=False):
     """One tracked click as the windows hold it; `reasons` and `bot` are its current ones,
-    `pending` says its reasons grew since it was last returned (its verdict did not)."""
+    `pending` says its reasons grew since it was last returned (its verdict did not).
+    Not tracked by the garbage collector (nothing in it refers back to it): a minute of
+    clicks walked at every collection cost more than classifying them."""
 
     event_id: str
     key: Key
     url: str
     at: float  # the click's time, Unix seconds
     clicked_at: datetime
-    reasons: list[str]
+    reasons: tuple[str, ...]
     bot: bool
     pending: bool = False
 
@@ -52,10 +55,12 @@ class Click:
         return HONEYPOT in self.reasons
 
 
-@dataclass
-class _Window:
-    clicks: list[Click] = field(default_factory=list)  # by `at`
-    ids: set[str] = field(default_factory=set)
+def _at(click: Click) -> float:
+    return click.at
+
+
+class _Window(msgspec.Struct, gc=False):
+    clicks: list[Click]  # by `at`; a few (a recipient's minute), so no set of their ids
     honeypots: int = 0  # honeypot clicks among `clicks`
 
 
@@ -83,20 +88,18 @@ class Windows:
             return settled  # older than anything it could still be related to
         window = self._windows.get(click.key)
         if window is None:
-            window = self._windows[click.key] = _Window()
+            window = self._windows[click.key] = _Window([click])
         else:
             self._windows.move_to_end(click.key)
-        if click.event_id in window.ids:
-            return settled  # a redelivery
-        window.ids.add(click.event_id)
-        bisect.insort(window.clicks, click, key=lambda c: c.at)
+            if any(one.event_id == click.event_id for one in window.clicks):
+                return settled  # a redelivery
+            bisect.insort(window.clicks, click, key=_at)
         self.held += 1
         horizon = self._newest - self.settle_s
         if click.honeypot:
             window.honeypots += 1
         while window.clicks[0].at < horizon:  # a recipient clicking for hours keeps a minute
             gone = window.clicks.pop(0)
-            window.ids.discard(gone.event_id)
             window.honeypots -= gone.honeypot
             self.held -= 1
             if gone.pending:
@@ -114,7 +117,7 @@ class Windows:
             extra = found.get(id(one))
             if not extra or extra.issubset(one.reasons):
                 continue
-            one.reasons = ordered([*one.reasons, *extra])
+            one.reasons = tuple(ordered([*one.reasons, *extra]))
             bot = self.verdict.is_bot(one.reasons)
             if bot != one.bot:
                 one.bot = bot
@@ -127,11 +130,15 @@ class Windows:
     def _bursts(self, clicks: list[Click], new: Click, found: dict[int, set[str]]) -> None:
         """Every span of `burst_window_s` holding the new click and `burst_links` links."""
         span = self.burst_window_s
-        near = [c for c in clicks if abs(c.at - new.at) <= span]
+        near = clicks[bisect.bisect_left(clicks, new.at - span, key=_at):
+                      bisect.bisect_right(clicks, new.at + span, key=_at)]
+        end = 0
         for start, first in enumerate(near):
             if first.at > new.at:
                 break
-            inside = [c for c in near[start:] if c.at - first.at <= span]
+            while end < len(near) and near[end].at - first.at <= span:
+                end += 1
+            inside = near[start:end]
             if len({c.url for c in inside}) >= self.burst_links:
                 for one in inside:
                     found.setdefault(id(one), set()).add(BURST)

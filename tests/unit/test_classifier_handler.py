@@ -11,7 +11,15 @@ import pytest
 from services.classifier.handlers import Classifier
 from services.classifier.windows import Windows
 from shared.errors import TransientError
-from shared.events import ClickTracked, Event
+from shared.events import (
+    ClickClassified,
+    ClicksSeen,
+    ClickTracked,
+    Event,
+    decode_clicks_seen,
+    encode_batch,
+    encode_event,
+)
 
 T0 = datetime(2026, 12, 2, 4, 0, tzinfo=UTC)
 
@@ -21,6 +29,14 @@ def tracked(n: int, *, seconds: float, recipient: str = "r1", **fields: Any) -> 
                         domain="click.platform.test", url=f"https://shop.test/{n}", **fields)
     return Event(id=f"e{n}", type=ClickTracked.TYPE, source="/test",
                  time=T0 + timedelta(seconds=seconds), data=data, raw=b"")
+
+
+async def handle(classifier: Classifier, events: list[Event[Any]]) -> None:
+    """The events as one message, read as the classifier's consumer reads it."""
+    body = encode_batch([encode_event(e.data, source=e.source, event_id=e.id, time=e.time)
+                         for e in events])
+    await classifier.handle([event for event in decode_clicks_seen(
+        body, "application/cloudevents-batch+json") if isinstance(event, Event)])
 
 
 class Broker:
@@ -40,9 +56,9 @@ class Broker:
 async def test_a_burst_is_published_once_as_click_classified() -> None:
     broker = Broker()
     classifier = Classifier(Windows(), broker.publish, source="/classifier/test")
-    await classifier.handle([tracked(n, seconds=n * 0.5, reasons=["soon-after-send"])
+    await handle(classifier, [tracked(n, seconds=n * 0.5, reasons=["soon-after-send"])
                              for n in range(4)])
-    await classifier.handle([tracked(9, seconds=600, recipient="r2")])  # a person, later
+    await handle(classifier, [tracked(9, seconds=600, recipient="r2")])  # a person, later
     events = broker.events()
     assert len(broker.bodies) == 1 and len(events) == 4
     assert {e["type"] for e in events} == {"click.classified"}
@@ -56,7 +72,7 @@ async def test_a_burst_is_published_once_as_click_classified() -> None:
 async def test_a_click_from_an_older_redirector_brings_its_bot_reason() -> None:
     broker = Broker()
     classifier = Classifier(Windows(burst_links=2), broker.publish, source="/c")
-    await classifier.handle([tracked(1, seconds=0, bot=True, bot_reason="user-agent:curl"),
+    await handle(classifier, [tracked(1, seconds=0, bot=True, bot_reason="user-agent:curl"),
                              tracked(2, seconds=1)])
     assert [e["data"]["event_id"] for e in broker.events()] == ["e2"]
     assert classifier.windows.held == 2
@@ -71,13 +87,13 @@ async def test_a_scanner_bots_burst_is_published_once_as_it_settles() -> None:
     broker = Broker()
     classifier = Classifier(Windows(burst_links=3, settle_s=60), broker.publish, source="/c")
     scanner: dict[str, Any] = {"bot": True, "reasons": ["user-agent:proofpoint"]}
-    await classifier.handle([tracked(n, seconds=n * 0.2, **scanner) for n in range(6)])
-    await classifier.handle([tracked(n, seconds=5 + n, **scanner) for n in range(6, 12)])
+    await handle(classifier, [tracked(n, seconds=n * 0.2, **scanner) for n in range(6)])
+    await handle(classifier, [tracked(n, seconds=5 + n, **scanner) for n in range(6, 12)])
     assert broker.events() == []
     # Time passes (others' clicks): the window settles a minute after its last click, 16 s.
-    await classifier.handle([tracked(20, seconds=70, recipient="r2")])
+    await handle(classifier, [tracked(20, seconds=70, recipient="r2")])
     assert broker.events() == []
-    await classifier.handle([tracked(21, seconds=77, recipient="r2")])
+    await handle(classifier, [tracked(21, seconds=77, recipient="r2")])
     settled = [e["data"] for e in broker.events()]
     assert sorted(e["event_id"] for e in settled) == sorted(f"e{n}" for n in range(12))
     assert all(e["bot"] is True and e["reasons"] == ["user-agent:proofpoint", "burst"]
@@ -89,7 +105,7 @@ async def test_a_tick_settles_by_the_wall_clock_only_when_no_click_came() -> Non
     classifier = Classifier(Windows(burst_links=2, settle_s=60), broker.publish, source="/c")
     scanner: dict[str, Any] = {"bot": True, "reasons": ["user-agent:curl"]}
     await classifier.tick(T0.timestamp() + 1000)  # before anything is known: no clock move
-    await classifier.handle([tracked(1, seconds=0, **scanner), tracked(2, seconds=1, **scanner)])
+    await handle(classifier, [tracked(1, seconds=0, **scanner), tracked(2, seconds=1, **scanner)])
     await classifier.tick(T0.timestamp() + 1000)  # clicks came since the last tick: a backlog?
     assert broker.events() == [] and classifier.windows.held == 2
     await classifier.tick(T0.timestamp() + 30)  # idle, but not settled yet
@@ -105,7 +121,30 @@ async def test_a_failed_publish_keeps_the_classifications_for_the_retry() -> Non
     broker.fail = True
     message = [tracked(1, seconds=0), tracked(2, seconds=1)]
     with pytest.raises(TransientError, match="broker gone"):
-        await classifier.handle(message)
+        await handle(classifier, message)
     broker.fail = False
-    await classifier.handle(message)  # the retry: its clicks are known, its events kept
+    await handle(classifier, message)  # the retry: its clicks are known, its events kept
     assert [e["data"]["event_id"] for e in broker.events()] == ["e1", "e2"]
+
+
+def test_the_classifier_reads_only_the_clicks_of_a_message() -> None:
+    """decode_clicks_seen: a batch's clicks with the fields the classifier needs; other
+    events and broken elements skipped (the logger dead-letters them), a structured
+    message read too; the raw body kept for a retry."""
+    click = tracked(1, seconds=2, bot=True, reasons=["user-agent:curl"])
+    one = encode_event(click.data, source="/r", event_id=click.id, time=click.time)
+    other = encode_event(ClickClassified(event_id="x", customer_id="c", campaign_id="k",
+                                         recipient_id="r", clicked_at=T0, bot=True,
+                                         reasons=["burst"]), source="/c")
+    body = b"[" + b",".join([one, other, b'{"type": "click.tracked"}']) + b"]"
+    [event] = decode_clicks_seen(body, "application/cloudevents-batch+json")
+    assert isinstance(event, Event) and isinstance(event.data, ClicksSeen)
+    assert event.raw == body
+    [seen] = event.data.clicks
+    assert (seen.id, seen.time, seen.data.recipient_id, seen.data.url) == (
+        "e1", T0 + timedelta(seconds=2), "r1", "https://shop.test/1")
+    assert seen.data.bot and seen.data.reasons == ("user-agent:curl",)
+    [alone] = decode_clicks_seen(one, None)
+    assert isinstance(alone, Event) and alone.data.clicks == [seen]
+    assert decode_clicks_seen(encode_batch([other]), None) == []
+    assert decode_clicks_seen(b"not json", None) == []

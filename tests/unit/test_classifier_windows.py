@@ -16,7 +16,7 @@ def click(n: int, at: float, url: str | None = None, *, recipient: str = "r1",
           reasons: tuple[str, ...] = (), bot: bool | None = None) -> Click:
     return Click(event_id=f"e{n}-{recipient}", key=("c", "k", recipient),
                  url=url or f"https://shop.test/{n}", at=T0 + at,
-                 clicked_at=datetime.fromtimestamp(T0 + at, UTC), reasons=list(reasons),
+                 clicked_at=datetime.fromtimestamp(T0 + at, UTC), reasons=tuple(reasons),
                  bot=Verdict().is_bot(list(reasons)) if bot is None else bot)
 
 
@@ -31,14 +31,14 @@ def test_a_scanner_fetching_every_link_within_seconds_is_a_burst() -> None:
     windows = Windows(burst_links=3, burst_window_s=10)
     clicks = [click(n, n * 0.7, reasons=("soon-after-send",)) for n in range(5)]
     assert feed(windows, *clicks) == [c.event_id for c in clicks]
-    assert all(c.bot and c.reasons == ["burst", "soon-after-send"] for c in clicks)
+    assert all(c.bot and c.reasons == ("burst", "soon-after-send") for c in clicks)
 
 
 def test_a_person_opening_two_links_minutes_apart_stays_a_person() -> None:
     windows = Windows()
     clicks = [click(1, 0), click(2, 240), click(3, 245, url="https://shop.test/2")]
     assert feed(windows, *clicks) == []
-    assert not any(c.bot for c in clicks) and all(c.reasons == [] for c in clicks)
+    assert not any(c.bot for c in clicks) and all(c.reasons == () for c in clicks)
 
 
 def test_the_same_link_again_is_no_burst() -> None:
@@ -70,20 +70,20 @@ def test_clicks_around_a_honeypot_click_whichever_comes_first() -> None:
     after = click(3, 20)
     much_later = click(4, 200)
     assert feed(windows, before, trap, after, much_later) == ["e1-r1", "e3-r1"]
-    assert before.reasons == ["near-honeypot"] and after.reasons == ["near-honeypot"]
-    assert trap.reasons == ["honeypot"] and not much_later.bot
+    assert before.reasons == ("near-honeypot",) and after.reasons == ("near-honeypot",)
+    assert trap.reasons == ("honeypot",) and not much_later.bot
 
 
 def test_a_bot_that_gains_reasons_is_returned_once_when_it_settles() -> None:
     windows = Windows(burst_links=2, honeypot_window_s=30, settle_s=60)
     curl = click(1, 0, reasons=("user-agent:curl",))
     assert feed(windows, curl, click(2, 1)) == ["e2-r1"]  # its verdict changed: at once
-    assert curl.reasons == ["user-agent:curl", "burst"] and curl.pending
+    assert list(curl.reasons) == ["user-agent:curl", "burst"] and curl.pending
     # More reasons and many later clicks within the settle time: still nothing for it.
     assert feed(windows, click(3, 2, reasons=("honeypot",)),
                 *(click(n, n / 10, reasons=("user-agent:curl",))
                   for n in range(40, 80))) == []
-    assert curl.reasons == ["user-agent:curl", "burst", "near-honeypot"]
+    assert curl.reasons == ("user-agent:curl", "burst", "near-honeypot")
     # It settles with its recipient's window, a settle time after the last click (7.9 s).
     assert windows.advance(T0 + 67) == []
     settled = windows.advance(T0 + 68)
@@ -102,7 +102,7 @@ def test_a_click_whose_verdict_changed_is_returned_again_only_for_later_reasons(
     first = click(1, 0)
     assert feed(windows, first, click(2, 1), click(3, 2, reasons=("honeypot",))) == [
         "e1-r1", "e2-r1"]  # the honeypot click was a bot already: its burst waits too
-    assert first.pending and first.reasons == ["burst", "near-honeypot"]
+    assert first.pending and first.reasons == ("burst", "near-honeypot")
     assert [c.event_id for c in windows.advance(T0 + 63)] == ["e1-r1", "e2-r1", "e3-r1"]
 
 
@@ -110,7 +110,7 @@ def test_a_person_gaining_a_weak_reason_only_keeps_it_too() -> None:
     windows = Windows(burst_links=2, verdict=Verdict(weak=frozenset({"burst"})))
     first = click(1, 0)
     assert feed(windows, first, click(2, 1)) == []
-    assert not first.bot and first.reasons == ["burst"]
+    assert not first.bot and first.reasons == ("burst",)
     # A click of another recipient, a minute later, moves the clock: both settle.
     assert sorted(feed(windows, click(9, 61.5, recipient="r9"))) == ["e1-r1", "e2-r1"]
 
