@@ -2,10 +2,18 @@
 
     .venv/bin/python -m bench.classify corpus --recipients 1500 --scale 0.2 --span 60
     .venv/bin/python -m bench.classify rate --clicks 200000
+    .venv/bin/python -m bench.classify keepup --seconds 20 [--per-recipient 3]
 
 `corpus`: bench/corpus.py's streams, played over HTTP through a real redirector, logger
 and classifier (this tree), time scaled by `--scale` (the services' thresholds alike);
 prints the confusion matrix docs/classification.md shows.
+
+`keepup`: one run, both sides of "the classifier keeps up with the click path": a
+redirector saturated by `wrk -t1` for `--seconds` (its clicks left in the classifier's
+queue, no classifier running), then a classifier draining that backlog: clicks/s and CPU
+per click of each, and their ratios. `--per-recipient 3`: each recipient's three links
+walked one after the other (a burst: every click reclassified and published), the
+classifier's worst case; 1 (the default): every click a different recipient.
 
 `rate`: the classifier's queue pre-loaded with `--clicks` click events (batched messages of
 500, as redirectors send them; event times at `--event-rate` clicks a second, a share
@@ -19,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import subprocess
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -28,11 +37,11 @@ import aio_pika
 
 from bench.corpus import generate, play, score, service_settings, write_scanner_file
 from bench.cpu import process_cpu
-from bench.links import LINK_KEYS, TRACKING_HOST
+from bench.links import LINK_KEYS, TRACKING_HOST, Links, check_redirects, write_paths
 from bench.progress import say
 from bench.scratch import Servers, dsn, fresh_database, fresh_namespace, wait_rows
 from bench.systems import running
-from bench.wrk import BENCH
+from bench.wrk import BENCH, shown, summary, wrk_argv
 from demo.databases import fetch
 from demo.net import free_port
 from demo.processes import ServiceProcess, count_lines
@@ -116,28 +125,96 @@ async def depth(servers: Servers, queue: str) -> int:
         return declared.declaration_result.message_count or 0
 
 
+def drain(servers: Servers, exchange: str, out: Path, clicks: int,
+          extra: list[str]) -> tuple[float, float]:
+    """A classifier started on a full queue, until it has acked every message: (seconds,
+    CPU seconds), and what it published."""
+    queue = f"{exchange}.{CLASSIFIER_QUEUE}"
+    messages = asyncio.run(depth(servers, queue))
+    say(f"{clicks:,} clicks in {queue} ({messages:,} messages)")
+    env = {"AMQP_URL": servers.amqp_url, "AMQP_EXCHANGE": exchange, "METRICS_BIND": "off",
+           **dict(item.split("=", 1) for item in extra)}
+    with running(ServiceProcess("classifier", env, out)) as classifier:
+        classifier.wait_for_log('"classifier.started"', 30)
+        started = time.monotonic()
+        cpu_before = (process_cpu(classifier.pid) or (0, 0, 0.0))[2]
+        # Every message acked (the queue's depth counts only the ones not delivered).
+        while count_lines(classifier.log_text(), '"message.handled"') < messages:
+            time.sleep(0.1)
+        elapsed = time.monotonic() - started
+        cpu = (process_cpu(classifier.pid) or (0, 0, 0.0))[2] - cpu_before
+    published = asyncio.run(depth(servers, f"{exchange}.platform"))
+    say(f"classifier: {clicks:,} clicks in {elapsed:.1f} s = {clicks / elapsed:,.0f} "
+        f"clicks/s; CPU {cpu / clicks * 1e6:.1f} µs per click ({cpu / elapsed:.0%} of a "
+        f"core); {published:,} click.classified messages published")
+    return elapsed, cpu
+
+
 def rate(args: argparse.Namespace, servers: Servers, out: Path) -> None:
     with fresh_namespace(servers, "classify-rate") as exchange:
         made = asyncio.run(preload(servers, exchange, args.clicks, args.event_rate,
                                    args.scanned))
-        queue = f"{exchange}.{CLASSIFIER_QUEUE}"
-        messages = asyncio.run(depth(servers, queue))
-        say(f"{made:,} clicks in {queue} ({messages:,} messages)")
+        drain(servers, exchange, out, made, args.env)
+
+
+async def classifier_only(servers: Servers, exchange: str) -> None:
+    """The topology declared, the logger's queue unbound: only the classifier's fills."""
+    connection = await aio_pika.connect(servers.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await broker_topology.declare(channel, broker_topology.Topology(exchange))
+        logger = await channel.get_queue(f"{exchange}.logger")
+        await logger.unbind(exchange, CLICK_TRACKED)
+
+
+def keepup_links(count: int, per_recipient: int) -> Links:
+    """`count` signed links, `per_recipient` distinct ones per recipient, one after the
+    other (wrk walks the file in order: a recipient's links within milliseconds)."""
+    signer = LinkSigner(parse_link_keys(LINK_KEYS))
+    links = []
+    for n in range(count):
+        recipient = n // per_recipient
+        fields = {"customer_id": "cust", "campaign_id": f"camp-{recipient % 200}",
+                  "recipient_id": f"rcpt-{recipient:07d}",
+                  "url": f"https://shop.example/products/{n}"}
+        links.append((signer.mint_token(
+            customer_id=fields["customer_id"], campaign_id=fields["campaign_id"],
+            recipient_id=fields["recipient_id"], url=fields["url"]), fields))
+    return links
+
+
+def keepup(args: argparse.Namespace, servers: Servers, out: Path) -> None:
+    with fresh_namespace(servers, "classify-keepup") as exchange:
+        asyncio.run(classifier_only(servers, exchange))
+        links = keepup_links(args.links, args.per_recipient)
+        paths = write_paths(links, out / "paths.txt")
+        port = free_port()
         env = {"AMQP_URL": servers.amqp_url, "AMQP_EXCHANGE": exchange, "METRICS_BIND": "off",
-               **dict(item.split("=", 1) for item in args.env)}
-        with running(ServiceProcess("classifier", env, out)) as classifier:
-            classifier.wait_for_log('"classifier.started"', 30)
-            started = time.monotonic()
-            cpu_before = (process_cpu(classifier.pid) or (0, 0, 0.0))[2]
-            # Every message acked (the queue's depth counts only the ones not delivered).
-            while count_lines(classifier.log_text(), '"message.handled"') < messages:
-                time.sleep(0.1)
-            elapsed = time.monotonic() - started
-            cpu = (process_cpu(classifier.pid) or (0, 0, 0.0))[2] - cpu_before
-        published = asyncio.run(depth(servers, f"{exchange}.platform"))
-        say(f"classifier: {made:,} clicks in {elapsed:.1f} s = {made / elapsed:,.0f} clicks/s; "
-            f"CPU {cpu / made * 1e6:.1f} µs per click ({cpu / elapsed:.0%} of a core); "
-            f"{published:,} click.classified messages published")
+               "TRACKING_HOST": TRACKING_HOST, "LINK_KEYS": LINK_KEYS,
+               "SPOOL_DIR": str(out / "spool"), "REDIRECTOR_BIND": f"127.0.0.1:{port}"}
+        argv = wrk_argv(port, connections=args.connections, duration=args.seconds,
+                        paths_file=paths, latency=False)
+        with running(ServiceProcess("redirector", env, out)) as redirector:
+            redirector.wait_for_log('"broker.connected"', 30)
+            redirector.wait_listening(port)
+            check_redirects(port, links[0][0], links[0][1]["url"])
+            cpu_before = (process_cpu(redirector.pid) or (0, 0, 0.0))[2]
+            output = subprocess.run(argv, capture_output=True, text=True,
+                                    timeout=args.seconds + 60).stdout
+            cpu = (process_cpu(redirector.pid) or (0, 0, 0.0))[2] - cpu_before
+        counts = summary(output)
+        if counts["status"]:
+            raise RuntimeError(f"not every response was a 302:\n{output}")
+        served, seconds = counts["requests"], counts["duration_us"] / 1e6
+        say(f"redirector ({shown(argv, paths)}): {served:,} clicks in {seconds:.1f} s = "
+            f"{served / seconds:,.0f} clicks/s; CPU {cpu / served * 1e6:.1f} µs per click "
+            f"({cpu / seconds:.0%} of a core)")
+        clicks = served + 1  # and check_redirects' one
+        elapsed, classifier_cpu = drain(servers, exchange, out, clicks, args.env)
+        say(f"classifier / redirector: clicks/s x{clicks / elapsed / (served / seconds):.2f}; "
+            f"CPU per click x{classifier_cpu / clicks / (cpu / served):.3f} (one classifier "
+            f"core keeps up with {cpu / served / (classifier_cpu / clicks):.1f} redirector "
+            "cores)")
 
 
 def main() -> None:
@@ -155,13 +232,21 @@ def main() -> None:
                            help="share of recipients whose scanner fetches five links")
     full_rate.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                            help="a setting for the classifier (repeatable)")
+    both = commands.add_parser("keepup", help="a saturated redirector's clicks, then the "
+                               "classifier draining them: the ratio")
+    both.add_argument("--seconds", type=int, default=20, help="wrk's duration")
+    both.add_argument("--connections", type=int, default=32)
+    both.add_argument("--links", type=int, default=30_000)
+    both.add_argument("--per-recipient", type=int, default=1)
+    both.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                      help="a setting for the classifier (repeatable)")
     args = parser.parse_args()
     servers = Servers.from_environment()
     servers.preflight()
     (BENCH / "out").mkdir(exist_ok=True)
     out = Path(tempfile.mkdtemp(prefix="classify-", dir=BENCH / "out"))
     say(f"logs in {out}")
-    (corpus if args.command == "corpus" else rate)(args, servers, out)
+    {"corpus": corpus, "rate": rate, "keepup": keepup}[args.command](args, servers, out)
 
 
 if __name__ == "__main__":
