@@ -228,6 +228,32 @@ async def test_reclassification_moves_every_reasons_counts(engine: AsyncEngine) 
     await aggregates_match_raw(engine)
 
 
+async def test_a_bot_gaining_reasons_keeps_its_verdict_and_counts_them(
+        engine: AsyncEngine) -> None:
+    """A click.classified whose verdict did not change (a user-agent bot that was also in
+    a burst): its reasons merged, its first reason kept, and `burst` counted among the
+    bots, with no other count moving."""
+    store = click_store(engine)
+    now = datetime.now(UTC)
+    await store.insert([
+        click("ua", now, recipient="r1", bot=True, reason="user-agent:proofpoint",
+              reasons="user-agent:proofpoint"),
+        click("person", now, recipient="r2")])
+    assert await store.apply_classification([
+        Classification("ua", True, "user-agent:proofpoint,burst", now)]) == Applied(1, 0)
+    assert await rows(engine, "SELECT bot, bot_reason, reasons FROM tracking_logs WHERE "
+                      "event_id = 'ua'") == [(True, "user-agent:proofpoint",
+                                              "user-agent:proofpoint,burst")]
+    report = await campaign_report(engine, campaign="spring", customer=None, since=None,
+                                   until=None)
+    assert (report["human"], report["bot"], report["human_recipients"]) == (1, 1, 1)
+    assert {r["reason"]: (r["bot"], r["human"]) for r in report["reasons"]} == {
+        "user-agent:proofpoint": (1, 0), "burst": (1, 0)}
+    assert {r["reason"]: r["clicks"] for r in report["bot_reasons"]} == {
+        "user-agent:proofpoint": 1}
+    await aggregates_match_raw(engine)
+
+
 async def test_retention_drops_only_whole_months_past_it(engine: AsyncEngine) -> None:
     async with engine.begin() as connection:
         await connection.run_sync(lambda sync: maintain(
