@@ -81,9 +81,13 @@ class Classifier:
         await self.flush()
 
     async def drain(self) -> None:
-        """At stop, once no message is handled any more: publish every grown click now."""
+        """At stop, once no message is handled any more: publish every grown click now
+        (their messages are acked: unpublished, their later reasons are lost)."""
         self._queue(self.windows.drain())
-        await self.flush()
+        try:
+            await self.flush()
+        except TransientError as exc:
+            log.warning("clicks.reasons_lost", clicks=len(self._outbox), error=exc.reason)
 
     def _queue(self, changed: list[Click]) -> None:
         for click in changed:

@@ -148,3 +148,13 @@ def test_the_classifier_reads_only_the_clicks_of_a_message() -> None:
     assert isinstance(alone, Event) and alone.data.clicks == [seen]
     assert decode_clicks_seen(encode_batch([other]), None) == []
     assert decode_clicks_seen(b"not json", None) == []
+
+
+async def test_reasons_not_published_at_stop_are_told_not_raised() -> None:
+    broker = Broker()
+    classifier = Classifier(Windows(burst_links=2), broker.publish, source="/c")
+    await handle(classifier, [tracked(1, seconds=0, bot=True, reasons=["user-agent:curl"]),
+                              tracked(2, seconds=1)])
+    broker.fail = True
+    await classifier.drain()
+    assert classifier.windows.drain() == []  # taken once, whatever became of them
