@@ -6,9 +6,10 @@ agent's per-handshake files, side by side in one run, at each domain count asked
 For each count N, each design gets a fresh nginx (one worker) holding N certificates,
 then `--new` certificates arrive one after another:
 
-- reload: N server blocks in the certifier's generated include (services/certifier/
-  nginx.py, as it was before the edge agent); a new certificate is its files on disk, the
-  include rendered again and `nginx -s reload`, until a handshake shows the new serial.
+- reload: N server blocks with fixed certificate paths (bench/include_reload.py: the
+  design the certifier used before the edge agent, kept here only as the baseline); a
+  new certificate is its file on disk, the include rendered again and `nginx -s reload`,
+  until a handshake shows the new serial.
 - edge: the edge agent (`python -m services.edge`, its own process) with N certificates in
   the store (PostgreSQL); a new certificate is `CertStore.put` + `certificate.issued`
   on the broker, until a handshake shows the new serial (what "served" means for both).
@@ -42,12 +43,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from bench.cpu import process_cpu
+from bench.include_reload import render_blocks
 from bench.progress import say
 from bench.scratch import Servers, fresh_database, fresh_namespace
 from demo.databases import execute
 from demo.nginx import Nginx, certificate_directory, worker_group
 from demo.processes import ServiceProcess
-from services.certifier.nginx import Site, render_sites
 from shared.broker import topology as broker_topology
 from shared.broker.publisher import Publisher
 from shared.certificates import CertStore, Keyring
@@ -176,16 +177,14 @@ async def reload_design(issuer: Issuer, count: int, new: int, work: Path) -> Res
         chain, serials[name] = issuer.chain(name)
         (live / f"{name}.pem").write_text(chain)
 
-    def sites() -> list[Site]:
-        return [Site(name=n, fullchain=live / f"{n}.pem", privkey=live / "key.pem", serial=s)
-                for n, s in serials.items()]
+    def include(https_listen: str) -> str:
+        return render_blocks({n: live / f"{n}.pem" for n in serials}, live / "key.pem",
+                             https_listen=https_listen)
 
     nginx = Nginx(work / "nginx", upstreams=["127.0.0.1:9"])
     with nginx:
         began = time.monotonic()
-        render = render_sites(sites(), https_listen=nginx.https_listen,
-                              http_listen=nginx.http_listen, upstreams=nginx.upstreams)
-        nginx.include.write_text(render)
+        nginx.include.write_text(include(nginx.https_listen))
         await reload(nginx)
         first = names(count)[0]
         await wait_serial(nginx.https_port, first, serials[first], timeout_s=300)
@@ -198,9 +197,7 @@ async def reload_design(issuer: Issuer, count: int, new: int, work: Path) -> Res
             chain, serials[name] = issuer.chain(name)
             started = time.monotonic()
             (live / f"{name}.pem").write_text(chain)
-            nginx.include.write_text(render_sites(
-                sites(), https_listen=nginx.https_listen, http_listen=nginx.http_listen,
-                upstreams=nginx.upstreams))
+            nginx.include.write_text(include(nginx.https_listen))
             await reload(nginx)
             await wait_serial(nginx.https_port, name, serials[name], timeout_s=300)
             latencies.append(time.monotonic() - started)

@@ -245,7 +245,6 @@ async def main(args: argparse.Namespace) -> None:
                   f"certificates issued")
             print(f"  certifier: {books['certify_issued']} issued, {books['certify_retries']} "
                   f"retries; at shutdown certbot_runs={stopped.get('certbot_runs')}, "
-                  f"nginx_reloads={stopped.get('nginx_reloads')}, "
                   f"outcomes={stopped.get('outcomes')}")
             print(f"  certbot: failed-run logs kept {len(books['failed_certbot_run_logs'])}, "
                   f"'Another instance of Certbot' {books['certbot_collisions']} times; "

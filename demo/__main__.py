@@ -37,10 +37,10 @@ TOOLS = {"pebble": "pebble", "nginx": "nginx", "openssl": "openssl"}  # command:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m demo",
-        description="Bring up a local world on 127.0.0.1 (a DNS server, Pebble, nginx and "
-                    "the four services) and walk through one customer's tracking domain: "
-                    "created, verified, certified, a link minted and clicked over HTTPS, the "
-                    "click row shown. Everything it makes is removed at the end.")
+        description="Bring up a local world on 127.0.0.1 (a DNS server, Pebble, nginx with "
+                    "its edge agent, and the four services) and walk through one customer's "
+                    "tracking domain: created, verified, certified, a link minted and clicked "
+                    "over HTTPS, the click row shown. Everything it makes is removed at the end.")
     parser.add_argument(
         "--cname-target", default=TRACKING_HOST, metavar="HOST",
         help=f"where {CUSTOMER}'s CNAME points (default: the platform host, {TRACKING_HOST}); "

@@ -1,12 +1,12 @@
 """A real nginx run from a prefix directory on loopback ports we pick (no root, no system
 configuration touched), as the edge in front of the redirector.
 
-The main nginx.conf is the project's own (`services.certifier.nginx.render_main`);
-the include starts as the generator's output for no domains, which already listens
-on both ports, and the certifier rewrites it and reloads with `reload_command`, as it
-does in production. With `cert_dir`, the include is the edge agent's instead
-(`services.edge.nginx.render_include`: certificates read per handshake from that
-directory, written by the agent, which reloads nothing).
+The main nginx.conf (`render_main`) includes the edge agent's include
+(`services.edge.nginx.render_include`), written here before nginx starts exactly as the
+agent would write it, so the agent finds it current and reloads nothing: certificates are
+read per handshake from `cert_dir`, where an edge agent (`python -m services.edge`,
+`EDGE_CERT_DIR`) writes them from the certificate store. Without a `cert_dir`, nginx
+gets a fresh one (`certificate_directory`), removed when it stops.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import subprocess
@@ -23,7 +24,6 @@ from pathlib import Path
 
 from demo.net import free_port, listening
 from demo.processes import StartError
-from services.certifier.nginx import render_main, render_sites
 from services.edge.nginx import render_include
 
 
@@ -43,13 +43,34 @@ def certificate_directory(prefix: str = "edge-certs-") -> Path:
     return parent / "certs"
 
 
+def render_main(prefix: Path, include: Path, *, workers: int = 1) -> str:
+    """A complete nginx.conf for `nginx -p PREFIX -c nginx.conf -e stderr`, including `include`."""
+    temp = prefix / "temp"
+    return f"""\
+worker_processes {workers};
+pid "{prefix / 'nginx.pid'}";
+error_log stderr warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path "{temp / 'body'}";
+    proxy_temp_path "{temp / 'proxy'}";
+    fastcgi_temp_path "{temp / 'fastcgi'}";
+    uwsgi_temp_path "{temp / 'uwsgi'}";
+    scgi_temp_path "{temp / 'scgi'}";
+    include "{include}";
+}}
+"""
+
+
 class Nginx:
     """One nginx master (and its workers) under `prefix`; use as a context manager."""
 
     def __init__(self, prefix: Path, *, upstreams: list[str], http_port: int | None = None,
                  https_port: int | None = None, cert_dir: Path | None = None) -> None:
         self.prefix = prefix
-        self.cert_dir = cert_dir
+        self._own_cert_dir = cert_dir is None
+        self.cert_dir = cert_dir or certificate_directory()
         self.http_port = http_port or free_port()
         self.https_port = https_port or free_port()
         self.upstreams = upstreams
@@ -76,7 +97,7 @@ class Nginx:
 
     @property
     def reload_command(self) -> list[str]:
-        """What the certifier runs after rewriting the include (`NGINX_RELOAD_COMMAND`)."""
+        """What the edge agent runs when its include changed (`NGINX_RELOAD_COMMAND`)."""
         return self.command("-s", "reload")
 
     def start(self) -> Nginx:
@@ -84,13 +105,9 @@ class Nginx:
         for sub in ("conf.d", "temp"):
             (self.prefix / sub).mkdir(parents=True, exist_ok=True)
         self.conf.write_text(render_main(self.prefix, self.include))
-        if self.cert_dir is None:
-            text = render_sites([], https_listen=self.https_listen,
-                                http_listen=self.http_listen, upstreams=self.upstreams)
-        else:
-            text = render_include(cert_dir=self.cert_dir, https_listen=self.https_listen,
-                                  http_listen=self.http_listen, upstreams=self.upstreams)
-        self.include.write_text(text)
+        self.include.write_text(render_include(
+            cert_dir=self.cert_dir, https_listen=self.https_listen,
+            http_listen=self.http_listen, upstreams=self.upstreams))
         log = open(self.log_path, "wb")  # noqa: SIM115 - the child owns it
         self.process = subprocess.Popen(self.command("-g", "daemon off;"), stdout=log,
                                         stderr=subprocess.STDOUT)
@@ -106,8 +123,17 @@ class Nginx:
         """nginx's error log (stderr) so far."""
         return self.log_path.read_text(errors="replace")
 
+    def edge_env(self, edge_id: str = "edge-1") -> dict[str, str]:
+        """The settings of the edge agent beside this nginx (`python -m services.edge`)."""
+        return {"EDGE_ID": edge_id, "EDGE_CERT_DIR": str(self.cert_dir),
+                "EDGE_CERT_GROUP": worker_group() or "", "NGINX_CONF_PATH": str(self.include),
+                "NGINX_RELOAD_COMMAND": shlex.join(self.reload_command),
+                "NGINX_HTTPS_LISTEN": self.https_listen, "NGINX_HTTP_LISTEN": self.http_listen,
+                "NGINX_UPSTREAMS": ",".join(self.upstreams)}
+
     def stop(self) -> None:
-        """Graceful stop (workers finish their requests), killed after 10 s."""
+        """Graceful stop (workers finish their requests), killed after 10 s; a certificate
+        directory of its own is removed."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGQUIT)
             try:
@@ -115,6 +141,8 @@ class Nginx:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+        if self._own_cert_dir:
+            shutil.rmtree(self.cert_dir.parent, ignore_errors=True)
 
     def __enter__(self) -> Nginx:
         return self.start()

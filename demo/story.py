@@ -268,15 +268,15 @@ class Story:
         self._world = cleanup.enter_context(self._started_world())
         world = self.world
         return Proof(
-            "a DNS server, Pebble (the ACME CA), nginx and the four services run on "
-            "127.0.0.1, each answering", [
+            "a DNS server, Pebble (the ACME CA), nginx with its edge agent and the four "
+            "services run on 127.0.0.1, each answering", [
                 f"DNS server  {world.dns.address}: the only resolver of the verifier, Pebble "
                 "and trackctl doctor",
                 f"Pebble      {world.pebble.directory_url} (a new root CA every start)",
                 f"nginx       https://{world.nginx.https_listen} for clicks, "
                 f"http://{world.nginx.http_listen} for HTTP-01 challenges",
                 f"services    redirector http://{world.redirector_bind}, logger, verifier, "
-                "certifier",
+                "certifier, edge agent",
                 *migrated])
 
     @contextmanager
@@ -344,17 +344,21 @@ class Story:
         pem = self.world.certbot_dir / "config" / "live" / NAME / "cert.pem"
         cert = x509.load_pem_x509_certificate(pem.read_bytes())
         issued = self.announced(NAME, "certificate.issued")
+        installed = self.announced(NAME, "certificate.installed")
         validations = sum(1 for line in self.world.pebble_log().splitlines()
                           if "Attempting to validate w/ HTTP" in line and f"//{NAME}:" in line)
         return Proof(
             f"the certifier got a certificate from Pebble with certbot (HTTP-01, answered "
-            f"through nginx and the redirector), installed it in nginx and marked the domain "
-            f"active {time.monotonic() - self._added_at:.1f} s after `domain add`", [
+            f"through nginx and the redirector), stored it and marked the domain active; the "
+            f"edge agent installed it in nginx {time.monotonic() - self._added_at:.1f} s after "
+            f"`domain add`", [
                 f"issuer: {cert.issuer.rfc4514_string()}",
                 f"valid until {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%SZ}, serial "
                 f"{cert.serial_number:x}; Pebble fetched the challenge answer "
                 f"{validations} time(s) over http://{NAME}:{self.world.nginx.http_port}/",
-                f"the platform heard certificate.issued (serial {issued.data.serial})",
+                f"the platform heard certificate.issued (serial {issued.data.serial}), then "
+                f"certificate.installed from edge {installed.data.edge_id} (serial "
+                f"{installed.data.serial})",
                 *shown])
 
     def https(self) -> Proof:

@@ -1,4 +1,5 @@
-"""The local world: a DNS server, Pebble, nginx and the four services, on 127.0.0.1.
+"""The local world: a DNS server, Pebble, nginx and its edge agent, and the four services,
+on 127.0.0.1.
 
 Everything the whole domain lifecycle needs, started and ready, for the guided demo,
 the end-to-end tests and bench/lifecycle.py. One DNS server (demo/dns.py) answers
@@ -6,7 +7,9 @@ everybody: the verifier (`DNS_NAMESERVERS`) and Pebble (`-dnsserver`), so the CA
 resolves a customer's name through the same CNAME the verifier judged. The platform
 host has A 127.0.0.1, Pebble validates HTTP-01 on nginx's plain-HTTP port, nginx
 proxies the challenge path to the redirector, which reads the answer the certifier's
-hook wrote in the shared `ACME_CHALLENGE_DIR`. The four services run as real processes:
+hook wrote in the shared `ACME_CHALLENGE_DIR`. The certifier stores the certificate; the
+edge agent beside nginx (`python -m services.edge`) installs it for nginx to pick per
+handshake, as on every production edge. The services run as real processes:
 
     with local_world(directory, env=common_env, tracking_host=HOST) as world:
         world.dns.cname("track.customer-a.test", HOST)
@@ -22,7 +25,6 @@ it before any order is placed.
 from __future__ import annotations
 
 import secrets
-import shlex
 import ssl
 import sys
 from collections.abc import Iterator, Mapping
@@ -56,6 +58,7 @@ class World:
     certifier: ServiceProcess
     redirector: ServiceProcess
     logger: ServiceProcess
+    edge: ServiceProcess  # the edge agent beside nginx
     redirector_bind: str = ""
     services: list[ServiceProcess] = field(default_factory=list)
 
@@ -85,7 +88,8 @@ def local_world(directory: Path, *, env: Mapping[str, str], tracking_host: str,
                 verifier_env: Mapping[str, str] | None = None,
                 certifier_env: Mapping[str, str] | None = None,
                 redirector_env: Mapping[str, str] | None = None) -> Iterator[World]:
-    """DNS server, Pebble, nginx and the four services, all started and ready; all
+    """DNS server, Pebble, nginx, its edge agent and the four services, all started and
+    ready; all
     stopped on leaving (services still running are killed: call `terminate` first for
     the graceful path).
 
@@ -121,26 +125,25 @@ def local_world(directory: Path, *, env: Mapping[str, str], tracking_host: str,
         certifier = ServiceProcess("certifier", {
             **common, "ACME_DIRECTORY_URL": pebble.directory_url,
             "ACME_CA_BUNDLE": str(pebble.listener_ca), "ACME_EMAIL": "certs@platform.test",
-            "CERTBOT_DIR": str(certbot_dir), "NGINX_CONF_PATH": str(nginx.include),
-            "NGINX_RELOAD_COMMAND": shlex.join(nginx.reload_command),
-            "NGINX_HTTPS_LISTEN": nginx.https_listen, "NGINX_HTTP_LISTEN": nginx.http_listen,
-            "NGINX_UPSTREAMS": upstream, **(certifier_env or {})}, directory)
+            "CERTBOT_DIR": str(certbot_dir), **(certifier_env or {})}, directory)
         redirector = ServiceProcess("redirector", {
             **common, "REDIRECTOR_BIND": upstream, "TRUSTED_PROXIES": "127.0.0.1",
             "DOMAIN_REFRESH_S": "0.2", **(redirector_env or {})}, directory)
         logger = ServiceProcess("logger", common, directory)
-        services = [verifier, certifier, redirector, logger]
-        for process in services:  # all four start at once; then wait for each
+        edge = ServiceProcess("edge", {**common, **nginx.edge_env("local")}, directory)
+        services = [verifier, certifier, redirector, logger, edge]
+        for process in services:  # all start at once; then wait for each
             stack.enter_context(process)
         world = World(directory=directory, dns=dns, lists=lists, pebble=pebble, nginx=nginx,
                       challenges=challenges, certbot_dir=certbot_dir, root=root,
                       verifier=verifier, certifier=certifier, redirector=redirector,
-                      logger=logger, redirector_bind=upstream, services=services)
+                      logger=logger, edge=edge, redirector_bind=upstream, services=services)
         try:
             redirector.wait_http(f"http://{upstream}/healthz", 30)
             verifier.wait_for_log("verifier.started", 30)
             certifier.wait_for_log("certifier.started", 30)
             logger.wait_for_log("logger.started", 30)
+            edge.wait_for_log("edge.started", 30)
             yield world
         except KeyboardInterrupt:
             raise

@@ -290,7 +290,11 @@ async def tls_probe(address: str, port: int, name: str, *, ca_bundle: Path | Non
                                       f"verify: {exc.verify_message or exc}", facts)
     except ssl.SSLError as exc:
         text = str(exc)
-        if "UNRECOGNIZED_NAME" in text.upper() or "unrecognized name" in text:
+        # An edge agent's nginx with no file for the name fails the handshake with an
+        # internal-error alert (and logs `cannot load certificate`); `ssl_reject_handshake`
+        # answers unrecognized_name.
+        if any(sign in text.upper() for sign in (
+                "UNRECOGNIZED_NAME", "UNRECOGNIZED NAME", "ALERT_INTERNAL_ERROR")):
             return TlsAnswer("rejected", f"{where} refused the TLS handshake for {name}: it "
                                          "holds no certificate for that name")
         return TlsAnswer("tls-error", f"TLS with {where} failed: {text}")
@@ -328,9 +332,9 @@ def tls_check(answer: TlsAnswer, *, name: str, where: str, row: Mapping[str, Any
         if recorded and recorded != facts.serial:
             return Check("tls", WARN, summary, [*details, (
                 f"the database records serial {recorded}, the edge serves {facts.serial}")],
-                "a renewal nginx has not been reloaded for, or an edge with old files: the "
-                "certifier confirms the new serial after each reload; check its log and "
-                "NGINX_RELOAD_COMMAND on every edge (docs/certificates.md: nginx).",
+                "an edge whose agent has not installed the renewal yet: `trackctl domain show "
+                f"{name}` lists the serial each edge serves; check that edge's agent "
+                "(its log, tracking_edge_certificates_behind; docs/certificates.md).",
                 "serial_mismatch", data)
         if left.days < EXPIRY_WARNING_DAYS:
             return Check("tls", WARN, summary, details, (
@@ -344,14 +348,15 @@ def tls_check(answer: TlsAnswer, *, name: str, where: str, row: Mapping[str, Any
         "timeout": "a firewall or a dead edge: check that port 443 is open on the edge DNS "
                    "points at.",
         "unreachable": "check the address (DNS or --connect) and the network to the edge.",
-        "rejected": "the certifier has no certificate in service for it yet: it issues one "
-                    "when the row is verified; see the database check, `trackctl domain show "
+        "rejected": "this edge has no certificate for it yet: the certifier issues one "
+                    "when the row is verified and the edge agent installs it from the store "
+                    "(is it running on this edge?); see the database check, `trackctl domain show "
                     f"{name}` (last_error; certificate.failed reasons in "
                     "docs/certificates.md: Failures), then `trackctl domain recheck "
                     f"{name}`.",
         "untrusted": "an expired, self-signed or wrong certificate: check that the certifier "
-                     "renewed it and nginx was reloaded (docs/certificates.md). For a private "
-                     "CA (staging, Pebble) pass --ca-bundle.",
+                     "renewed it and this edge's agent installed it (docs/certificates.md). "
+                     "For a private CA (staging, Pebble) pass --ca-bundle.",
         "tls-error": "look at nginx's error log on the edge.",
     }
     return Check("tls", FAIL, answer.message, details, fixes.get(answer.problem or ""),

@@ -26,7 +26,9 @@ from typing import BinaryIO
 from shared.settings import REDIRECTOR_BIND
 from trackctl.settings import reader
 
-SERVICES = ("logger", "classifier", "verifier", "certifier", "redirector")
+SERVICES = ("logger", "classifier", "verifier", "certifier", "redirector", "edge")
+# The one edge of a single machine, unless the environment names it (EDGE_ID).
+LOCAL_EDGE_ID = "local"
 
 
 def available_services() -> list[str]:
@@ -81,6 +83,7 @@ def run(environ: Mapping[str, str],
         commands = {name: [sys.executable, "-m", f"services.{name}"]
                     for name in available_services()}
     names = list(commands)
+    environ = {"EDGE_ID": LOCAL_EDGE_ID, **environ}
     host, port = reader(environ)[REDIRECTOR_BIND]
     children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False

@@ -1,14 +1,14 @@
 #!/bin/sh
-# The certifier's NGINX_RELOAD_COMMAND when nginx runs in another container (or on other
-# machines): ask the reload-watcher.sh beside each nginx to reload, and wait for every
-# answer. Installed in the service image as /usr/local/bin/nginx-reload-request.
+# The edge agent's NGINX_RELOAD_COMMAND when nginx runs in another container: ask the
+# reload-watcher.sh beside nginx to reload, and wait for its answer. The agent asks only
+# when its include changed (at start, after a settings change), never per certificate. Installed in the service image as /usr/local/bin/nginx-reload-request.
 #
 #   nginx-reload-request DIR [DIR...]
 #
 # Each DIR is a directory one watcher looks at (in compose: the nginx-generated volume).
 # Exit status 0 when every nginx reloaded; 1 (with nginx's output) when one refused the
 # configuration or did not answer within RELOAD_WAIT_S (default 8: less than the
-# certifier's 10 s limit on a reload command).
+# agent's 10 s limit on a reload command).
 set -u
 [ $# -ge 1 ] || { echo "usage: nginx-reload-request DIR [DIR...]" >&2; exit 2; }
 wait_s=${RELOAD_WAIT_S:-8}

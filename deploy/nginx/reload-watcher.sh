@@ -1,18 +1,18 @@
 #!/bin/sh
-# Runs beside nginx, in its container: reloads nginx when the certifier asks, and when
-# the redirectors' addresses change.
+# Runs beside nginx, in its container: reloads nginx when the edge agent asks (its include
+# changed: at start, never per certificate), and when the redirectors' addresses change.
 #
 #   reload-watcher.sh DIR
 #
 # DIR is where the requests arrive (in compose, the nginx-generated volume, which also
 # holds the generated include; with several edges, each edge's own directory).
 #
-# The certifier's NGINX_RELOAD_COMMAND (reload-request.sh, installed in the service
+# The edge agent's NGINX_RELOAD_COMMAND (reload-request.sh, installed in the service
 # image as nginx-reload-request) writes DIR/reload-request.<id> after it rewrote the
-# generated include, and waits. This loop sees the request, runs `nginx -t` and then
+# include, and waits. This loop sees the request, runs `nginx -t` and then
 # `nginx -s reload`, and answers DIR/reload-result.<id>: first line `ok` or `failed`,
 # then nginx's own output. Requests seen together are answered by one reload. A refused
-# configuration is never loaded (nginx keeps serving the previous one) and the certifier,
+# configuration is never loaded (nginx keeps serving the previous one) and the agent,
 # told `failed`, puts its previous file back.
 #
 # Environment: NGINX_CMD (default `nginx`; the tests add -p/-c), UPSTREAM_HOSTS

@@ -1,1 +1,2 @@
-"""The certifier: `domain.verified` → an ACME certificate via certbot, served by nginx, renewed."""
+"""The certifier: `domain.verified` → an ACME certificate via certbot, kept in the
+certificate store (which the edge agents serve from), renewed."""

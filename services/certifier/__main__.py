@@ -17,9 +17,8 @@ from services.certifier import settings as certifier_settings
 from services.certifier.ari import AriClient
 from services.certifier.certbot import Certbot
 from services.certifier.challenges import ChallengeRelay
-from services.certifier.handlers import Policy, handle_events, served_sites
+from services.certifier.handlers import Policy, handle_events
 from services.certifier.issuance import Issuer
-from services.certifier.nginx import NginxError, NginxSites
 from services.certifier.renewal import RenewalPolicy, renew_forever
 from services.certifier.settings import CertifierSettings
 from services.certifier.store import CertificateStore
@@ -30,7 +29,6 @@ from shared.broker.names import CERTIFIER_QUEUE, RETRY_DELAYS_MS
 from shared.broker.publisher import Publisher
 from shared.certificates import AcmeAccounts, CertStore, ChallengeAnswers, Keyring
 from shared.db.migrate import open_migrated
-from shared.handshake import local_address
 from shared.lifecycle import Lifecycle, event_source, service_main
 from shared.metrics import CertifierMetrics, MetricsServer, new_registry
 
@@ -44,7 +42,6 @@ class Running:
     lifecycle: Lifecycle
     consumer: Consumer
     certbot: Certbot
-    sites: NginxSites
     store: CertificateStore
     issuer: Issuer
     outcomes: Counter[str]
@@ -110,19 +107,6 @@ async def open_certifier(life: Lifecycle, settings: CertifierSettings,
     issuer = Issuer(certbot=certbot, store=store, vault=vault,
                     accounts=AcmeAccounts(engine, keyring), limits=settings.limits,
                     ari=AriClient(settings.acme_directory_url, ca_bundle=settings.acme_ca_bundle))
-    nginx = settings.nginx
-    sites = NginxSites(
-        conf_path=nginx.conf_path, reload_command=nginx.reload_command,
-        sites=functools.partial(served_sites, store=store, certbot=certbot, vault=vault,
-                                cache=settings.certbot_dir / "from-store"),
-        https_listen=nginx.https_listen, http_listen=nginx.http_listen,
-        upstreams=nginx.upstreams,
-        verify_address=local_address(nginx.https_listen) if nginx.verify_tls else None,
-    )
-    try:  # the file matches the database and the disk from the start
-        await sites.sync()
-    except NginxError as exc:
-        log.error("nginx.sync_failed", error=str(exc))
     policy = Policy(validation_attempts=settings.validation_attempts,
                     validation_retry_s=settings.validation_retry_s,
                     tracking_host=settings.tracking_host)
@@ -140,7 +124,7 @@ async def open_certifier(life: Lifecycle, settings: CertifierSettings,
     consumer = Consumer(
         channel=channel, topology=topology, queue=CERTIFIER_QUEUE,
         handler=functools.partial(
-            handle_events, store=store, issuer=issuer, sites=sites, publisher=publisher,
+            handle_events, store=store, issuer=issuer, publisher=publisher,
             policy=policy, rng=rng, outcomes=outcomes),
         publisher=publisher,
         policy=ConsumePolicy(prefetch=settings.prefetch, max_attempts=settings.max_attempts),
@@ -148,7 +132,7 @@ async def open_certifier(life: Lifecycle, settings: CertifierSettings,
     )
     renewal = asyncio.create_task(renew_forever(
         life.stopping, interval_s=settings.renew_check_s, store=store, issuer=issuer,
-        sites=sites, publisher=publisher, policy=policy, rng=rng,
+        publisher=publisher, policy=policy, rng=rng,
         renewal=RenewalPolicy(retry=timedelta(seconds=settings.renew_retry_s),
                               warning=timedelta(days=settings.expiry_warning_days)),
         metrics=metrics,
@@ -161,12 +145,9 @@ async def open_certifier(life: Lifecycle, settings: CertifierSettings,
                   certbot_dir=str(settings.certbot_dir),
                   challenge_dir=str(settings.challenge_dir) if settings.challenge_dir else None,
                   store_key=keyring.current_kid, acme_profile=settings.acme_profile,
-                  nginx_conf=str(nginx.conf_path),
-                  nginx_reload=" ".join(nginx.reload_command) or None,
                   database=settings.database.safe_url, broker=settings.broker.safe_url)
-    life.summarize(lambda: {"certbot_runs": certbot.runs, "nginx_reloads": sites.reloads,
-                            "outcomes": dict(outcomes)})
-    return Running(lifecycle=life, consumer=consumer, certbot=certbot, sites=sites,
+    life.summarize(lambda: {"certbot_runs": certbot.runs, "outcomes": dict(outcomes)})
+    return Running(lifecycle=life, consumer=consumer, certbot=certbot,
                    store=store, issuer=issuer, outcomes=outcomes)
 
 

@@ -26,16 +26,12 @@ run: the events still waiting for one are handed back (`certbot.Stopping`, outco
 
 from __future__ import annotations
 
-import contextlib
-import os
 import random
-import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -48,7 +44,6 @@ from services.certifier.certbot import (
     Stopping,
 )
 from services.certifier.issuance import Failed, HeldBack, Issued, Issuer
-from services.certifier.nginx import NginxError, NginxSites, Site
 from services.certifier.store import CERTIFIABLE_STATUSES, CertificateStore
 from shared.broker.publisher import Publisher
 from shared.certificates import CertStore
@@ -82,17 +77,16 @@ class Policy:
 
 
 async def handle_events(events: Sequence[Event[Any]], *, store: CertificateStore, issuer: Issuer,
-                        sites: NginxSites, publisher: Publisher, policy: Policy,
-                        rng: random.Random, outcomes: Counter[str]) -> None:
+                        publisher: Publisher, policy: Policy, rng: random.Random,
+                        outcomes: Counter[str]) -> None:
     """Dispatch by type; `outcomes` counts what each finished event came to, by name."""
     for event in events:
         data = event.data
         if isinstance(data, DomainVerified):
-            outcome = await certify(data, store=store, issuer=issuer, sites=sites,
-                                    publisher=publisher, policy=policy, rng=rng)
+            outcome = await certify(data, store=store, issuer=issuer, publisher=publisher,
+                                    policy=policy, rng=rng)
         elif isinstance(data, DomainDeleted):
-            outcome = await forget(data, store=store, certbot=issuer.certbot, vault=issuer.vault,
-                                   sites=sites)
+            outcome = await forget(data, store=store, certbot=issuer.certbot, vault=issuer.vault)
         elif isinstance(data, DomainLapsed):
             outcome = await stop_renewing(data, store=store)
         else:
@@ -101,9 +95,9 @@ async def handle_events(events: Sequence[Event[Any]], *, store: CertificateStore
 
 
 async def certify(data: DomainVerified, *, store: CertificateStore, issuer: Issuer,
-                  sites: NginxSites, publisher: Publisher, policy: Policy,
-                  rng: random.Random) -> Outcome:
-    """Make sure `data.domain` has a certificate, served and recorded; returns the outcome."""
+                  publisher: Publisher, policy: Policy, rng: random.Random) -> Outcome:
+    """Make sure `data.domain` has a certificate, stored, announced and recorded; returns
+    the outcome."""
     started = time.perf_counter()
     name = _name(data.domain)
     outcome = UNFINISHED
@@ -123,8 +117,8 @@ async def certify(data: DomainVerified, *, store: CertificateStore, issuer: Issu
                     outcome = Outcome("already-certified")
                 else:
                     await put_in_service(name, data.customer_id, certificate, store=store,
-                                         issuer=issuer, sites=sites, publisher=publisher,
-                                         policy=policy, rng=rng)
+                                         issuer=issuer, publisher=publisher, policy=policy,
+                                         rng=rng)
                     outcome = Outcome("issued" if result.fresh else "recorded-existing")
             elif isinstance(result, HeldBack):
                 outcome = Outcome("held-back", detail=result.hold.reason)
@@ -158,15 +152,18 @@ async def already_recorded(store: CertificateStore, name: str,
 
 
 async def put_in_service(name: str, customer_id: str, certificate: CertificateInfo, *,
-                         store: CertificateStore, issuer: Issuer, sites: NginxSites,
-                         publisher: Publisher, policy: Policy, rng: random.Random) -> bool:
-    """Serve the certificate, tell the platform, then mark the row active (in that order),
-    with its renewal scheduled (`Issuer.schedule`: the CA's ARI window, or a third of the
-    lifetime)."""
-    try:
-        await sites.sync()
-    except NginxError as exc:
-        raise TransientError(str(exc)) from exc
+                         store: CertificateStore, issuer: Issuer, publisher: Publisher,
+                         policy: Policy, rng: random.Random) -> bool:
+    """Tell the platform and the edges, then mark the row active (in that order), with
+    its renewal scheduled (`Issuer.schedule`: the CA's ARI window, or a third of the
+    lifetime).
+
+    The certificate is already in the store (`Issuer.ensure` put it there). The
+    certifier serves nothing itself: every edge agent installs it from the store on
+    `certificate.issued` (or at its next reconciliation) and confirms it with
+    `certificate.installed`. A crash between the publish and the row is repaired by the
+    event being delivered again (the handlers are idempotent).
+    """
     await _publish(publisher, CertificateIssued(
         domain=name, customer_id=customer_id, not_before=certificate.not_before,
         not_after=certificate.not_after, serial=certificate.serial))
@@ -175,7 +172,9 @@ async def put_in_service(name: str, customer_id: str, certificate: CertificateIn
 
 
 async def forget(data: DomainDeleted, *, store: CertificateStore, certbot: Certbot,
-                 vault: CertStore, sites: NginxSites) -> Outcome:
+                 vault: CertStore) -> Outcome:
+    """Delete the domain's certificate from certbot's directory and the store (the edge
+    agents remove their files on the same `domain.deleted`)."""
     started = time.perf_counter()
     name = _name(data.domain)
     row = await store.get(name)
@@ -187,10 +186,6 @@ async def forget(data: DomainDeleted, *, store: CertificateStore, certbot: Certb
             removed = await vault.delete(name) or removed
         if row is not None:
             await store.forget_certificate(name)
-        try:
-            await sites.sync()
-        except NginxError as exc:
-            raise TransientError(str(exc)) from exc
         outcome = Outcome("removed" if removed else "nothing-to-remove")
     log.info("certificate.forget", domain=name, customer_id=data.customer_id,
              outcome=outcome.name,
@@ -209,56 +204,6 @@ async def stop_renewing(data: DomainLapsed, *, store: CertificateStore) -> Outco
     log.info("certificate.lapsed", domain=name, customer_id=data.customer_id,
              outcome=outcome.name, code=data.code)
     return outcome
-
-
-async def served_sites(*, store: CertificateStore, certbot: Certbot, vault: CertStore,
-                       cache: Path) -> list[Site]:
-    """Every domain the certifier's nginx should serve: a served status and a certificate,
-    certbot's on disk, or the stored one when certbot's directory lacks it (a certifier
-    on a new machine) or holds an older one. A stored one is written under `cache`
-    (`<name>/<serial>/`, key readable by this user only) the first time it is needed."""
-    sites = []
-    stored = await vault.serials()
-    for name in await store.served_names():
-        certificate = certbot.current(name)
-        serial = stored.get(name)
-        if certificate is not None and serial in (None, certificate.serial):
-            live = certbot.live(name)
-            sites.append(Site(name=name, fullchain=live / "fullchain.pem",
-                              privkey=live / "privkey.pem", serial=certificate.serial))
-        elif serial is not None:
-            directory = cache / name / serial
-            if not (directory / "privkey.pem").is_file():
-                from_store = await vault.get(name)
-                if from_store is None or from_store.serial != serial:
-                    continue  # replaced or deleted meanwhile: the next sync has it
-                _write_pair(directory, from_store.chain_pem, from_store.key_pem)
-            sites.append(Site(name=name, fullchain=directory / "fullchain.pem",
-                              privkey=directory / "privkey.pem", serial=serial))
-    _prune_cache(cache, {(site.name, site.serial) for site in sites})
-    return sites
-
-
-def _prune_cache(cache: Path, keep: set[tuple[str, str]]) -> None:
-    """Remove the cached copies (keys) of certificates no longer served."""
-    if not cache.is_dir():
-        return
-    for domain in cache.iterdir():
-        for serial in domain.iterdir() if domain.is_dir() else ():
-            if (domain.name, serial.name) not in keep:
-                shutil.rmtree(serial, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            domain.rmdir()  # only if empty
-
-
-def _write_pair(directory: Path, chain_pem: str, key_pem: bytes) -> None:
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    (directory / "fullchain.pem").write_text(chain_pem, encoding="ascii")
-    temporary = directory / ".privkey.pem.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as file:
-        file.write(key_pem)
-    os.replace(temporary, directory / "privkey.pem")
 
 
 async def _failed(name: str, customer_id: str, result: Failed, *, store: CertificateStore,

@@ -43,7 +43,6 @@ import structlog
 from services.certifier.certbot import Stopping
 from services.certifier.handlers import Policy, already_recorded, explain, put_in_service
 from services.certifier.issuance import Failed, HeldBack, Issuer, stable_rng
-from services.certifier.nginx import NginxSites
 from services.certifier.store import CertificateRow, CertificateStore
 from shared.broker.publisher import Publisher
 from shared.events import CertificateExpiring
@@ -71,8 +70,8 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-async def renew_due(*, store: CertificateStore, issuer: Issuer, sites: NginxSites,
-                    publisher: Publisher, policy: Policy, renewal: RenewalPolicy,
+async def renew_due(*, store: CertificateStore, issuer: Issuer, publisher: Publisher,
+                    policy: Policy, renewal: RenewalPolicy,
                     rng: random.Random, clock: Callable[[], datetime] = _utcnow,
                     metrics: CertifierMetrics | None = None) -> int:
     """Renew every active domain that is due now, `batch` rows at a time (up to
@@ -82,8 +81,8 @@ async def renew_due(*, store: CertificateStore, issuer: Issuer, sites: NginxSite
     for _ in range(MAX_BATCHES):
         rows = await store.due_for_renewal(clock(), limit=renewal.batch)
         for row in rows:
-            outcome = await renew_one(row, store=store, issuer=issuer, sites=sites,
-                                      publisher=publisher, policy=policy, renewal=renewal,
+            outcome = await renew_one(row, store=store, issuer=issuer, publisher=publisher,
+                                      policy=policy, renewal=renewal,
                                       rng=rng, clock=clock)
             if outcome is STOPPED:
                 return looked_at
@@ -106,7 +105,7 @@ async def update_expiry_gauges(store: CertificateStore, metrics: CertifierMetric
 
 
 async def renew_one(row: CertificateRow, *, store: CertificateStore, issuer: Issuer,
-                    sites: NginxSites, publisher: Publisher, policy: Policy,
+                    publisher: Publisher, policy: Policy,
                     renewal: RenewalPolicy,
                     rng: random.Random, clock: Callable[[], datetime] = _utcnow) -> Outcome:
     started = time.perf_counter()
@@ -130,8 +129,7 @@ async def renew_one(row: CertificateRow, *, store: CertificateStore, issuer: Iss
             return outcome
         else:
             await put_in_service(row.name, row.customer_id, result.certificate, store=store,
-                                 issuer=issuer, sites=sites, publisher=publisher,
-                                 policy=policy, rng=rng)
+                                 issuer=issuer, publisher=publisher, policy=policy, rng=rng)
             outcome = Outcome("renewed" if result.fresh else "recorded-existing")
             return outcome
     except Stopping:
@@ -179,13 +177,13 @@ async def _not_yet(row: CertificateRow, *, issuer: Issuer,
 
 
 async def renew_forever(stop: asyncio.Event, *, interval_s: float, store: CertificateStore,
-                        issuer: Issuer, sites: NginxSites, publisher: Publisher,
+                        issuer: Issuer, publisher: Publisher,
                         policy: Policy, renewal: RenewalPolicy, rng: random.Random,
                         metrics: CertifierMetrics | None = None) -> None:
     """Run `renew_due` now and then every `interval_s` (±10%) until `stop` is set."""
     while not stop.is_set():
         try:
-            await renew_due(store=store, issuer=issuer, sites=sites, publisher=publisher,
+            await renew_due(store=store, issuer=issuer, publisher=publisher,
                             policy=policy, renewal=renewal, rng=rng, metrics=metrics)
             if metrics is not None:
                 await update_expiry_gauges(store, metrics, renewal)

@@ -28,14 +28,6 @@ from shared.settings import (
     metrics_bind,
     optional,
 )
-from shared.settings.nginx import (
-    NGINX_CONF_PATH,
-    NGINX_HTTP_LISTEN,
-    NGINX_HTTPS_LISTEN,
-    NGINX_RELOAD_COMMAND,
-    NGINX_UPSTREAMS,
-    NGINX_VERIFY_TLS,
-)
 from shared.settings.parsers import (
     matching,
     number,
@@ -131,32 +123,16 @@ CERTIFIER_DRAIN_TIMEOUT_S = Setting(
 METRICS_BIND = metrics_bind("certifier")
 
 PROGRAM = Program("certifier", (
-    ACME_DIRECTORY_URL, ACME_EMAIL, ACME_CA_BUNDLE, NGINX_RELOAD_COMMAND, *BROKER,
+    ACME_DIRECTORY_URL, ACME_EMAIL, ACME_CA_BUNDLE, *BROKER,
     DATABASE_URL, CERT_STORE_KEYS, ACME_PROFILE, CERTBOT_COMMAND, CERTBOT_DIR,
     CERTBOT_TIMEOUT_S, CERTIFIER_CHALLENGE_DIR,
-    CERTIFIER_TRACKING_HOST, NGINX_CONF_PATH, NGINX_HTTPS_LISTEN, NGINX_HTTP_LISTEN,
-    NGINX_UPSTREAMS, NGINX_VERIFY_TLS, ACME_LIMIT_ORDERS_PER_3H,
+    CERTIFIER_TRACKING_HOST, ACME_LIMIT_ORDERS_PER_3H,
     ACME_LIMIT_CERTIFICATES_PER_WEEK, ACME_LIMIT_FAILED_VALIDATIONS_PER_HOUR,
     ACME_LIMIT_DUPLICATES_PER_WEEK, CERTIFIER_VALIDATION_ATTEMPTS,
     CERTIFIER_VALIDATION_RETRY_S, CERTIFIER_RENEW_CHECK_S, CERTIFIER_RENEW_RETRY_S,
     CERTIFIER_EXPIRY_WARNING_DAYS, CERTIFIER_PREFETCH, CERTIFIER_MAX_ATTEMPTS,
     CERTIFIER_RETRY_DELAYS_MS, LOG_LEVEL, METRICS_BIND, CERTIFIER_DRAIN_TIMEOUT_S,
 ))
-
-
-@dataclass(frozen=True)
-class NginxSettings:
-    conf_path: Path
-    reload_command: tuple[str, ...]
-    https_listen: str
-    http_listen: str
-    upstreams: tuple[str, ...]
-    # Confirm by a TLS handshake that nginx serves a new certificate before reporting it.
-    verify_tls: bool
-
-    @property
-    def https_port(self) -> int:
-        return int(self.https_listen.rsplit(":", 1)[-1])
 
 
 @dataclass(frozen=True)
@@ -171,7 +147,6 @@ class CertifierSettings:
     certbot_timeout_s: float
     challenge_dir: Path | None
     tracking_host: str | None
-    nginx: NginxSettings
     limits: Limits
     validation_attempts: int
     validation_retry_s: float
@@ -205,14 +180,6 @@ def load(environ: Mapping[str, str]) -> CertifierSettings:
         store_keys=env[CERT_STORE_KEYS],
         acme_profile=env[ACME_PROFILE],
         tracking_host=env[CERTIFIER_TRACKING_HOST],
-        nginx=NginxSettings(
-            conf_path=env[NGINX_CONF_PATH],
-            reload_command=env[NGINX_RELOAD_COMMAND],
-            https_listen=env[NGINX_HTTPS_LISTEN],
-            http_listen=env[NGINX_HTTP_LISTEN],
-            upstreams=env[NGINX_UPSTREAMS],
-            verify_tls=env[NGINX_VERIFY_TLS],
-        ),
         limits=Limits(
             orders_per_account=env[ACME_LIMIT_ORDERS_PER_3H],
             certificates_per_domain=env[ACME_LIMIT_CERTIFICATES_PER_WEEK],

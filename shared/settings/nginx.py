@@ -1,5 +1,5 @@
-"""The nginx settings of whoever writes nginx's configuration for the tracking domains
-(the edge agent; the certifier until it let go of nginx)."""
+"""The nginx settings of the edge agent, which writes nginx's configuration for the
+tracking domains (the certifier touches no nginx)."""
 
 from __future__ import annotations
 

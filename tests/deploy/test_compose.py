@@ -321,9 +321,9 @@ def test_the_containers_share_challenges_certificates_and_the_nginx_include(
     assert any(fnmatch.fnmatch(f"{nginx_dir}{inside}", pattern) for pattern in seen_by_nginx)
     mounted_conf = [m for m in _mounts(nginx) if m["target"] == "/etc/nginx/nginx.conf"]
     assert mounted_conf and Path(mounted_conf[0]["source"]) == ROOT / "deploy/nginx/nginx.conf"
-    # The certifier's own (transitional) include is somewhere nginx never looks.
-    certifier_conf = _volume_at(certifier, cenv["NGINX_CONF_PATH"])
-    assert not any(m["source"] == certifier_conf[0] for m in _mounts(nginx))
+    # The certifier has no nginx duty left: no nginx setting, no nginx volume.
+    assert not [name for name in cenv if name.startswith("NGINX_")]
+    assert not any(m["source"] == volume for m in _mounts(certifier))
 
     # The reload: the command is installed in the image and talks to nginx's watcher
     # through the directory of the include.

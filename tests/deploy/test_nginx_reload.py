@@ -1,6 +1,8 @@
-"""deploy/nginx in a real nginx: the compose nginx.conf around the certifier's include, and
-the reload handshake between the certifier (reload-request.sh as its NGINX_RELOAD_COMMAND,
-driven by the certifier's own NginxSites) and the watcher beside nginx (reload-watcher.sh).
+"""deploy/nginx in a real nginx: the compose nginx.conf around the edge agent's include, and
+the reload handshake between the edge agent (reload-request.sh as its NGINX_RELOAD_COMMAND,
+driven by its own `ensure_include`) and the watcher beside nginx (reload-watcher.sh). The
+agent reloads only when its include changed (at start); certificates are files nginx
+reads per handshake, never a reload.
 
 The compose file's paths are rewritten to a prefix under tmp_path; everything else is the
 shipped files, run by /bin/sh as in the nginx container.
@@ -23,9 +25,10 @@ from pathlib import Path
 import pytest
 
 from demo.net import free_port
-from services.certifier.nginx import NginxError, NginxSites, Site
+from demo.nginx import certificate_directory, worker_group
+from services.edge.nginx import CertificateFiles, NginxError, ensure_include, render_include
 from shared.handshake import presented_serial
-from tests.integration.test_certifier_nginx import self_signed
+from tests.support.certificates import self_signed_pem
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,6 +48,7 @@ class Edge:
     https_port: int
     heartbeat: Path
     hosts_file: Path  # what the fake getent answers for the redirector name
+    cert_dir: Path  # the agent's EDGE_CERT_DIR
     nginx: subprocess.Popen[bytes] | None = None
     watcher: subprocess.Popen[bytes] | None = None
 
@@ -52,15 +56,20 @@ class Edge:
     def watcher_log(self) -> Path:
         return self.tmp / "watcher.log"
 
-    def sites(self, current: list[Site]) -> NginxSites:
-        async def listed() -> list[Site]:
-            return list(current)
+    @property
+    def include(self) -> Path:
+        return self.tracking / "tracking-domains.conf"
 
-        return NginxSites(
-            conf_path=self.tracking / "tracking-domains.conf",
-            reload_command=["sh", str(DEPLOY / "reload-request.sh"), str(self.tracking)],
-            sites=listed, https_listen=f"127.0.0.1:{self.https_port}",
-            http_listen=f"127.0.0.1:{self.http_port}", upstreams=["127.0.0.1:8080"])
+    def text(self) -> str:
+        """The agent's include for this edge (what it writes at start)."""
+        return render_include(cert_dir=self.cert_dir, https_listen=f"127.0.0.1:{self.https_port}",
+                              http_listen=f"127.0.0.1:{self.http_port}",
+                              upstreams=["127.0.0.1:8080"])
+
+    async def ensure(self, text: str) -> bool:
+        """The agent's start: write the include, reload through the watcher if it changed."""
+        return await ensure_include(
+            self.include, text, ["sh", str(DEPLOY / "reload-request.sh"), str(self.tracking)])
 
     def start_watcher(self) -> None:
         env = {**os.environ, "NGINX_CMD": self.command, "WATCH_INTERVAL_S": "0.05",
@@ -139,9 +148,10 @@ def edge(tmp_path: Path) -> Iterator[Edge]:
     hosts = tmp_path / "hosts"
     hosts.write_text("10.9.0.1 STREAM redirector.test\n")
     command = f"{binary} -p {prefix}/ -c {conf} -e stderr"
+    cert_dir = certificate_directory("deploy-edge-")
     found = Edge(tmp=tmp_path, tracking=tracking, command=command, status_port=status_port,
                  http_port=free_port(), https_port=free_port(),
-                 heartbeat=tmp_path / "alive", hosts_file=hosts)
+                 heartbeat=tmp_path / "alive", hosts_file=hosts, cert_dir=cert_dir)
     log = (tmp_path / "nginx.log").open("wb")
     found.nginx = subprocess.Popen([*command.split(), "-g", "daemon off;"], stdout=log,
                                    stderr=subprocess.STDOUT)
@@ -163,9 +173,10 @@ def edge(tmp_path: Path) -> Iterator[Edge]:
         print("----- nginx -----\n" + (tmp_path / "nginx.log").read_text(errors="replace"))
         if found.watcher_log.exists():
             print("----- watcher -----\n" + found.watcher_log.read_text(errors="replace"))
+        shutil.rmtree(cert_dir.parent, ignore_errors=True)
 
 
-def test_nginx_starts_before_the_certifier_wrote_anything_and_is_healthy(edge: Edge) -> None:
+def test_nginx_starts_before_the_edge_agent_wrote_anything_and_is_healthy(edge: Edge) -> None:
     assert not list(edge.tracking.glob("*.conf"))
     result = subprocess.run(
         ["sh", str(DEPLOY / "healthcheck.sh")], capture_output=True, text=True, timeout=10,
@@ -181,38 +192,36 @@ def test_nginx_starts_before_the_certifier_wrote_anything_and_is_healthy(edge: E
     assert result.returncode != 0 and "watcher silent" in result.stderr
 
 
-async def test_the_certifier_reloads_nginx_through_the_watcher(edge: Edge, tmp_path: Path) -> None:
-    current: list[Site] = []
-    sites = edge.sites(current)
-
-    # The first file: the include appears, nginx loads it, the catch-all answers.
-    assert await sites.sync() is True
-    assert sites.reloads == 1
+async def test_the_edge_agent_reloads_nginx_through_the_watcher_only_for_its_include(
+        edge: Edge) -> None:
+    # The first include: it appears, nginx loads it, the catch-all answers.
+    good = edge.text()
+    assert await edge.ensure(good) is True
     _wait(lambda: _get(f"http://127.0.0.1:{edge.http_port}/anything") == 301, 10,
           "the generated HTTP server")
+    assert await edge.ensure(good) is False  # unchanged: no reload asked
 
-    # A certificate: served after the reload the certifier asked for.
-    current.append(self_signed(tmp_path / "certs" / NAME, NAME, 0xC0FFEE))
-    assert await sites.sync() is True
+    # A certificate: one file, presented at the next handshake, no reload.
+    files = CertificateFiles(edge.cert_dir, group=worker_group())
+    files.prepare()
+    chain, key = self_signed_pem(NAME, serial=0xC0FFEE)
+    files.write(NAME, chain.encode("ascii"), key)
     deadline = time.monotonic() + 10
     while await presented_serial("127.0.0.1", edge.https_port, NAME) != "c0ffee":
         assert time.monotonic() < deadline, "nginx never presented the new certificate"
         await asyncio.sleep(0.05)
-    good = sites.conf_path.read_text()
 
-    # A file nginx refuses: the certifier hears nginx's reason and puts its file back;
+    # An include nginx refuses: the agent hears nginx's reason and puts its file back;
     # nginx never loaded it and keeps serving.
-    current.append(Site(name="broken.test", fullchain=tmp_path / "missing" / "fullchain.pem",
-                        privkey=tmp_path / "missing" / "privkey.pem", serial="b0"))
-    with pytest.raises(NginxError, match=r"missing/fullchain\.pem"):
-        await sites.sync()
-    assert sites.conf_path.read_text() == good
+    with pytest.raises(NginxError, match="no_such_directive"):
+        await edge.ensure(good + "no_such_directive on;\n")
+    assert edge.include.read_text() == good
     assert await presented_serial("127.0.0.1", edge.https_port, NAME) == "c0ffee"
     assert not list(edge.tracking.glob("reload-*")), "handshake files left behind"
 
 
 async def test_concurrent_requests_are_all_answered(edge: Edge) -> None:
-    assert await edge.sites([]).sync() is True
+    assert await edge.ensure(edge.text()) is True
     requests = [await asyncio.create_subprocess_exec(
         "sh", str(DEPLOY / "reload-request.sh"), str(edge.tracking),
         stderr=asyncio.subprocess.PIPE) for _ in range(5)]
@@ -234,7 +243,7 @@ async def test_no_watcher_means_a_failed_reload_not_a_hang(edge: Edge) -> None:
 
 
 async def test_a_change_in_the_redirectors_addresses_reloads_nginx(edge: Edge) -> None:
-    assert await edge.sites([]).sync() is True
+    assert await edge.ensure(edge.text()) is True
     edge.hosts_file.write_text("10.9.0.1 STREAM redirector.test\n"
                                "10.9.0.2 STREAM redirector.test\n")
     _wait(lambda: "upstream addresses now 10.9.0.1 10.9.0.2 : reload ok"

@@ -163,7 +163,6 @@ def fleet(database_factory: DatabaseFactory, amqp_url: str,
                 "ACME_DIRECTORY_URL": pebble.directory_url,
                 "ACME_CA_BUNDLE": str(pebble.listener_ca), "ACME_EMAIL": "certs@platform.test",
                 "CERTBOT_DIR": str(tmp / "certbot-empty"), "CERTIFIER_RENEW_CHECK_S": "1",
-                "NGINX_CONF_PATH": str(tmp / "certifier-nginx.conf"), "NGINX_VERIFY_TLS": "0",
                 "CERTIFIER_RETRY_DELAYS_MS": "200,500,1000"}, tmp).start()
             logger = ServiceProcess("logger", service_env(broker, database, tmp), tmp).start()
             try:

@@ -1,12 +1,12 @@
 """End to end over HTTPS: real Pebble (resolving through challtestsrv), certbot, nginx, and the
-redirector, logger and certifier processes. A verified domain gets a certificate with no
-human step, and its links answer 302 over HTTPS with a chain that verifies to Pebble's root."""
+redirector, logger, certifier and edge agent processes. A verified domain gets a certificate
+with no human step (the certifier stores it, the edge agent installs it in nginx), and its
+links answer 302 over HTTPS with a chain that verifies to Pebble's root."""
 
 from __future__ import annotations
 
 import asyncio
 import http.client
-import shlex
 import socket
 import ssl
 import time
@@ -68,12 +68,14 @@ class Stack:
     redirector: ServiceProcess
     logger: ServiceProcess
     certifier: ServiceProcess
+    edge: ServiceProcess
 
 
 @contextmanager
 def https_stack(broker: BrokerSettings, database: DatabaseSettings,
                 tmp_path: Path) -> Iterator[Stack]:
-    """Pebble + challtestsrv, nginx, and the redirector, logger and certifier processes."""
+    """Pebble + challtestsrv, nginx, and the redirector, logger, certifier and edge agent
+    processes."""
     challenges = tmp_path / "challenges"
     redirector_port = free_port()
     upstream = f"127.0.0.1:{redirector_port}"
@@ -86,20 +88,19 @@ def https_stack(broker: BrokerSettings, database: DatabaseSettings,
         certifier_env = {
             **common, "ACME_DIRECTORY_URL": pebble.directory_url,
             "ACME_CA_BUNDLE": str(pebble.listener_ca), "ACME_EMAIL": "certs@platform.test",
-            "CERTBOT_DIR": str(tmp_path / "certbot"), "NGINX_CONF_PATH": str(nginx.include),
-            "NGINX_RELOAD_COMMAND": shlex.join(nginx.reload_command),
-            "NGINX_HTTPS_LISTEN": nginx.https_listen, "NGINX_HTTP_LISTEN": nginx.http_listen,
-            "NGINX_UPSTREAMS": upstream}
+            "CERTBOT_DIR": str(tmp_path / "certbot")}
         with ServiceProcess("redirector", redirector_env, tmp_path) as redirector, \
                 ServiceProcess("logger", common, tmp_path) as logger, \
-                ServiceProcess("certifier", certifier_env, tmp_path) as certifier:
+                ServiceProcess("certifier", certifier_env, tmp_path) as certifier, \
+                ServiceProcess("edge", {**common, **nginx.edge_env()}, tmp_path) as edge:
             redirector.wait_http(f"http://{upstream}/healthz")
             logger.wait_for_log("logger.started")
             certifier.wait_for_log("certifier.started")
+            edge.wait_for_log("edge.started")
             try:
-                yield Stack(pebble, nginx, challenges, redirector, logger, certifier)
+                yield Stack(pebble, nginx, challenges, redirector, logger, certifier, edge)
             except BaseException:
-                for process in (redirector, logger, certifier):
+                for process in (redirector, logger, certifier, edge):
                     print(f"----- {process.name} -----\n{process.log_text()[-3000:]}")
                 print(f"----- nginx -----\n{nginx.log_text()[-2000:]}\n{pebble.logs()}")
                 raise
@@ -128,10 +129,16 @@ async def test_verified_domain_serves_its_links_over_https_with_a_valid_chain(
             await wait_row(database, f"SELECT 1 FROM tracking_domains WHERE name = '{NAME}' "
                                      "AND status = 'active'", ISSUE_DEADLINE_S)
             active_s = time.monotonic() - started
-            [message] = await get_messages(channel, platform.name, 1, timeout_s=5)
-            [issued] = decode_message(message.body, message.content_type)
-            assert isinstance(issued, Event), issued
+            # certificate.issued (stored), then the edge agent's certificate.installed
+            # (nginx presents it): the certifier itself touches no nginx.
+            issued, installed = [
+                event for message in await get_messages(channel, platform.name, 2, timeout_s=10)
+                for event in decode_message(message.body, message.content_type)]
+            assert isinstance(issued, Event) and isinstance(installed, Event)
             assert issued.type == "certificate.issued" and issued.data.domain == NAME
+            assert installed.type == "certificate.installed"
+            assert (installed.data.edge_id, installed.data.serial) == ("edge-1",
+                                                                       issued.data.serial)
 
             root = tmp_path / "pebble-root.pem"
             root.write_text(stack.pebble.root_pem())
@@ -196,5 +203,6 @@ async def test_verified_domain_serves_its_links_over_https_with_a_valid_chain(
             assert await get_messages(channel, platform.name, 1, timeout_s=0.3) == []
 
         assert stack.certifier.terminate() == 0
+        assert stack.edge.terminate() == 0
         assert stack.redirector.terminate() == 0
         assert stack.logger.terminate() == 0

@@ -36,7 +36,6 @@ def _env(tmp_path: Path, **changes: str) -> dict[str, str]:
            "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}",
            "SPOOL_DIR": str(tmp_path / "spool"), "CERTBOT_DIR": str(tmp_path / "certbot"),
            "ACME_CHALLENGE_DIR": str(tmp_path / "challenges"),
-           "NGINX_CONF_PATH": str(tmp_path / "nginx" / "sites.conf"),
            "DNS_NAMESERVERS": "127.0.0.1", "LOG_LEVEL": "INFO"}
     env.update(changes)
     return env

@@ -27,9 +27,9 @@ from cryptography.x509.oid import NameOID
 from demo.databases import execute, fetch
 from demo.dns import DnsServer
 from demo.net import free_port
-from demo.nginx import Nginx
+from demo.nginx import Nginx, worker_group
 from demo.processes import ROOT, ServiceProcess
-from services.certifier.nginx import Site, render_sites
+from services.edge.nginx import CertificateFiles
 from shared.settings import BrokerSettings, DatabaseSettings
 from tests.conftest import TRACKING_HOST, service_env
 
@@ -75,17 +75,18 @@ def make_certificates(directory: Path, name: str) -> tuple[Path, Path, Path, str
     return ca_pem, chain, key_pem, format(leaf.serial_number, "x")
 
 
-def serve_site(nginx: Nginx, site: Site, ca_pem: Path, upstream: str) -> None:
-    """What the certifier does after issuing: rewrite the include, reload, wait for it."""
-    nginx.include.write_text(render_sites([site], https_listen=nginx.https_listen,
-                                          http_listen=nginx.http_listen, upstreams=[upstream]))
-    subprocess.run(nginx.reload_command, check=True, capture_output=True, timeout=10)
+def serve_site(nginx: Nginx, name: str, chain: Path, key: Path, ca_pem: Path) -> None:
+    """What the edge agent does after an issuance: write the domain's file, which nginx
+    reads at the next handshake (no reload), and wait until it presents it."""
+    files = CertificateFiles(nginx.cert_dir, group=worker_group())
+    files.prepare()
+    files.write(name, chain.read_bytes(), key.read_bytes())
     context = ssl.create_default_context(cafile=str(ca_pem))
     deadline = time.monotonic() + 10
     while True:
         try:
             with context.wrap_socket(socket.create_connection(
-                    ("127.0.0.1", nginx.https_port), timeout=2), server_hostname=site.name):
+                    ("127.0.0.1", nginx.https_port), timeout=2), server_hostname=name):
                 return
         except (OSError, ssl.SSLError):
             assert time.monotonic() < deadline, nginx.log_text()
@@ -125,7 +126,7 @@ def test_doctor_passes_a_working_domain_and_explains_broken_ones(
                 ServiceProcess("redirector", {**env, "REDIRECTOR_BIND": upstream,
                                               "TRUSTED_PROXIES": "127.0.0.1"},
                                tmp_path) as redirector:
-            serve_site(nginx, Site(GOOD, chain, key, serial), ca_pem, upstream)
+            serve_site(nginx, GOOD, chain, key, ca_pem)
             redirector.wait_http(f"http://{upstream}/readyz")
             logger.wait_for_log("logger.started")
             https = ["--https-port", str(nginx.https_port), "--ca-bundle", str(ca_pem)]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shlex
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -360,10 +359,7 @@ async def _rolling_certifiers(broker: BrokerSettings, database: DatabaseSettings
             "ACME_DIRECTORY_URL": pebble.directory_url,
             "ACME_CA_BUNDLE": str(pebble.listener_ca), "ACME_EMAIL": "certs@platform.test",
             "CERTBOT_DIR": str(certbot_dir), "ACME_CHALLENGE_DIR": str(challenges),
-            "NGINX_CONF_PATH": str(nginx.include),
-            "NGINX_RELOAD_COMMAND": shlex.join(nginx.reload_command),
-            "NGINX_HTTPS_LISTEN": nginx.https_listen, "NGINX_HTTP_LISTEN": nginx.http_listen,
-            "NGINX_UPSTREAMS": upstream, "CERTIFIER_DRAIN_TIMEOUT_S": str(DRAIN_S),
+            "CERTIFIER_DRAIN_TIMEOUT_S": str(DRAIN_S),
         }
 
         async def start_certifier() -> ServiceProcess:

@@ -50,8 +50,7 @@ def env_for(name: str, broker: BrokerSettings, database: DatabaseSettings, tmp_p
     if name == "certifier":
         env.update(ACME_DIRECTORY_URL="https://127.0.0.1:9/dir",
                    CERTBOT_DIR=str(tmp_path / "certbot"),
-                   ACME_CHALLENGE_DIR=str(tmp_path / "challenges"),
-                   NGINX_CONF_PATH=str(tmp_path / "nginx" / "tracking-domains.conf"))
+                   ACME_CHALLENGE_DIR=str(tmp_path / "challenges"))
     if name == "redirector":
         env.update(REDIRECTOR_BIND=f"127.0.0.1:{free_port()}")
     if name == "edge":

@@ -233,21 +233,16 @@ def test_settings_defaults_and_errors(tmp_path: Path) -> None:
     settings = certifier_settings.load(KEYS)
     assert settings.challenge_dir is None and settings.acme_profile is None
     assert settings.acme_directory_url == certifier_settings.LETS_ENCRYPT
-    assert settings.nginx.https_port == 443 and settings.nginx.reload_command == ()
     assert settings.drain_timeout_s == 60.0
     settings = certifier_settings.load({
         **KEYS, "ACME_PROFILE": "shortlived",
         "ACME_DIRECTORY_URL": certifier_settings.LETS_ENCRYPT_STAGING,
-        "NGINX_RELOAD_COMMAND": "nginx -p '/srv/my nginx/' -s reload",
-        "NGINX_HTTPS_LISTEN": "127.0.0.1:8443", "CERTIFIER_RETRY_DELAYS_MS": "200,400"})
-    assert settings.nginx.reload_command == ("nginx", "-p", "/srv/my nginx/", "-s", "reload")
-    assert settings.nginx.https_port == 8443 and settings.retry_delays_ms == (200, 400)
+        "CERTIFIER_RETRY_DELAYS_MS": "200,400"})
+    assert settings.retry_delays_ms == (200, 400)
     assert settings.acme_profile == "shortlived"
     for name, value in [("ACME_DIRECTORY_URL", "http://insecure/dir"),
                         ("ACME_EMAIL", "not-an-address"),
                         ("ACME_CA_BUNDLE", str(tmp_path / "missing.pem")),
-                        ("NGINX_HTTPS_LISTEN", "443; evil"),
-                        ("NGINX_UPSTREAMS", "nohostport"),
                         ("CERTIFIER_RETRY_DELAYS_MS", "400,200"),
                         ("CERTIFIER_DRAIN_TIMEOUT_S", "-1"),
                         ("ACME_PROFILE", "short lived"),

@@ -46,7 +46,7 @@ def row(name: str) -> CertificateRow:
 async def test_held_back_renewals_are_spread_over_the_three_hours_after_the_limit() -> None:
     store = Postponed()
     renewal = RenewalPolicy()
-    fakes: dict[str, Any] = {"store": store, "issuer": HeldIssuer(), "sites": None,
+    fakes: dict[str, Any] = {"store": store, "issuer": HeldIssuer(),
                              "publisher": None, "policy": Policy(), "renewal": renewal,
                              "rng": random.Random(5), "clock": lambda: NOW}
     for n in range(300):

@@ -138,7 +138,7 @@ def test_bad_retry_delays_alike_in_every_service(setting: Setting[tuple[int, ...
     assert error(lambda: setting.read({setting.name: value})).startswith(f"{setting.name} {says}")
 
 
-FLAGS = [redirector_settings.REDIRECTOR_ACCESS_LOG, certifier_settings.NGINX_VERIFY_TLS]
+FLAGS = [redirector_settings.REDIRECTOR_ACCESS_LOG, edge_settings.NGINX_VERIFY_TLS]
 
 
 @pytest.mark.parametrize("setting", FLAGS, ids=lambda s: s.name)
@@ -166,8 +166,8 @@ def test_log_level() -> None:
     ("verifier", "VERIFIER_RETRY_DELAYS_MS", "200,200"),
     ("verifier", "DNS_NAMESERVERS", "127.0.0.1:\u00b2"),
     ("certifier", "CERTIFIER_RETRY_DELAYS_MS", "100,100"),
-    ("certifier", "NGINX_RELOAD_COMMAND", "nginx -s 'reload"),
-    ("certifier", "NGINX_VERIFY_TLS", "TRUEE"),
+    ("edge", "NGINX_RELOAD_COMMAND", "nginx -s 'reload"),
+    ("edge", "NGINX_VERIFY_TLS", "TRUEE"),
     ("certifier", "ACME_LIMIT_ORDERS_PER_3H", "0"),
     ("certifier", "TRACKING_HOST", "1.2.3.4"),
 ])
