@@ -47,9 +47,10 @@ _MEANINGS = {
     DomainStatus.PENDING: "DNS does not lead to the platform host yet; the verifier "
                           "rechecks it until the deadline",
     DomainStatus.VERIFIED: "DNS leads to the platform host and CAA allows the CA; no "
-                           "certificate in service yet",
-    DomainStatus.ACTIVE: "a certificate is in service: HTTPS is served, and redirectors "
-                         "serve the customer's links on it",
+                           "certificate recorded yet",
+    DomainStatus.ACTIVE: "a certificate is issued and in the certificate store, which every "
+                         "edge serves once its agent installed it (`certificate.installed`, "
+                         "per edge); redirectors serve the customer's links on it",
     DomainStatus.REJECTED: "DNS was still wrong at the deadline: not used until added "
                            "again (with `check_due_at` set: a tombstone)",
     DomainStatus.LAPSED: "DNS moved away after verification: links fall back to the "
@@ -80,7 +81,7 @@ TRANSITIONS: tuple[Transition, ...] = (
                "DNS leads to the platform host and CAA allows the CA"),
     Transition(PENDING, REJECTED, "verifier",
                "the deadline passed with DNS still wrong; or `domain.deleted` (a tombstone)"),
-    Transition(VERIFIED, ACTIVE, "certifier", "a certificate is issued and served"),
+    Transition(VERIFIED, ACTIVE, "certifier", "a certificate is issued and stored"),
     Transition(ACTIVE, ACTIVE, "certifier", "a renewed certificate is recorded"),
     Transition(VERIFIED, LAPSED, "verifier", "a periodic check finds DNS moved away"),
     Transition(ACTIVE, LAPSED, "verifier", "a periodic check finds DNS moved away"),
