@@ -54,8 +54,8 @@ _MEANINGS = {
     DomainStatus.REJECTED: "DNS was still wrong at the deadline: not used until added "
                            "again (with `check_due_at` set: a tombstone)",
     DomainStatus.LAPSED: "DNS moved away after verification: links fall back to the "
-                         "platform host; the certificate is served until it expires, "
-                         "not renewed",
+                         "platform host; the edges stop serving its certificate, which "
+                         "is not renewed",
 }
 
 

@@ -5,11 +5,14 @@ Each is idempotent (delivery is at least once):
 - `domain.verified`: if the certificate on disk is good and the row already says so,
   nothing happens (a repeated event issues nothing: Let's Encrypt allows 5 duplicate
   certificates a week). Otherwise the certificate is obtained (or found on disk after a
-  crash), nginx serves it, `certificate.issued` is published, and only then the row
-  becomes `active`, so a crash anywhere before that repeats the missing steps.
-- `domain.deleted`: the certificate, its key and its nginx server go; the row's
-  certificate columns are cleared.
-- `domain.lapsed`: renewal stops; the certificate is served until it expires.
+  crash) and put in the certificate store, `certificate.issued` is published, and only
+  then the row becomes `active`, so a crash anywhere before that repeats the missing
+  steps. The certifier touches no nginx: every edge agent installs the stored
+  certificate and reports it with `certificate.installed` (docs/certificates.md).
+- `domain.deleted`: the certificate and its key go from certbot's directory and the
+  store; the row's certificate columns are cleared (the edges drop their files on the
+  same event).
+- `domain.lapsed`: renewal stops (the edges stop serving it on the same event).
 
 An event whose domain has no row, belongs to another customer, or is no longer
 `verified`/`active` is stale (the verifier writes the row before it publishes) and is

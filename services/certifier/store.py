@@ -26,9 +26,6 @@ from shared.db.models import AcmeEvent, TrackingDomain
 from shared.domain_status import DomainStatus, sources
 from shared.domains import registered_domain
 
-# Statuses whose certificate is kept and served: `lapsed` keeps serving until the
-# certificate expires (its DNS may come back), it is only no longer renewed.
-SERVED_STATUSES = (DomainStatus.VERIFIED, DomainStatus.ACTIVE, DomainStatus.LAPSED)
 # Statuses a certificate may be issued and recorded for: those that may become active.
 CERTIFIABLE_STATUSES = sources(DomainStatus.ACTIVE)
 
@@ -114,14 +111,6 @@ class CertificateStore:
                 .values(certificate_serial=None, certificate_issued_at=None,
                         certificate_expires_at=None, certificate_renew_at=None,
                         updated_at=func.now()))
-
-    async def served_names(self) -> list[str]:
-        async with self._engine.connect() as connection:
-            rows = await connection.execute(
-                select(TrackingDomain.name)
-                .where(TrackingDomain.status.in_(SERVED_STATUSES))
-                .order_by(TrackingDomain.name))
-            return [name for (name,) in rows]
 
     async def expiring(self, before: datetime) -> tuple[int, datetime | None]:
         """Active domains whose certificate expires before `before`, and the soonest
