@@ -498,6 +498,12 @@ class EdgeMetrics:
             "tracking_edge_certificate_changes", "Certificates installed or removed on this "
             "edge, by how it learnt of the change (event, reconcile: what events missed).",
             ["edge", "change", "via"], registry=registry)
+        self._failures = Counter(
+            "tracking_edge_certificate_failures", "Certificates this edge could not install "
+            "or announce, by reason (seal: its key does not open with CERT_STORE_KEYS; "
+            "chain: chain or key unusable; write: the file; confirm: nginx did not present "
+            "it; announce: certificate.installed not published). Each is retried.",
+            ["edge", "reason"], registry=registry)
         self.reconciled = Gauge(
             "tracking_edge_last_reconcile_timestamp_seconds", "When this edge last finished a "
             "full comparison with the certificate store.", ["edge"],
@@ -506,6 +512,9 @@ class EdgeMetrics:
 
     def changed(self, change: str, via: str) -> None:
         self._changes.labels(self._edge, change, via).inc()
+
+    def failed(self, reason: str, count: int = 1) -> None:
+        self._failures.labels(self._edge, reason).inc(count)
 
 
 SERVICE_METRICS: Mapping[str, Callable[[CollectorRegistry], object]] = {

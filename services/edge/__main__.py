@@ -12,7 +12,7 @@ import structlog
 
 from services.edge import settings as edge_settings
 from services.edge.database import EdgeRecords
-from services.edge.handlers import Edge, handle_events, summary
+from services.edge.handlers import RETRY_S, Edge, handle_events, summary
 from services.edge.nginx import CertificateFiles, ensure_include, render_include
 from services.edge.settings import EdgeSettings
 from shared.broker import topology as broker_topology
@@ -43,11 +43,11 @@ class Running:
 
 
 async def reconcile_forever(edge: Edge, stopping: asyncio.Event, interval_s: float) -> None:
-    """`edge.reconcile()` every `interval_s` until stopping; a failed pass is logged and
-    the next one tries again."""
+    """`edge.reconcile()` every `interval_s` (within `RETRY_S` while a domain failed)
+    until stopping; a failed pass is logged and the next one tries again."""
     while not stopping.is_set():
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(interval_s):
+            async with asyncio.timeout(min(interval_s, RETRY_S) if edge.failed else interval_s):
                 await stopping.wait()
         if stopping.is_set():
             return

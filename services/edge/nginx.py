@@ -154,12 +154,16 @@ class CertificateFiles:
         temporary = self.directory / _SCRATCH / f"{name}.{os.getpid()}"
         # Created 0600 and only then opened to the group: the key is never world-readable.
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(fullchain.rstrip(b"\n") + b"\n" + key.rstrip(b"\n") + b"\n")
-            file.flush()
-            os.fsync(file.fileno())
-        self._own(temporary, FILE_MODE)
-        os.replace(temporary, target)
+        try:
+            with os.fdopen(descriptor, "wb") as file:
+                file.write(fullchain.rstrip(b"\n") + b"\n" + key.rstrip(b"\n") + b"\n")
+                file.flush()
+                os.fsync(file.fileno())
+            self._own(temporary, FILE_MODE)
+            os.replace(temporary, target)
+        except BaseException:  # the file in place stays as it was; no key left behind
+            temporary.unlink(missing_ok=True)
+            raise
 
     def remove(self, name: str) -> bool:
         """Delete `name`'s file; False if there was none."""

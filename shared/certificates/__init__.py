@@ -9,7 +9,7 @@ from shared.certificates.accounts import AcmeAccounts
 from shared.certificates.challenges import ChallengeAnswers
 from shared.certificates.keyring import Keyring, Sealed, SealError
 from shared.certificates.pem import CertificateInfo, PemError, check_pair
-from shared.certificates.store import SERVED_STATUSES, CertStore, StoredCertificate
+from shared.certificates.store import SERVED_STATUSES, CertStore, StoredCertificate, Unreadable
 
 __all__ = [
     "SERVED_STATUSES",
@@ -22,5 +22,6 @@ __all__ = [
     "SealError",
     "Sealed",
     "StoredCertificate",
+    "Unreadable",
     "check_pair",
 ]

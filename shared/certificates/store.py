@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
-from shared.certificates.keyring import Keyring, Sealed
+from shared.certificates.keyring import Keyring, Sealed, SealError
 from shared.certificates.pem import CertificateInfo, ari_certificate_id, check_pair, leaf
 from shared.db.models import StoredCertificate as Row
 from shared.db.models import TrackingDomain
@@ -52,6 +52,15 @@ class StoredCertificate:
     def info(self) -> CertificateInfo:
         return CertificateInfo(not_before=self.not_before, not_after=self.not_after,
                                serial=self.serial)
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A stored certificate whose key does not open with this keyring (its kid is not
+    listed, or the sealed value was altered): `CertStore.get_many` names it, and says why."""
+
+    name: str
+    reason: str
 
 
 _COLUMNS = (Row.name, Row.chain_pem, Row.key_kid, Row.key_sealed, Row.serial, Row.not_before,
@@ -106,6 +115,23 @@ class CertStore:
         async with self._engine.connect() as connection:
             row = (await connection.execute(select(*_COLUMNS).where(Row.name == name))).first()
         return None if row is None else self._open(row)
+
+    async def get_many(self, names: Sequence[str], *, batch: int = 1000,
+                       ) -> list[StoredCertificate | Unreadable]:
+        """The stored certificates of `names` (those stored), `batch` names a query; each
+        key opened on its own, so one that does not open comes back as `Unreadable`
+        instead of holding back the others."""
+        found: list[StoredCertificate | Unreadable] = []
+        for start in range(0, len(names), batch):
+            async with self._engine.connect() as connection:
+                rows = (await connection.execute(select(*_COLUMNS).where(
+                    Row.name.in_(names[start:start + batch])))).all()
+            for row in rows:
+                try:
+                    found.append(self._open(row))
+                except SealError as exc:
+                    found.append(Unreadable(name=row[0], reason=str(exc)))
+        return found
 
     async def served(self, now: datetime | None = None) -> list[StoredCertificate]:
         """Every certificate an edge should serve now (a full sync): its domain is verified

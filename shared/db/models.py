@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    false,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -367,3 +368,5 @@ class EdgeCertificate(Base):
     serial: Mapped[str] = mapped_column(String(64), nullable=False)
     installed_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now())
+    # certificate.installed published for this serial (false: to announce, at least once).
+    announced: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=false())

@@ -1,6 +1,9 @@
 """The edge agent against a real nginx, RabbitMQ and PostgreSQL: certificates put in the
 store reach nginx (per-handshake files, no reload), events are followed, an agent that
-was stopped catches up, and a deleted or lapsed domain stops being served."""
+was stopped catches up, and a deleted or lapsed domain stops being served; an
+announcement the broker refused is sent again, exactly for what is missing; one bad
+domain (a key that does not open, a chain that does not parse, a file that cannot be
+written) holds back none of the others and is installed once repaired."""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from demo.nginx import Nginx, certificate_directory, worker_group
 from services.edge.__main__ import Running, start
 from services.edge.settings import EdgeSettings
 from shared.broker import topology as broker_topology
-from shared.broker.names import PLATFORM_QUEUE
+from shared.broker.names import CERTIFICATE_INSTALLED, PLATFORM_QUEUE
 from shared.broker.publisher import Publisher
 from shared.certificates import CertStore, Keyring
 from shared.db.engine import create_engine
@@ -36,6 +39,7 @@ from shared.events import (
     decode_message,
 )
 from shared.handshake import presented_serial
+from shared.metrics import EdgeMetrics, new_registry
 from shared.settings import CERT_STORE_KEYS, BrokerSettings, DatabaseSettings
 from tests.support.amqp import connected, get_messages
 from tests.support.certificates import self_signed_pem
@@ -49,6 +53,7 @@ A, B, C, D = (f"track.customer-{x}.test" for x in "abcd")
 class World:
     nginx: Nginx
     channel: AbstractChannel
+    exchange: str
     platform_queue: str
     settings: EdgeSettings
     store: CertStore
@@ -77,6 +82,25 @@ class World:
             self.database, "SELECT domain, serial FROM edge_certificates WHERE edge_id = $1",
             EDGE)}
 
+    async def unannounced(self) -> set[str]:
+        return {row["domain"] for row in await fetch(
+            self.database, "SELECT domain FROM edge_certificates WHERE edge_id = $1 "
+            "AND NOT announced", EDGE)}
+
+    async def announcements(self, expected: int,
+                            timeout_s: float = 5) -> list[tuple[str, str]]:
+        """(domain, serial) of the certificate.installed events on the platform queue
+        (other events taken there are dropped), waiting for `expected`."""
+        found: list[tuple[str, str]] = []
+        deadline = time.monotonic() + timeout_s
+        while len(found) < expected and time.monotonic() < deadline:
+            for message in await get_messages(self.channel, self.platform_queue, 1, 0.2):
+                event = decode_message(message.body, message.content_type)[0]
+                if isinstance(event, Event) and isinstance(event.data, CertificateInstalled):
+                    assert event.data.edge_id == EDGE
+                    found.append((event.data.domain, event.data.serial))
+        return sorted(found)
+
 
 @pytest.fixture
 async def world(broker: BrokerSettings, database: DatabaseSettings,
@@ -97,7 +121,8 @@ async def world(broker: BrokerSettings, database: DatabaseSettings,
                 channel = await connection.channel()
                 exchange = await broker_topology.declare(channel, topology)
                 publisher = Publisher(channel, exchange, source="/tests/edge")
-                yield World(nginx, channel, topology.queue(PLATFORM_QUEUE), settings,
+                yield World(nginx, channel, broker.exchange, topology.queue(PLATFORM_QUEUE),
+                            settings,
                             CertStore(engine, Keyring(settings.store_keys)), database,
                             publisher.publish_event)
                 for name in broker_topology.edge_queue_names(topology, EDGE):
@@ -168,3 +193,91 @@ def issued(name: str, serial: str) -> CertificateIssued:
     return CertificateIssued(domain=name, customer_id=f"cust-{name[15]}", not_before=now,
                              not_after=now + timedelta(days=90), serial=serial)
 
+
+
+async def test_an_announcement_the_broker_refused_is_sent_again_exactly_once(
+        world: World) -> None:
+    registry = new_registry(process=False)
+    running = await start(world.settings, EdgeMetrics(registry, EDGE))
+    # (The agent declares the topology at start: the binding goes after.)
+    platform = await world.channel.get_queue(world.platform_queue, ensure=False)
+    try:
+        # Nothing bound to certificate.installed: every publish comes back unroutable.
+        await platform.unbind(world.exchange, CERTIFICATE_INSTALLED)
+        a1, b1, c1 = await world.issue(A), await world.issue(B), await world.issue(C)
+        assert (await running.edge.reconcile())["installed"] == 3
+        # Installed and recorded all the same, each row marked "not announced".
+        assert {n: await world.presented(n) for n in (A, B, C)} == {A: a1, B: b1, C: c1}
+        assert await world.rows() == {A: a1, B: b1, C: c1}
+        assert await world.unannounced() == {A, B, C}
+        assert running.edge.failed == {A: "announce", B: "announce", C: "announce"}
+        assert registry.get_sample_value("tracking_edge_certificate_failures_total",
+                                         {"edge": EDGE, "reason": "announce"}) == 3
+
+        await platform.bind(world.exchange, CERTIFICATE_INSTALLED)
+        # The event retried (nothing to install) announces its domain, only it...
+        await world.publish(issued(A, a1))
+        assert await world.announcements(1) == [(A, a1)]
+        assert await world.unannounced() == {B, C}
+        # ... and the next reconciliation the others: each missing one once, no more.
+        counts = await running.edge.reconcile()
+        assert counts["announced"] == 2 and counts["installed"] == 0
+        assert await world.announcements(2) == [(B, b1), (C, c1)]
+        assert await world.unannounced() == set() and running.edge.failed == {}
+        assert (await running.edge.reconcile())["announced"] == 0
+        assert await world.announcements(1, timeout_s=1) == []
+    finally:
+        await running.stop()
+        await platform.bind(world.exchange, CERTIFICATE_INSTALLED)
+
+
+async def test_one_bad_domain_holds_back_none_of_the_others(world: World) -> None:
+    a1, b1 = await world.issue(A), await world.issue(B)
+    # C's key sealed under a key this edge's CERT_STORE_KEYS does not list.
+    await world.issue(C)
+    engine = create_engine(world.database)
+    try:
+        await CertStore(engine, Keyring(CERT_STORE_KEYS.parse("k9:" + "x" * 40))).put(
+            C, *self_signed_pem(C))
+    finally:
+        await engine.dispose()
+    # D's chain altered in the store: it does not parse.
+    await world.issue(D)
+    await execute(world.database, "UPDATE certificates SET chain_pem = 'garbage' "
+                  "WHERE name = $1", D)
+    # B's file cannot be written (a directory stands where it goes).
+    blocker = world.settings.cert_dir / f"{B}.pem"
+    blocker.mkdir(parents=True)
+    registry = new_registry(process=False)
+    running = await start(world.settings, EdgeMetrics(registry, EDGE))
+    try:
+        assert await world.presented(A) == a1
+        assert running.edge.failed == {B: "write", C: "seal", D: "chain"}
+        for reason in ("write", "seal", "chain"):
+            assert registry.get_sample_value("tracking_edge_certificate_failures_total",
+                                             {"edge": EDGE, "reason": reason}) == 1
+        assert running.edge.behind() == 3
+        assert not list((world.settings.cert_dir / ".incoming").iterdir())  # no key left
+
+        # An event for a bad domain fails alone; the next one is followed.
+        e1 = await world.issue("track.customer-e.test")
+        await world.publish(issued(C, "1"))
+        await world.publish(issued("track.customer-e.test", e1))
+        await world.wait_presented("track.customer-e.test", e1)
+
+        # Repaired, each is installed by the next reconciliation.
+        blocker.rmdir()
+        c2, d2 = await world.issue(C), await world.issue(D)
+        counts = await running.edge.reconcile()
+        assert counts["installed"] == 3 and counts["failed"] == 0
+        for name, serial in ((B, b1), (C, c2), (D, d2)):
+            assert await world.presented(name) == serial
+        assert running.edge.failed == {} and running.edge.behind() == 0
+
+        # A chain that breaks later: the file served stays as it was.
+        await execute(world.database, "UPDATE certificates SET chain_pem = 'garbage', "
+                      "serial = 'abc' WHERE name = $1", A)
+        assert (await running.edge.reconcile())["failed"] == 1
+        assert await world.presented(A) == a1 and running.edge.failed == {A: "chain"}
+    finally:
+        await running.stop()
