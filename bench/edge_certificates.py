@@ -2,6 +2,7 @@
 agent's per-handshake files, side by side in one run, at each domain count asked for.
 
     python -m bench.edge_certificates [--counts 1000,10000] [--new 20]
+    python -m bench.edge_certificates --first-sync [--counts 1000,10000]
 
 For each count N, each design gets a fresh nginx (one worker) holding N certificates,
 then `--new` certificates arrive one after another:
@@ -19,6 +20,12 @@ from the new certificate to its serial served (p50, p95, max), CPU seconds per n
 certificate (nginx, reaped old workers included, and the agent), and the time of 200
 sequential TLS handshakes to a served name (what per-handshake file reading costs; the
 client is Python on the same two cores, so read it as a ratio).
+
+`--first-sync` measures only a new edge's first sync (`Edge.reconcile` with nothing
+installed: every certificate fetched, written, confirmed by a handshake, recorded and
+announced) against one store and one nginx per count, twice in the same run: one domain
+at a time (handshakes and announcements awaited one by one, as the agent did before) and
+in bulk (the agent's defaults). The files and rows are cleared between the two.
 """
 
 from __future__ import annotations
@@ -49,12 +56,16 @@ from bench.scratch import Servers, fresh_database, fresh_namespace
 from demo.databases import execute
 from demo.nginx import Nginx, certificate_directory, worker_group
 from demo.processes import ServiceProcess
+from services.edge.database import EdgeRecords
+from services.edge.handlers import Edge
+from services.edge.nginx import CertificateFiles, ensure_include, render_include
 from shared.broker import topology as broker_topology
 from shared.broker.publisher import Publisher
 from shared.certificates import CertStore, Keyring
 from shared.db.engine import create_engine
 from shared.events import CertificateIssued
-from shared.handshake import presented_serial
+from shared.handshake import local_address, presented_serial
+from shared.metrics import EdgeMetrics, new_registry
 from shared.settings import CERT_STORE_KEYS, DatabaseSettings
 
 KEYS = "bench:" + "b" * 40
@@ -282,14 +293,77 @@ async def edge_design(issuer: Issuer, count: int, new: int, work: Path,
     return Result("edge", count, nginx_rss, agent_rss, latencies, cpu, shakes, startup)
 
 
+async def first_sync(issuer: Issuer, count: int, work: Path, servers: Servers,
+                     database: DatabaseSettings, exchange: str) -> list[str]:
+    """A new edge's first sync, one domain at a time and in bulk; returns result lines."""
+    say(f"  first sync {count}: filling the store")
+    store = await fill_store(database, issuer, count)
+    cert_dir = certificate_directory("bench-first-")
+    nginx = Nginx(work / "nginx", upstreams=["127.0.0.1:9"], cert_dir=cert_dir)
+    files = CertificateFiles(cert_dir, group=worker_group())
+    engine = create_engine(database)
+    lines: list[str] = []
+    try:
+        with nginx:
+            files.prepare()
+            await ensure_include(nginx.include, render_include(
+                cert_dir=cert_dir.resolve(), https_listen=nginx.https_listen,
+                http_listen=nginx.http_listen, upstreams=["127.0.0.1:9"]),
+                nginx.reload_command)
+            async with await aio_pika.connect(servers.amqp_url) as connection:
+                channel = await connection.channel()
+                topology = broker_topology.Topology(exchange)
+                publisher = Publisher(channel, await broker_topology.declare(channel, topology),
+                                      source="/bench/edge")
+                seconds: dict[str, float] = {}
+                for design, one_at_a_time in (("serial", True), ("bulk", False)):
+                    for leftover in cert_dir.glob("*.pem"):
+                        leftover.unlink()
+                    await execute(database, "DELETE FROM edge_certificates")
+                    edge = Edge(edge_id="bench", store=store,
+                                records=EdgeRecords(engine, "bench"), files=files,
+                                publisher=publisher,
+                                metrics=EdgeMetrics(new_registry(process=False), "bench"),
+                                verify_address=local_address(nginx.https_listen))
+                    if one_at_a_time:
+                        edge.write_concurrency = edge.confirm_concurrency = 1
+                        edge.announce_concurrency = 1
+                    edge.load()
+                    began = time.monotonic()
+                    counts = await edge.reconcile()
+                    seconds[design] = time.monotonic() - began
+                    assert counts["installed"] == counts["announced"] == count, counts
+                    lines.append(f"first sync {design:6} {count:6}  {seconds[design]:7.1f} s  "
+                                 f"{count / seconds[design]:7.0f} domains/s")
+                    say(lines[-1])
+                lines.append(f"first sync bulk/serial {count:6}  "
+                             f"x{seconds['serial'] / seconds['bulk']:.1f} faster")
+    finally:
+        await engine.dispose()
+        shutil.rmtree(cert_dir.parent, ignore_errors=True)
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.edge_certificates")
     parser.add_argument("--counts", default="1000,10000")
     parser.add_argument("--new", type=int, default=20)
+    parser.add_argument("--first-sync", action="store_true",
+                        help="only a new edge's first sync: one at a time against in bulk")
     args = parser.parse_args(argv)
     servers = Servers.from_environment()
     servers.preflight()
     issuer = Issuer()
+    if args.first_sync:
+        lines: list[str] = []
+        for count in (int(c) for c in args.counts.split(",")):
+            with tempfile.TemporaryDirectory(prefix="bench-first-") as scratch, \
+                    fresh_database(servers, "edge") as database, \
+                    fresh_namespace(servers, "edge") as exchange:
+                lines += asyncio.run(first_sync(issuer, count, Path(scratch), servers,
+                                                database, exchange))
+        print("\n".join(lines))
+        return
     results: list[Result] = []
     for count in (int(c) for c in args.counts.split(",")):
         with tempfile.TemporaryDirectory(prefix="bench-reload-") as scratch:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -54,6 +55,7 @@ log = structlog.get_logger(__name__)
 
 CONFIRM_TIMEOUT_S = 5.0  # nginx reads the file at the next handshake: this is generous
 CONFIRM_CONCURRENCY = 16  # handshakes at once while installing many
+WRITERS = 8  # files written at once
 ANNOUNCE_CONCURRENCY = 64  # certificate.installed publishes awaiting their confirm at once
 RETRY_S = 30.0  # the next reconciliation, at the latest, while anything failed
 # Failures an event's retry may cure (the others wait for the store to change).
@@ -76,6 +78,9 @@ class Edge:
     installed: dict[str, str] = field(default_factory=dict)  # name -> serial nginx serves
     wanted: dict[str, str] = field(default_factory=dict)  # name -> serial the store serves
     failed: dict[str, str] = field(default_factory=dict)  # name -> reason, until it works
+    write_concurrency: int = WRITERS
+    confirm_concurrency: int = CONFIRM_CONCURRENCY
+    announce_concurrency: int = ANNOUNCE_CONCURRENCY
     # One change at a time: a reconciliation never writes over what an event just did.
     _mutex: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -134,7 +139,7 @@ class Edge:
         written, bad_chain, unwritten = await asyncio.to_thread(self._write, todo)
         self._failed(bad_chain, "chain", via=via)
         self._failed(unwritten, "write", via=via)
-        gate = asyncio.Semaphore(CONFIRM_CONCURRENCY)
+        gate = asyncio.Semaphore(self.confirm_concurrency)
 
         async def confirm(certificate: StoredCertificate) -> str | None:
             async with gate:
@@ -155,30 +160,37 @@ class Edge:
 
     def _write(self, certificates: Sequence[StoredCertificate],
                ) -> tuple[list[StoredCertificate], dict[str, str], dict[str, str]]:
-        """(In a thread.) Each file written in place, unless its chain does not parse or
-        is not the stored serial's (the file there is kept); returns the written ones,
-        and why the others were not: (bad chain, write failed)."""
+        """(In a thread.) Each file written in place, a few at once (their fsyncs share
+        the disk's flushes), unless its chain does not parse or is not the stored
+        serial's (the file there is kept); returns the written ones, and why the others
+        were not: (bad chain, write failed)."""
         written: list[StoredCertificate] = []
-        bad_chain: dict[str, str] = {}
-        unwritten: dict[str, str] = {}
-        for certificate in certificates:
-            try:
-                serial = format(leaf(certificate.chain_pem).serial_number, "x")
-            except PemError as exc:
-                bad_chain[certificate.name] = str(exc)
-                continue
-            if serial != certificate.serial:
-                bad_chain[certificate.name] = f"the chain's leaf is serial {serial}, " \
-                    f"the row says {certificate.serial}"
-                continue
-            try:
-                self.files.write(certificate.name, certificate.chain_pem.encode("ascii"),
-                                 certificate.key_pem)
-            except (OSError, PermanentError, UnicodeError) as exc:
-                unwritten[certificate.name] = f"{type(exc).__name__}: {exc}"
-                continue
-            written.append(certificate)
-        return written, bad_chain, unwritten
+        failures: dict[str, dict[str, str]] = {"chain": {}, "write": {}}
+        with ThreadPoolExecutor(max_workers=self.write_concurrency,
+                                thread_name_prefix="edge-write") as pool:
+            for certificate, failure in zip(
+                    certificates, pool.map(self._write_one, certificates), strict=True):
+                if failure is None:
+                    written.append(certificate)
+                else:
+                    failures[failure[0]][certificate.name] = failure[1]
+        return written, failures["chain"], failures["write"]
+
+    def _write_one(self, certificate: StoredCertificate) -> tuple[str, str] | None:
+        """Write one file; None, or (reason, error) when it was not written."""
+        try:
+            serial = format(leaf(certificate.chain_pem).serial_number, "x")
+        except PemError as exc:
+            return "chain", str(exc)
+        if serial != certificate.serial:
+            return "chain", f"the chain's leaf is serial {serial}, the row says " \
+                f"{certificate.serial}"
+        try:
+            self.files.write(certificate.name, certificate.chain_pem.encode("ascii"),
+                             certificate.key_pem)
+        except (OSError, PermanentError, UnicodeError) as exc:
+            return "write", f"{type(exc).__name__}: {exc}"
+        return None
 
     async def _confirm(self, name: str, serial: str) -> str | None:
         """Until nginx presents `serial` for `name` (bounded): None once it does, else
@@ -224,7 +236,7 @@ class Edge:
         if not pending:
             return 0
         customers = await self.records.customers(pending)
-        gate = asyncio.Semaphore(ANNOUNCE_CONCURRENCY)
+        gate = asyncio.Semaphore(self.announce_concurrency)
 
         async def announce(name: str, serial: str) -> str | None:
             async with gate:
