@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -52,10 +52,12 @@ from shared.handshake import presented_serial
 from shared.metrics import EdgeMetrics
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 
 CONFIRM_TIMEOUT_S = 5.0  # nginx reads the file at the next handshake: this is generous
 CONFIRM_CONCURRENCY = 16  # handshakes at once while installing many
-WRITERS = 8  # files written at once
+WRITERS = 8  # files written at once (their fsyncs overlap)
 ANNOUNCE_CONCURRENCY = 64  # certificate.installed publishes awaiting their confirm at once
 RETRY_S = 30.0  # the next reconciliation, at the latest, while anything failed
 # Failures an event's retry may cure (the others wait for the store to change).
@@ -139,13 +141,8 @@ class Edge:
         written, bad_chain, unwritten = await asyncio.to_thread(self._write, todo)
         self._failed(bad_chain, "chain", via=via)
         self._failed(unwritten, "write", via=via)
-        gate = asyncio.Semaphore(self.confirm_concurrency)
-
-        async def confirm(certificate: StoredCertificate) -> str | None:
-            async with gate:
-                return await self._confirm(certificate.name, certificate.serial)
-
-        seen = await asyncio.gather(*(confirm(c) for c in written))
+        seen = await at_most(self.confirm_concurrency, written,
+                             lambda c: self._confirm(c.name, c.serial))
         confirmed = {c.name: c.serial for c, wrong in zip(written, seen, strict=True)
                      if wrong is None}
         self._failed({c.name: f"nginx presents {wrong}, not {c.serial}"
@@ -236,19 +233,18 @@ class Edge:
         if not pending:
             return 0
         customers = await self.records.customers(pending)
-        gate = asyncio.Semaphore(self.announce_concurrency)
 
-        async def announce(name: str, serial: str) -> str | None:
-            async with gate:
-                try:
-                    await self.publisher.publish_event(CertificateInstalled(
-                        edge_id=self.edge_id, domain=name,
-                        customer_id=customers.get(name, ""), serial=serial))
-                except Exception as exc:  # unroutable, a closed channel, a timeout
-                    return f"{type(exc).__name__}: {exc}"
+        async def announce(item: tuple[str, str]) -> str | None:
+            name, serial = item
+            try:
+                await self.publisher.publish_event(CertificateInstalled(
+                    edge_id=self.edge_id, domain=name,
+                    customer_id=customers.get(name, ""), serial=serial))
+            except Exception as exc:  # unroutable, a closed channel, a timeout
+                return f"{type(exc).__name__}: {exc}"
             return None
 
-        errors = await asyncio.gather(*(announce(n, s) for n, s in pending.items()))
+        errors = await at_most(self.announce_concurrency, list(pending.items()), announce)
         done = {name: serial for (name, serial), error in
                 zip(pending.items(), errors, strict=True) if error is None}
         await self.records.announced(done)
@@ -322,6 +318,22 @@ class Edge:
     def _gauges(self) -> None:
         self.metrics.served.set(len(self.installed))
         self.metrics.behind.set(self.behind())
+
+
+async def at_most(concurrency: int, items: Sequence[T],
+                  work: Callable[[T], Awaitable[R]]) -> list[R]:
+    """`work(item)` for every item, `concurrency` at a time; the results in order. (A
+    fixed set of workers, not one task per item behind a semaphore: with thousands
+    waiting, asyncio's semaphore costs grow with the queue.)"""
+    results: dict[int, R] = {}
+    next_index = iter(range(len(items)))
+
+    async def worker() -> None:
+        for index in next_index:
+            results[index] = await work(items[index])
+
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, len(items)))))
+    return [results[index] for index in range(len(items))]
 
 
 async def handle_events(events: Sequence[Event[Any]], *, edge: Edge) -> None:
