@@ -98,6 +98,7 @@ class Edge:
         """Make `name`'s file what the store says, and announce it if that is still to
         do; returns what was done. Raises `TransientError` for a failure a retry may cure."""
         async with self._mutex:
+            self.failed.pop(name, None)  # this is its retry
             facts = await self.records.domain(name)
             found = await self.store.get_many([name]) if facts and facts.served else []
             certificate = found[0] if found else None
@@ -108,7 +109,9 @@ class Edge:
                 certificate = None
             if certificate is None:
                 self.wanted.pop(name, None)
-                return "removed" if await self._remove([name], via=via) else "nothing-to-remove"
+                removed = await self._remove([name], via=via)
+                self._gauges()
+                return "removed" if removed else "nothing-to-remove"
             self.wanted[name] = certificate.serial
             was = self.installed.get(name)
             await self._install([certificate], via=via)
