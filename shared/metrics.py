@@ -41,6 +41,7 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from shared.events import CertificateExpiring, CertificateFailed, CertificateIssued
+from shared.internal_http import serve_route
 from shared.outcomes import Outcome
 
 log = structlog.get_logger(__name__)
@@ -579,15 +580,10 @@ class MetricsServer:
         if self._bind is None:
             log.info("metrics.disabled")
             return False
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
         host, port = self._bind
         try:
-            await web.TCPSite(runner, host, port).start()
+            runner = await serve_route(self._bind, "/metrics", self._metrics)
         except OSError as exc:
-            await runner.cleanup()
             log.error("metrics.unavailable", bind=f"{host}:{port}", error=str(exc),
                       hint="give each process on a host its own METRICS_BIND")
             return False

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.certificates import SERVED_STATUSES
 from shared.db.models import TrackingDomain
 from shared.domains import InvalidDomain, normalise_domain
+from shared.internal_http import serve_route
 
 log = structlog.get_logger(__name__)
 
@@ -65,15 +66,10 @@ class CaddyAsk:
     async def __aenter__(self) -> CaddyAsk:
         if self._bind is None:
             return self
-        app = web.Application()
-        app.router.add_get("/ask", self._ask)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
         host, port = self._bind
         try:
-            await web.TCPSite(runner, host, port).start()
+            runner = await serve_route(self._bind, "/ask", self._ask)
         except OSError as exc:
-            await runner.cleanup()
             raise SystemExit(f"redirector: CADDY_ASK_BIND {host}:{port} cannot be used: "
                              f"{exc.strerror or exc}") from None
         self._runner = runner

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -53,3 +54,21 @@ def test_the_endpoint_is_off_unless_bound() -> None:
     assert redirector_settings.load(base).caddy_ask_bind is None
     assert redirector_settings.load({**base, "CADDY_ASK_BIND": "127.0.0.1:9180"}) \
         .caddy_ask_bind == ("127.0.0.1", 9180)
+
+
+async def test_a_taken_address_refuses_to_start_in_one_line(database: DatabaseSettings) -> None:
+    """Caddy must be able to ask, or no certificate is ever issued: unlike metrics, an
+    address that cannot be had stops the redirector, saying which setting to change."""
+    engine = create_engine(database)
+    try:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            with pytest.raises(SystemExit) as refused:
+                async with CaddyAsk(engine, ("127.0.0.1", port)):
+                    pass
+        assert str(refused.value).startswith(
+            f"redirector: CADDY_ASK_BIND 127.0.0.1:{port} cannot be used: ")
+    finally:
+        await engine.dispose()
