@@ -79,22 +79,8 @@ async def test_a_hung_challenge_read_stalls_neither_clicks_nor_probes(
     # The one challenge worker is stuck, as on a mount that stopped answering.
     stuck = asyncio.get_running_loop().run_in_executor(redirector.challenge_reads,
                                                        release.wait, 30)
-    token = LinkSigner(KEYS).mint_token(customer_id="c", campaign_id="k", recipient_id="r",
-                                        url="https://shop.example/")
-    headers = {"Host": HOST, "User-Agent": "Mozilla/5.0"}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-        challenge = asyncio.create_task(http.get(
-            f"{base}/.well-known/acme-challenge/tok-1", headers=headers))
-        await asyncio.sleep(0.2)
-        assert not challenge.done()
-        started = time.monotonic()
-        async with http.get(f"{base}/t/{token}", headers=headers,
-                            allow_redirects=False) as click:
-            assert click.status == 302
-        async with http.get(f"{base}/healthz", headers=headers) as probe:
-            assert probe.status == 200
-        assert time.monotonic() - started < 1.0
-        assert not challenge.done()  # still waiting for its read
+        challenge = await _stalled_challenge_beside_a_click_and_a_probe(http, base, "tok-1")
 
         release.set()  # the mount answers again
         await stuck
@@ -126,27 +112,35 @@ async def test_a_slow_database_stalls_neither_clicks_nor_probes(
         served: tuple[str, threading.Event, Redirector], engine: AsyncEngine) -> None:
     base, _, redirector = served
     await ChallengeAnswers(engine).publish("tok-db", "track.customer-a.test", "tok-db.x")
-    token = LinkSigner(KEYS).mint_token(customer_id="c", campaign_id="k", recipient_id="r",
-                                        url="https://shop.example/")
-    headers = {"Host": HOST, "User-Agent": "Mozilla/5.0"}
     # Every lookup slot is taken, as by queries a stalled database does not answer.
     for _ in range(CHALLENGE_LOOKUPS):
         await redirector.challenge_lookups.acquire()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-        challenge = asyncio.create_task(http.get(
-            f"{base}/.well-known/acme-challenge/tok-db", headers=headers))
-        await asyncio.sleep(0.2)
-        assert not challenge.done()
-        started = time.monotonic()
-        async with http.get(f"{base}/t/{token}", headers=headers,
-                            allow_redirects=False) as click:
-            assert click.status == 302
-        async with http.get(f"{base}/healthz", headers=headers) as probe:
-            assert probe.status == 200
-        assert time.monotonic() - started < 1.0
-        assert not challenge.done()
+        challenge = await _stalled_challenge_beside_a_click_and_a_probe(http, base, "tok-db")
         for _ in range(CHALLENGE_LOOKUPS):
             redirector.challenge_lookups.release()
         response = await asyncio.wait_for(challenge, 5)
         assert response.status == 200 and await response.read() == b"tok-db.x"
         response.release()
+
+
+async def _stalled_challenge_beside_a_click_and_a_probe(
+        http: aiohttp.ClientSession, base: str, token: str,
+) -> asyncio.Task[aiohttp.ClientResponse]:
+    """Ask for a challenge whose answer cannot be read yet; while it waits, a click and a
+    health probe are answered at once. Returns the challenge, still waiting."""
+    headers = {"Host": HOST, "User-Agent": "Mozilla/5.0"}
+    link = LinkSigner(KEYS).mint_token(customer_id="c", campaign_id="k", recipient_id="r",
+                                       url="https://shop.example/")
+    challenge = asyncio.create_task(http.get(
+        f"{base}/.well-known/acme-challenge/{token}", headers=headers))
+    await asyncio.sleep(0.2)
+    assert not challenge.done()
+    started = time.monotonic()
+    async with http.get(f"{base}/t/{link}", headers=headers, allow_redirects=False) as click:
+        assert click.status == 302
+    async with http.get(f"{base}/healthz", headers=headers) as probe:
+        assert probe.status == 200
+    assert time.monotonic() - started < 1.0
+    assert not challenge.done()  # still waiting for its answer
+    return challenge
